@@ -1,0 +1,155 @@
+//! The MQTT "UTF-8 Encoded String" rules (MQTT 3.1.1 §1.5.3, MQTT 5.0 §1.5.4).
+
+use std::fmt;
+
+/// The longest MQTT string, in bytes: its length travels as a two-byte prefix.
+pub const MAX_MQTT_STR_LEN: usize = u16::MAX as usize;
+
+/// Why a byte string is not an MQTT UTF-8 Encoded String.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Utf8Error {
+    /// Longer than 65535 bytes, so its length does not fit the two-byte prefix.
+    TooLong {
+        /// The length found, in bytes.
+        len: usize,
+    },
+    /// Not well-formed UTF-8 (this includes encoded surrogates U+D800..U+DFFF
+    /// and overlong encodings) [MQTT-1.5.4-1].
+    InvalidUtf8,
+    /// Contains the null character U+0000 [MQTT-1.5.4-2].
+    NullCharacter,
+}
+
+impl fmt::Display for Utf8Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLong { len } => write!(
+                f,
+                "string is {len} bytes long; an MQTT string holds at most {MAX_MQTT_STR_LEN}"
+            ),
+            Self::InvalidUtf8 => f.write_str("string is not well-formed UTF-8"),
+            Self::NullCharacter => f.write_str("string contains the null character U+0000"),
+        }
+    }
+}
+
+impl std::error::Error for Utf8Error {}
+
+/// Checks `bytes` against the rules of an MQTT UTF-8 Encoded String and
+/// returns it as a `&str`.
+///
+/// The rules that are MUSTs are enforced: at most 65535 bytes, well-formed
+/// UTF-8, no U+0000. Control characters (U+0001..U+001F, U+007F..U+009F) and
+/// Unicode non-characters are only SHOULD NOTs in the specification and are
+/// accepted, as the specification requires of a receiver that does not choose
+/// to close the connection [MQTT-1.5.4-3].
+///
+/// ```
+/// use tern_topic::{validate_mqtt_str, Utf8Error};
+///
+/// assert_eq!(validate_mqtt_str(b"sport/tennis"), Ok("sport/tennis"));
+/// assert_eq!(validate_mqtt_str(b"a\0b"), Err(Utf8Error::NullCharacter));
+/// assert_eq!(validate_mqtt_str(&[0xed, 0xa0, 0x80]), Err(Utf8Error::InvalidUtf8));
+/// ```
+pub fn validate_mqtt_str(bytes: &[u8]) -> Result<&str, Utf8Error> {
+    // Length first: it is O(1) and bounds the work of the two scans below.
+    if bytes.len() > MAX_MQTT_STR_LEN {
+        return Err(Utf8Error::TooLong { len: bytes.len() });
+    }
+    let s = std::str::from_utf8(bytes).map_err(|_| Utf8Error::InvalidUtf8)?;
+    // In well-formed UTF-8 the byte 0 only ever encodes U+0000, and
+    // `contains` on bytes is vectorised.
+    if bytes.contains(&0) {
+        return Err(Utf8Error::NullCharacter);
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_ascii_and_multibyte() {
+        assert_eq!(validate_mqtt_str(b""), Ok(""));
+        assert_eq!(validate_mqtt_str("a/ü/€/𝄞".as_bytes()), Ok("a/ü/€/𝄞"));
+    }
+
+    #[test]
+    fn rejects_null_character() {
+        assert_eq!(validate_mqtt_str(b"\0"), Err(Utf8Error::NullCharacter));
+        assert_eq!(validate_mqtt_str(b"abc\0"), Err(Utf8Error::NullCharacter));
+    }
+
+    #[test]
+    fn rejects_overlong_null() {
+        // The "modified UTF-8" spelling of U+0000 is not well-formed UTF-8.
+        assert_eq!(
+            validate_mqtt_str(&[0xc0, 0x80]),
+            Err(Utf8Error::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn rejects_surrogates() {
+        // U+D800 and U+DFFF encoded as if they were scalar values.
+        assert_eq!(
+            validate_mqtt_str(&[0xed, 0xa0, 0x80]),
+            Err(Utf8Error::InvalidUtf8)
+        );
+        assert_eq!(
+            validate_mqtt_str(&[0xed, 0xbf, 0xbf]),
+            Err(Utf8Error::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_utf8() {
+        assert_eq!(validate_mqtt_str(&[0xff]), Err(Utf8Error::InvalidUtf8));
+        assert_eq!(
+            validate_mqtt_str(&[b'a', 0xe2, 0x82]),
+            Err(Utf8Error::InvalidUtf8)
+        );
+        assert_eq!(validate_mqtt_str(&[0x80]), Err(Utf8Error::InvalidUtf8));
+    }
+
+    #[test]
+    fn accepts_control_characters_and_noncharacters() {
+        for s in [
+            "\u{1}",
+            "\u{1f}",
+            "\u{7f}",
+            "\u{9f}",
+            "\u{fffe}",
+            "\u{ffff}",
+            "\u{10ffff}",
+        ] {
+            assert_eq!(validate_mqtt_str(s.as_bytes()), Ok(s));
+        }
+    }
+
+    #[test]
+    fn accepts_exactly_65535_bytes() {
+        let s = "a".repeat(65535);
+        assert_eq!(validate_mqtt_str(s.as_bytes()), Ok(s.as_str()));
+    }
+
+    #[test]
+    fn rejects_65536_bytes() {
+        let s = "a".repeat(65536);
+        assert_eq!(
+            validate_mqtt_str(s.as_bytes()),
+            Err(Utf8Error::TooLong { len: 65536 })
+        );
+    }
+
+    #[test]
+    fn displays_which_rule_failed() {
+        assert!(Utf8Error::TooLong { len: 70000 }
+            .to_string()
+            .contains("70000"));
+        assert!(Utf8Error::NullCharacter.to_string().contains("U+0000"));
+        assert!(Utf8Error::InvalidUtf8.to_string().contains("UTF-8"));
+    }
+}

@@ -1,0 +1,23 @@
+//! Tern: MQTT for Rust, done properly.
+//!
+//! This facade re-exports Tern's layers behind cargo features, so one
+//! dependency brings what an application needs:
+//!
+//! - `topic` (default): [`topic`], validated topic names and filters.
+//! - `codec` (default): [`codec`], every MQTT 3.1 / 3.1.1 / 5.0 packet,
+//!   decoded zero-copy and encoded into any `BufMut`.
+//!
+//! ```
+//! use tern::codec::{Packet, ProtocolVersion};
+//!
+//! let ping = Packet::PingReq.to_bytes(ProtocolVersion::V5)?;
+//! assert_eq!(&ping[..], &[0xc0, 0x00]);
+//! # Ok::<(), tern::codec::EncodeError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "codec")]
+pub use tern_codec as codec;
+#[cfg(feature = "topic")]
+pub use tern_topic as topic;
