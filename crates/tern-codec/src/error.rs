@@ -138,6 +138,8 @@ impl DecodeError {
             PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
             UnsupportedProtocolVersion(_) => ReasonCode::UnsupportedProtocolVersion,
             InvalidTopicName(e) if !is_encoding_error(e) => ReasonCode::TopicNameInvalid,
+            // §3.3.4: a Topic Alias of 0 is answered with 0x94.
+            InvalidPropertyValue(0x23) => ReasonCode::TopicAliasInvalid,
             ZeroPacketId
             | NoTopicFilters(_)
             | InvalidRetainHandling
@@ -147,7 +149,8 @@ impl DecodeError {
             | EmptyTopicWithoutAlias
             | ExpectedConnect(_)
             | UnexpectedPacket(_)
-            | InvalidConnAckFlags(_) => ReasonCode::ProtocolError,
+            | InvalidConnAckFlags(_)
+            | WillFlagsWithoutWill => ReasonCode::ProtocolError,
             _ => ReasonCode::MalformedPacket,
         }
     }
