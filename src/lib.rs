@@ -21,3 +21,8 @@
 pub use tern_codec as codec;
 #[cfg(feature = "topic")]
 pub use tern_topic as topic;
+
+/// The README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
