@@ -7,8 +7,13 @@
 //! and cheap to clone. [`TopicFilter::matches`] decides whether a name
 //! matches a filter without allocating.
 //!
+//! [`SubscriptionIndex`] answers "who matches this topic name" from a trie
+//! over topic levels, shared subscriptions included; [`RetainedIndex`] finds
+//! the retained messages a filter matches without scanning every topic.
+//!
 //! The crate is deterministic and sans-IO: it does no networking, reads no
-//! clock, spawns nothing, and depends on nothing but `bytes`.
+//! clock and spawns nothing. It depends on `bytes`, and on `hashbrown` and
+//! `foldhash` for seeded hash tables inside the indexes.
 //!
 //! ```
 //! use tern_topic::{TopicFilter, TopicName};
@@ -34,11 +39,19 @@
 
 mod error;
 mod filter;
+mod index;
 mod name;
 mod newtype;
+mod retained;
+mod shared;
+mod subs;
+mod trie;
 mod utf8;
 
 pub use error::TopicError;
 pub use filter::TopicFilter;
+pub use index::{Matches, SubscriptionIndex, DEFAULT_SEED};
 pub use name::TopicName;
+pub use retained::RetainedIndex;
+pub use shared::{GroupId, RoundRobin, SeededRandom, SharedGroup, SharedPicker, Sticky};
 pub use utf8::{validate_mqtt_str, Utf8Error, MAX_MQTT_STR_LEN};
