@@ -193,9 +193,8 @@ pub enum EncodeError {
     /// identifier above 268,435,455).
     #[error("property {0:#04x} has an invalid value")]
     InvalidPropertyValue(u8),
-    /// SUBSCRIBE or UNSUBSCRIBE without a topic filter, or SUBACK/UNSUBACK
-    /// without a reason code.
-    #[error("{0} needs at least one entry")]
+    /// SUBSCRIBE or UNSUBSCRIBE without a topic filter.
+    #[error("{0} needs at least one topic filter")]
     Empty(PacketType),
     /// A PUBLISH with an empty topic name and no topic alias, or an empty
     /// topic name before MQTT 5.0.

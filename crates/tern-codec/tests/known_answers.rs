@@ -448,3 +448,15 @@ fn encoded_len_counts_multi_byte_remaining_length() {
     assert_eq!(p.encoded_len(V4), wire.len());
     check(client(V4), V4, &wire, p.into());
 }
+
+#[test]
+fn connack_v31_has_no_session_present() {
+    // In 3.1 the first byte of CONNACK is reserved.
+    let mut d = client(V3);
+    let got = d.decode(&mut BytesMut::from(&[0x20, 2, 1, 0][..])).unwrap();
+    assert_eq!(got, Some(ConnAck::new(false).into()));
+    assert_eq!(
+        &Packet::from(ConnAck::new(true)).to_bytes(V3).unwrap()[..],
+        &[0x20, 2, 0, 0]
+    );
+}

@@ -9,7 +9,8 @@ use crate::{ConnAckProperties, DecodeError, EncodeError, ProtocolVersion, Reason
 /// CONNACK: the server's answer to CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnAck {
-    /// Whether the server resumed a session it had for this client.
+    /// Whether the server resumed a session it had for this client. Not
+    /// part of MQTT 3.1, where it is always sent and read as false.
     pub session_present: bool,
     /// The outcome. Before 5.0 it is carried as the 3.1.1 return code
     /// (see [`ReasonCode::to_v3_connack`]).
@@ -62,7 +63,8 @@ fn parse<'a>(buf: &Bytes, i: &'a [u8], v: ProtocolVersion) -> Res<'a, ConnAck> {
         return fail(DecodeError::InvalidPropertyValue(0x16));
     }
     let connack = ConnAck {
-        session_present: flags & 1 != 0,
+        // MQTT 3.1 has no Session Present: the byte is reserved there.
+        session_present: flags & 1 != 0 && v != ProtocolVersion::V3_1,
         reason_code,
         properties,
     };
@@ -95,7 +97,7 @@ impl Body for ConnAck {
     }
 
     fn put_body<B: BufMut>(&self, v: ProtocolVersion, out: &mut B) {
-        out.put_u8(u8::from(self.session_present));
+        out.put_u8(u8::from(self.session_present && v != ProtocolVersion::V3_1));
         if v.is_v5() {
             out.put_u8(self.reason_code.as_u8());
             self.properties.put(out);
