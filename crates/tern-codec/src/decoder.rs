@@ -118,6 +118,7 @@ impl Decoder {
 
     /// Decodes the next packet from `buf`, removing its bytes. The packet's
     /// topic, payload and strings share `buf`'s memory.
+    #[inline]
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Packet>, DecodeError> {
         let Some(p) = self.header(buf)? else {
             return Ok(None);
@@ -146,6 +147,7 @@ impl Decoder {
         self.body(p.first, body).map(Some)
     }
 
+    #[inline]
     fn body(&mut self, first: u8, body: Bytes) -> Result<Packet, DecodeError> {
         // `header` has checked that the version is known unless this is a
         // server's CONNECT, which carries its own.
@@ -169,6 +171,7 @@ impl Decoder {
     }
 
     /// Reads and checks the fixed header, or returns the one already read.
+    #[inline]
     fn header(&mut self, buf: &[u8]) -> Result<Option<Pending>, DecodeError> {
         if let Some(p) = self.pending {
             return Ok(Some(p));

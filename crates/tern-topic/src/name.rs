@@ -118,11 +118,59 @@ fn validate_name(b: &[u8]) -> Result<(), TopicError> {
     if b.is_empty() {
         return Err(TopicError::Empty);
     }
+    // Fast path, one vectorisable pass: printable-or-control ASCII without
+    // NUL or wildcards is valid UTF-8 with nothing else to check. Topics on
+    // the hot path (every PUBLISH decoded) are nearly always like that.
+    if b.len() <= crate::MAX_MQTT_STR_LEN && plain_ascii(b) {
+        return Ok(());
+    }
     validate_mqtt_str(b)?;
     if b.iter().any(|&c| c == b'+' || c == b'#') {
         return Err(TopicError::WildcardInName);
     }
     Ok(())
+}
+
+/// Whether `b` holds only ASCII bytes other than NUL, `+` and `#`, eight
+/// bytes at a time (the classic "has a zero byte" bit trick, exact for
+/// telling whether any byte matches).
+#[inline(always)]
+fn plain_ascii(b: &[u8]) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    #[inline(always)]
+    fn has_zero(x: u64) -> u64 {
+        x.wrapping_sub(LO) & !x & HI
+    }
+    #[inline(always)]
+    fn rejects(x: u64) -> u64 {
+        (x & HI)
+            | has_zero(x)
+            | has_zero(x ^ (LO * u64::from(b'+')))
+            | has_zero(x ^ (LO * u64::from(b'#')))
+    }
+    #[inline(always)]
+    fn word(b: &[u8], at: usize) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(w)
+    }
+    if b.len() < 8 {
+        return b
+            .iter()
+            .all(|&c| c != 0 && c < 0x80 && c != b'+' && c != b'#');
+    }
+    let mut bad = 0;
+    let mut at = 0;
+    while at + 8 <= b.len() {
+        bad |= rejects(word(b, at));
+        at += 8;
+    }
+    // The last, partial word: re-read the final eight bytes (overlapping).
+    if at < b.len() {
+        bad |= rejects(word(b, b.len() - 8));
+    }
+    bad == 0
 }
 
 #[cfg(test)]
@@ -256,5 +304,29 @@ mod tests {
         map.insert(TopicName::new("a/b").unwrap(), 1);
         assert_eq!(map.get("a/b"), Some(&1));
         assert_eq!(map.get("a/c"), None);
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::plain_ascii;
+
+    #[test]
+    fn fast_path_agrees_with_a_byte_loop() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        for len in 0..20 {
+            for &c in &bytes {
+                for at in 0..len.max(1) {
+                    let mut b = vec![b'a'; len];
+                    if len > 0 {
+                        b[at] = c;
+                    }
+                    let want = b
+                        .iter()
+                        .all(|&c| c != 0 && c < 0x80 && c != b'+' && c != b'#');
+                    assert_eq!(plain_ascii(&b), want, "{b:?}");
+                }
+            }
+        }
     }
 }

@@ -316,6 +316,7 @@ impl Packet {
     /// Decodes the body of a packet whose fixed header was `first` (its
     /// first byte) and whose remaining bytes are `body`. CONNECT brings its
     /// own version; every other packet needs `version`.
+    #[inline]
     pub(crate) fn decode_body(
         first: u8,
         body: Bytes,
@@ -326,7 +327,7 @@ impl Packet {
         Ok(match ty {
             PacketType::Connect => Packet::Connect(Box::new(Connect::decode(&body)?)),
             PacketType::ConnAck => Packet::ConnAck(ConnAck::decode(&body, version)?),
-            PacketType::Publish => Packet::Publish(Publish::decode(flags, &body, version)?),
+            PacketType::Publish => Packet::Publish(Publish::decode(flags, body, version)?),
             PacketType::PubAck => Packet::PubAck(Ack::decode(ty, &body, version)?),
             PacketType::PubRec => Packet::PubRec(Ack::decode(ty, &body, version)?),
             PacketType::PubRel => Packet::PubRel(Ack::decode(ty, &body, version)?),

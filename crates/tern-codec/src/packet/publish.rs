@@ -1,10 +1,10 @@
 //! PUBLISH (§3.3): the packet on the hot path.
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 use tern_topic::TopicName;
 
 use super::{encode_with, encoded_len_of, Body, PacketType};
-use crate::primitives::{fail, length_prefixed, packet_id, put_prefixed, Res};
+use crate::primitives::{length_prefixed, packet_id, put_prefixed, Res};
 use crate::{DecodeError, EncodeError, ProtocolVersion, PublishProperties, QoS, QosPid};
 
 /// PUBLISH: an application message.
@@ -67,9 +67,13 @@ impl Publish {
         encode_with(self.first_byte(), self, version, out)
     }
 
+    /// Decodes a PUBLISH body. Takes the body by value: the topic is split
+    /// off it and the payload is what remains, so no extra reference to the
+    /// buffer is taken beyond the topic's.
+    #[inline]
     pub(crate) fn decode(
         flags: u8,
-        body: &Bytes,
+        mut body: Bytes,
         v: ProtocolVersion,
     ) -> Result<Publish, DecodeError> {
         let Some(qos) = QoS::from_u8((flags >> 1) & 0b11) else {
@@ -79,27 +83,40 @@ impl Publish {
         if dup && qos == QoS::AtMostOnce {
             return Err(DecodeError::DupWithQoS0);
         }
-        let (i, (topic, qos, properties)) = parse(body, body, qos, v)?;
-        // The payload is the rest of the packet: no copy, just a slice.
-        let payload = body.slice_ref(i);
+        let (rest, raw_topic) = length_prefixed(&body)?;
+        let empty_topic = raw_topic.is_empty();
+        let mut topic = body.split_to(body.len() - rest.len());
+        topic.advance(2);
+        let (i, (qos, properties)) = parse(&body, &body, qos, v)?;
+        let topic = if empty_topic {
+            if properties.topic_alias.is_none() {
+                return Err(DecodeError::EmptyTopicWithoutAlias);
+            }
+            TopicName::empty()
+        } else {
+            TopicName::from_bytes(topic).map_err(DecodeError::InvalidTopicName)?
+        };
+        // The payload is the rest of the packet: the body itself, advanced.
+        body.advance(body.len() - i.len());
         Ok(Publish {
             dup,
             qos,
             retain: flags & 1 != 0,
             topic,
-            payload,
+            payload: body,
             properties,
         })
     }
 }
 
+/// The packet identifier and properties after the topic.
+#[inline]
 fn parse<'a>(
     buf: &Bytes,
     i: &'a [u8],
     qos: QoS,
     v: ProtocolVersion,
-) -> Res<'a, (TopicName, QosPid, PublishProperties)> {
-    let (i, raw_topic) = length_prefixed(i)?;
+) -> Res<'a, (QosPid, PublishProperties)> {
     let (i, qos) = match qos {
         QoS::AtMostOnce => (i, QosPid::AtMostOnce),
         QoS::AtLeastOnce => {
@@ -111,23 +128,12 @@ fn parse<'a>(
             (i, QosPid::ExactlyOnce(id))
         }
     };
-    let (i, properties) = if v.is_v5() {
-        PublishProperties::parse(buf, i)?
+    if v.is_v5() {
+        let (i, properties) = PublishProperties::parse(buf, i)?;
+        Ok((i, (qos, properties)))
     } else {
-        (i, PublishProperties::default())
-    };
-    let topic = if raw_topic.is_empty() {
-        if properties.topic_alias.is_none() {
-            return fail(DecodeError::EmptyTopicWithoutAlias);
-        }
-        TopicName::empty()
-    } else {
-        match TopicName::from_bytes(buf.slice_ref(raw_topic)) {
-            Ok(t) => t,
-            Err(e) => return fail(DecodeError::InvalidTopicName(e)),
-        }
-    };
-    Ok((i, (topic, qos, properties)))
+        Ok((i, (qos, PublishProperties::default())))
+    }
 }
 
 impl Body for Publish {
