@@ -306,6 +306,12 @@ macro_rules! properties {
             /// Writes the length prefix and the properties.
             pub(crate) fn put<B: BufMut>(&self, out: &mut B) {
                 put_vbi(out, self.len());
+                self.put_fields(out);
+            }
+
+            /// Writes the properties without their length prefix.
+            #[inline]
+            pub(crate) fn put_fields<B: BufMut>(&self, out: &mut B) {
                 $( properties!(@put $mult self.$field, $kind, $id, out); )*
                 for (k, v) in &self.user_properties {
                     out.put_u8(USER_PROPERTY as u8);

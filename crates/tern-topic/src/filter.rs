@@ -193,7 +193,9 @@ fn parse_filter(b: &[u8]) -> Result<(u16, bool), TopicError> {
     if b.is_empty() {
         return Err(TopicError::Empty);
     }
-    validate_mqtt_str(b)?;
+    if b.len() > crate::MAX_MQTT_STR_LEN || !crate::utf8::plain_ascii(b, false) {
+        validate_mqtt_str(b)?;
+    }
     let inner = match b.strip_prefix(SHARE_PREFIX) {
         Some(rest) => shared_filter_start(rest)?,
         None => 0,

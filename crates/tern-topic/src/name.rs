@@ -121,7 +121,7 @@ fn validate_name(b: &[u8]) -> Result<(), TopicError> {
     // Fast path, one vectorisable pass: printable-or-control ASCII without
     // NUL or wildcards is valid UTF-8 with nothing else to check. Topics on
     // the hot path (every PUBLISH decoded) are nearly always like that.
-    if b.len() <= crate::MAX_MQTT_STR_LEN && plain_ascii(b) {
+    if b.len() <= crate::MAX_MQTT_STR_LEN && crate::utf8::plain_ascii(b, true) {
         return Ok(());
     }
     validate_mqtt_str(b)?;
@@ -129,48 +129,6 @@ fn validate_name(b: &[u8]) -> Result<(), TopicError> {
         return Err(TopicError::WildcardInName);
     }
     Ok(())
-}
-
-/// Whether `b` holds only ASCII bytes other than NUL, `+` and `#`, eight
-/// bytes at a time (the classic "has a zero byte" bit trick, exact for
-/// telling whether any byte matches).
-#[inline(always)]
-fn plain_ascii(b: &[u8]) -> bool {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    #[inline(always)]
-    fn has_zero(x: u64) -> u64 {
-        x.wrapping_sub(LO) & !x & HI
-    }
-    #[inline(always)]
-    fn rejects(x: u64) -> u64 {
-        (x & HI)
-            | has_zero(x)
-            | has_zero(x ^ (LO * u64::from(b'+')))
-            | has_zero(x ^ (LO * u64::from(b'#')))
-    }
-    #[inline(always)]
-    fn word(b: &[u8], at: usize) -> u64 {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(&b[at..at + 8]);
-        u64::from_le_bytes(w)
-    }
-    if b.len() < 8 {
-        return b
-            .iter()
-            .all(|&c| c != 0 && c < 0x80 && c != b'+' && c != b'#');
-    }
-    let mut bad = 0;
-    let mut at = 0;
-    while at + 8 <= b.len() {
-        bad |= rejects(word(b, at));
-        at += 8;
-    }
-    // The last, partial word: re-read the final eight bytes (overlapping).
-    if at < b.len() {
-        bad |= rejects(word(b, b.len() - 8));
-    }
-    bad == 0
 }
 
 #[cfg(test)]
@@ -309,7 +267,7 @@ mod tests {
 
 #[cfg(test)]
 mod fast_path_tests {
-    use super::plain_ascii;
+    use crate::utf8::plain_ascii;
 
     #[test]
     fn fast_path_agrees_with_a_byte_loop() {
@@ -324,7 +282,9 @@ mod fast_path_tests {
                     let want = b
                         .iter()
                         .all(|&c| c != 0 && c < 0x80 && c != b'+' && c != b'#');
-                    assert_eq!(plain_ascii(&b), want, "{b:?}");
+                    assert_eq!(plain_ascii(&b, true), want, "{b:?}");
+                    let want = b.iter().all(|&c| c != 0 && c < 0x80);
+                    assert_eq!(plain_ascii(&b, false), want, "{b:?}");
                 }
             }
         }

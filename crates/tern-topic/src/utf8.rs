@@ -66,6 +66,49 @@ pub fn validate_mqtt_str(bytes: &[u8]) -> Result<&str, Utf8Error> {
     Ok(s)
 }
 
+/// Whether `b` holds only ASCII bytes other than NUL (and, with
+/// `no_wildcards`, other than `+` and `#`), eight bytes at a time (the
+/// classic "has a zero byte" bit trick, exact for telling whether any byte
+/// matches). Such bytes are a valid MQTT string with nothing else to check.
+#[inline(always)]
+pub(crate) fn plain_ascii(b: &[u8], no_wildcards: bool) -> bool {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    #[inline(always)]
+    fn has_zero(x: u64) -> u64 {
+        x.wrapping_sub(LO) & !x & HI
+    }
+    let rejects = |x: u64| -> u64 {
+        let mut r = (x & HI) | has_zero(x);
+        if no_wildcards {
+            r |= has_zero(x ^ (LO * u64::from(b'+'))) | has_zero(x ^ (LO * u64::from(b'#')));
+        }
+        r
+    };
+    #[inline(always)]
+    fn word(b: &[u8], at: usize) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[at..at + 8]);
+        u64::from_le_bytes(w)
+    }
+    if b.len() < 8 {
+        return b
+            .iter()
+            .all(|&c| c != 0 && c < 0x80 && !(no_wildcards && (c == b'+' || c == b'#')));
+    }
+    let mut bad = 0;
+    let mut at = 0;
+    while at + 8 <= b.len() {
+        bad |= rejects(word(b, at));
+        at += 8;
+    }
+    // The last, partial word: re-read the final eight bytes (overlapping).
+    if at < b.len() {
+        bad |= rejects(word(b, b.len() - 8));
+    }
+    bad == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

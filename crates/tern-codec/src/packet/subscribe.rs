@@ -106,7 +106,8 @@ impl Subscribe {
         if i.is_empty() {
             return Err(DecodeError::NoTopicFilters(PacketType::Subscribe));
         }
-        let mut filters = Vec::new();
+        // Each entry takes at least 4 bytes; most SUBSCRIBEs carry a few.
+        let mut filters = Vec::with_capacity((i.len() / 16).clamp(1, 16));
         while !i.is_empty() {
             let (r, entry) = parse_filter(body, i, v)?;
             filters.push(entry);
