@@ -4,7 +4,7 @@ use std::hash::Hash;
 
 use crate::shared::{GroupId, SharedGroup, SharedPicker};
 use crate::subs::Subs;
-use crate::trie::{levels, Children, Hasher, Interner, NONE};
+use crate::trie::{levels, Arena, Children, Hasher, Interner, NONE};
 use crate::{TopicFilter, TopicName};
 
 /// Label of a `+` node and of a `#` node; never an interned id.
@@ -75,10 +75,8 @@ impl<K, V> Node<K, V> {
 /// # Ok::<(), tern_topic::TopicError>(())
 /// ```
 pub struct SubscriptionIndex<K, V> {
-    nodes: Vec<Node<K, V>>,
-    free_nodes: Vec<u32>,
-    groups: Vec<SharedGroup<K, V>>,
-    free_groups: Vec<u32>,
+    nodes: Arena<Node<K, V>>,
+    groups: Arena<SharedGroup<K, V>>,
     interner: Interner,
     hasher: Hasher,
     len: usize,
@@ -105,10 +103,8 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
     pub fn with_seed(seed: u64) -> Self {
         let hasher = Hasher::with_seed(seed);
         SubscriptionIndex {
-            nodes: vec![Node::new(NONE, NONE)],
-            free_nodes: Vec::new(),
-            groups: Vec::new(),
-            free_groups: Vec::new(),
+            nodes: Arena::new(Node::new(NONE, NONE)),
+            groups: Arena::empty(),
             interner: Interner::new(hasher.clone()),
             hasher,
             len: 0,
@@ -127,7 +123,7 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
 
     /// Number of trie nodes in use, for memory accounting.
     pub fn node_count(&self) -> usize {
-        self.nodes.len() - self.free_nodes.len()
+        self.nodes.live()
     }
 
     /// Subscribes `key` to `filter` with `value`. Returns the value it
@@ -135,12 +131,10 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
     pub fn subscribe(&mut self, filter: &TopicFilter, key: K, value: V) -> Option<V> {
         let node = self.node_for(filter);
         let old = match filter.share_group() {
-            None => self.nodes[node as usize]
-                .subs
-                .insert(key, value, &self.hasher),
+            None => self.nodes[node].subs.insert(key, value, &self.hasher),
             Some(name) => {
                 let group = self.group_for(node, name);
-                self.groups[group as usize].insert(key, value)
+                self.groups[group].insert(key, value)
             }
         };
         if old.is_none() {
@@ -153,11 +147,11 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
     pub fn unsubscribe(&mut self, filter: &TopicFilter, key: &K) -> Option<V> {
         let node = self.find(filter)?;
         let old = match filter.share_group() {
-            None => self.nodes[node as usize].subs.remove(key)?,
+            None => self.nodes[node].subs.remove(key)?,
             Some(name) => {
                 let group = self.find_group(node, name)?;
-                let old = self.groups[group as usize].remove(key)?;
-                if self.groups[group as usize].members().is_empty() {
+                let old = self.groups[group].remove(key)?;
+                if self.groups[group].members().is_empty() {
                     self.remove_group(node, group);
                 }
                 old
@@ -172,10 +166,10 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
     pub fn get(&self, filter: &TopicFilter, key: &K) -> Option<&V> {
         let node = self.find(filter)?;
         match filter.share_group() {
-            None => self.nodes[node as usize].subs.get(key),
+            None => self.nodes[node].subs.get(key),
             Some(name) => {
                 let group = self.find_group(node, name)?;
-                self.groups[group as usize].get(key)
+                self.groups[group].get(key)
             }
         }
     }
@@ -204,7 +198,7 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
         let dollar = name[0] == b'$';
         stack.push((ROOT, 0));
         while let Some((id, depth)) = stack.pop() {
-            let node = &self.nodes[id as usize];
+            let node = &self.nodes[id];
             let wildcards = depth > 0 || !dollar;
             if node.hash != NONE && wildcards {
                 // `#` matches everything below, and the parent level itself.
@@ -238,24 +232,24 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
     ///
     /// If `id` does not come from a match on this index since its last change.
     pub fn group(&self, id: GroupId) -> &SharedGroup<K, V> {
-        &self.groups[id.0 as usize]
+        &self.groups[id.0]
     }
 
     /// Chooses the member of a shared group that gets a message, with
     /// `picker`'s strategy (round robin, sticky by hash, seeded random, or
     /// your own).
     pub fn pick(&mut self, id: GroupId, picker: &mut impl SharedPicker<K, V>) -> Option<&(K, V)> {
-        self.groups[id.0 as usize].pick(picker)
+        self.groups[id.0].pick(picker)
     }
 
     #[inline]
     fn collect(&self, id: u32, out: &mut Vec<(K, V)>, groups: &mut Vec<GroupId>) {
-        let node = &self.nodes[id as usize];
+        let node = &self.nodes[id];
         node.subs.extend_into(out);
         let mut g = node.shared;
         while g != NONE {
             groups.push(GroupId(g));
-            g = self.groups[g as usize].next;
+            g = self.groups[g].next;
         }
     }
 
@@ -265,22 +259,22 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
         for level in levels(filter.filter().as_bytes()) {
             id = match level {
                 b"+" => {
-                    let plus = self.nodes[id as usize].plus;
+                    let plus = self.nodes[id].plus;
                     if plus != NONE {
                         plus
                     } else {
                         let child = self.alloc(id, PLUS);
-                        self.nodes[id as usize].plus = child;
+                        self.nodes[id].plus = child;
                         child
                     }
                 }
                 b"#" => {
-                    let hash = self.nodes[id as usize].hash;
+                    let hash = self.nodes[id].hash;
                     if hash != NONE {
                         hash
                     } else {
                         let child = self.alloc(id, HASH);
-                        self.nodes[id as usize].hash = child;
+                        self.nodes[id].hash = child;
                         child
                     }
                 }
@@ -288,15 +282,13 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
                     let found = self
                         .interner
                         .lookup(literal)
-                        .and_then(|l| self.nodes[id as usize].children.get(l));
+                        .and_then(|l| self.nodes[id].children.get(l));
                     match found {
                         Some(child) => child,
                         None => {
                             let label = self.interner.acquire(literal);
                             let child = self.alloc(id, label);
-                            self.nodes[id as usize]
-                                .children
-                                .insert(label, child, &self.hasher);
+                            self.nodes[id].children.insert(label, child, &self.hasher);
                             child
                         }
                     }
@@ -310,7 +302,7 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
     fn find(&self, filter: &TopicFilter) -> Option<u32> {
         let mut id = ROOT;
         for level in levels(filter.filter().as_bytes()) {
-            let node = &self.nodes[id as usize];
+            let node = &self.nodes[id];
             let next = match level {
                 b"+" => node.plus,
                 b"#" => node.hash,
@@ -325,23 +317,13 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
     }
 
     fn alloc(&mut self, parent: u32, label: u32) -> u32 {
-        let node = Node::new(parent, label);
-        match self.free_nodes.pop() {
-            Some(id) => {
-                self.nodes[id as usize] = node;
-                id
-            }
-            None => {
-                self.nodes.push(node);
-                (self.nodes.len() - 1) as u32
-            }
-        }
+        self.nodes.alloc(Node::new(parent, label))
     }
 
     /// Frees `id` and its ancestors for as long as they hold nothing.
     fn prune(&mut self, mut id: u32) {
         while id != ROOT {
-            let node = &self.nodes[id as usize];
+            let node = &self.nodes[id];
             let empty = node.subs.is_empty()
                 && node.children.is_empty()
                 && node.plus == NONE
@@ -351,7 +333,7 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
                 return;
             }
             let (parent, label) = (node.parent, node.label);
-            let p = &mut self.nodes[parent as usize];
+            let p = &mut self.nodes[parent];
             match label {
                 PLUS => p.plus = NONE,
                 HASH => p.hash = NONE,
@@ -361,19 +343,18 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
                 }
             }
             // Drop the node's (empty) tables now rather than when reused.
-            self.nodes[id as usize] = Node::new(NONE, NONE);
-            self.free_nodes.push(id);
+            self.nodes.free(id, Node::new(NONE, NONE));
             id = parent;
         }
     }
 
     fn find_group(&self, node: u32, name: &str) -> Option<u32> {
-        let mut g = self.nodes[node as usize].shared;
+        let mut g = self.nodes[node].shared;
         while g != NONE {
-            if self.groups[g as usize].name() == name {
+            if self.groups[g].name() == name {
                 return Some(g);
             }
-            g = self.groups[g as usize].next;
+            g = self.groups[g].next;
         }
         None
     }
@@ -382,35 +363,25 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
         if let Some(g) = self.find_group(node, name) {
             return g;
         }
-        let head = self.nodes[node as usize].shared;
+        let head = self.nodes[node].shared;
         let group = SharedGroup::new(name, head);
-        let id = match self.free_groups.pop() {
-            Some(id) => {
-                self.groups[id as usize] = group;
-                id
-            }
-            None => {
-                self.groups.push(group);
-                (self.groups.len() - 1) as u32
-            }
-        };
-        self.nodes[node as usize].shared = id;
+        let id = self.groups.alloc(group);
+        self.nodes[node].shared = id;
         id
     }
 
     fn remove_group(&mut self, node: u32, group: u32) {
-        let next = self.groups[group as usize].next;
-        if self.nodes[node as usize].shared == group {
-            self.nodes[node as usize].shared = next;
+        let next = self.groups[group].next;
+        if self.nodes[node].shared == group {
+            self.nodes[node].shared = next;
         } else {
-            let mut g = self.nodes[node as usize].shared;
-            while self.groups[g as usize].next != group {
-                g = self.groups[g as usize].next;
+            let mut g = self.nodes[node].shared;
+            while self.groups[g].next != group {
+                g = self.groups[g].next;
             }
-            self.groups[g as usize].next = next;
+            self.groups[g].next = next;
         }
-        self.groups[group as usize] = SharedGroup::new("", NONE);
-        self.free_groups.push(group);
+        self.groups.free(group, SharedGroup::new("", NONE));
     }
 
     #[cfg(test)]

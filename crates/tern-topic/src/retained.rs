@@ -2,7 +2,7 @@
 //! filter without scanning every topic.
 
 use crate::index::DEFAULT_SEED;
-use crate::trie::{levels, Children, Hasher, Interner, NONE};
+use crate::trie::{levels, Arena, Children, Hasher, Interner, NONE};
 use crate::{TopicFilter, TopicName};
 
 const ROOT: u32 = 0;
@@ -56,8 +56,7 @@ impl<V> Node<V> {
 /// # Ok::<(), tern_topic::TopicError>(())
 /// ```
 pub struct RetainedIndex<V> {
-    nodes: Vec<Node<V>>,
-    free_nodes: Vec<u32>,
+    nodes: Arena<Node<V>>,
     interner: Interner,
     hasher: Hasher,
     len: usize,
@@ -81,8 +80,7 @@ impl<V> RetainedIndex<V> {
     pub fn with_seed(seed: u64) -> Self {
         let hasher = Hasher::with_seed(seed);
         RetainedIndex {
-            nodes: vec![Node::new(NONE, NONE)],
-            free_nodes: Vec::new(),
+            nodes: Arena::new(Node::new(NONE, NONE)),
             interner: Interner::new(hasher.clone()),
             hasher,
             len: 0,
@@ -118,7 +116,7 @@ impl<V> RetainedIndex<V> {
             weight,
         });
         self.weight += weight;
-        match self.nodes[id as usize].value.replace(entry) {
+        match self.nodes[id].value.replace(entry) {
             Some(old) => {
                 self.weight -= old.weight;
                 Some(old.value)
@@ -133,7 +131,7 @@ impl<V> RetainedIndex<V> {
     /// Clears the retained message of `topic`, returning it.
     pub fn remove(&mut self, topic: &TopicName) -> Option<V> {
         let id = self.find(topic)?;
-        let old = self.nodes[id as usize].value.take()?;
+        let old = self.nodes[id].value.take()?;
         self.len -= 1;
         self.weight -= old.weight;
         self.prune(id);
@@ -143,7 +141,7 @@ impl<V> RetainedIndex<V> {
     /// The retained message of exactly `topic`.
     pub fn get(&self, topic: &TopicName) -> Option<&V> {
         let id = self.find(topic)?;
-        self.nodes[id as usize].value.as_ref().map(|e| &e.value)
+        self.nodes[id].value.as_ref().map(|e| &e.value)
     }
 
     /// Calls `f` with every retained message whose topic matches `filter`
@@ -158,7 +156,7 @@ impl<V> RetainedIndex<V> {
         // (node, depth in the filter)
         let mut stack = vec![(ROOT, 0usize)];
         while let Some((id, depth)) = stack.pop() {
-            let node = &self.nodes[id as usize];
+            let node = &self.nodes[id];
             let Some(&level) = filter_levels.get(depth) else {
                 if let Some(e) = &node.value {
                     f(&e.topic, &e.value);
@@ -198,7 +196,7 @@ impl<V> RetainedIndex<V> {
     fn subtree<'a>(&'a self, id: u32, skip_dollar: bool, f: &mut impl FnMut(&'a TopicName, &'a V)) {
         let mut stack = vec![id];
         while let Some(id) = stack.pop() {
-            let node = &self.nodes[id as usize];
+            let node = &self.nodes[id];
             if let Some(e) = &node.value {
                 f(&e.topic, &e.value);
             }
@@ -217,15 +215,13 @@ impl<V> RetainedIndex<V> {
             let found = self
                 .interner
                 .lookup(level)
-                .and_then(|l| self.nodes[id as usize].children.get(l));
+                .and_then(|l| self.nodes[id].children.get(l));
             id = match found {
                 Some(child) => child,
                 None => {
                     let label = self.interner.acquire(level);
                     let child = self.alloc(id, label);
-                    self.nodes[id as usize]
-                        .children
-                        .insert(label, child, &self.hasher);
+                    self.nodes[id].children.insert(label, child, &self.hasher);
                     child
                 }
             };
@@ -240,36 +236,25 @@ impl<V> RetainedIndex<V> {
         let mut id = ROOT;
         for level in levels(topic.as_bytes()) {
             let label = self.interner.lookup(level)?;
-            id = self.nodes[id as usize].children.get(label)?;
+            id = self.nodes[id].children.get(label)?;
         }
         Some(id)
     }
 
     fn alloc(&mut self, parent: u32, label: u32) -> u32 {
-        let node = Node::new(parent, label);
-        match self.free_nodes.pop() {
-            Some(id) => {
-                self.nodes[id as usize] = node;
-                id
-            }
-            None => {
-                self.nodes.push(node);
-                (self.nodes.len() - 1) as u32
-            }
-        }
+        self.nodes.alloc(Node::new(parent, label))
     }
 
     fn prune(&mut self, mut id: u32) {
         while id != ROOT {
-            let node = &self.nodes[id as usize];
+            let node = &self.nodes[id];
             if node.value.is_some() || !node.children.is_empty() {
                 return;
             }
             let (parent, label) = (node.parent, node.label);
-            self.nodes[parent as usize].children.remove(label);
+            self.nodes[parent].children.remove(label);
             self.interner.release(label);
-            self.nodes[id as usize] = Node::new(NONE, NONE);
-            self.free_nodes.push(id);
+            self.nodes.free(id, Node::new(NONE, NONE));
             id = parent;
         }
     }

@@ -189,6 +189,71 @@ impl Children {
     }
 }
 
+/// Trie nodes (or shared groups) in one vector, named by `u32` index;
+/// freed slots are reused.
+pub(crate) struct Arena<N> {
+    nodes: Vec<N>,
+    free: Vec<u32>,
+}
+
+impl<N> Arena<N> {
+    /// An empty arena.
+    pub(crate) fn empty() -> Arena<N> {
+        Arena {
+            nodes: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    /// An arena holding only `root`, at index 0.
+    pub(crate) fn new(root: N) -> Arena<N> {
+        Arena {
+            nodes: vec![root],
+            free: Vec::new(),
+        }
+    }
+
+    pub(crate) fn alloc(&mut self, node: N) -> u32 {
+        match self.free.pop() {
+            Some(id) => {
+                self.nodes[id as usize] = node;
+                id
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Frees `id`, overwriting it with `empty` so its tables are dropped now
+    /// rather than when the slot is reused.
+    pub(crate) fn free(&mut self, id: u32, empty: N) {
+        self.nodes[id as usize] = empty;
+        self.free.push(id);
+    }
+
+    /// Nodes in use.
+    pub(crate) fn live(&self) -> usize {
+        self.nodes.len() - self.free.len()
+    }
+}
+
+impl<N> std::ops::Index<u32> for Arena<N> {
+    type Output = N;
+    #[inline]
+    fn index(&self, id: u32) -> &N {
+        &self.nodes[id as usize]
+    }
+}
+
+impl<N> std::ops::IndexMut<u32> for Arena<N> {
+    #[inline]
+    fn index_mut(&mut self, id: u32) -> &mut N {
+        &mut self.nodes[id as usize]
+    }
+}
+
 /// Splits a topic or filter into levels (empty levels included).
 #[inline]
 pub(crate) fn levels(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
