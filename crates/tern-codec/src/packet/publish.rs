@@ -175,6 +175,10 @@ fn parse<'a>(
         }
     };
     if v.is_v5() {
+        // Most PUBLISHes carry no properties: a single zero length byte.
+        if let Some((0, rest)) = i.split_first() {
+            return Ok((rest, (qos, PublishProperties::default())));
+        }
         let (i, properties) = PublishProperties::parse(buf, i)?;
         Ok((i, (qos, properties)))
     } else {
