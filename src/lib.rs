@@ -3,7 +3,8 @@
 //! This facade re-exports Tern's layers behind cargo features, so one
 //! dependency brings what an application needs:
 //!
-//! - `topic` (default): [`topic`], validated topic names and filters.
+//! - `topic` (default): [`topic`], validated topic names and filters, the
+//!   subscription index and the retained index.
 //! - `codec` (default): [`codec`], every MQTT 3.1 / 3.1.1 / 5.0 packet,
 //!   decoded zero-copy and encoded into any `BufMut`.
 //!
