@@ -160,22 +160,6 @@ pub(crate) fn put_vbi<B: BufMut>(out: &mut B, mut v: usize) {
     }
 }
 
-/// Writes a Variable Byte Integer into `out` (at least 4 bytes long),
-/// returning how many bytes it took.
-#[inline]
-pub(crate) fn put_vbi_array(out: &mut [u8], mut v: usize) -> usize {
-    let mut at = 0;
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        out[at] = if v > 0 { b | 0x80 } else { b };
-        at += 1;
-        if v == 0 {
-            return at;
-        }
-    }
-}
-
 /// Writes a two-byte length and the bytes. Callers guarantee the length
 /// fits: strings and topics are validated to 65,535 bytes, binary data is
 /// checked by [`crate::Packet::encode`].

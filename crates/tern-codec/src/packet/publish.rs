@@ -4,9 +4,7 @@ use bytes::{Buf, BufMut, Bytes};
 use tern_topic::TopicName;
 
 use super::{encoded_len_of, Body, PacketType};
-use crate::primitives::{
-    length_prefixed, packet_id, put_prefixed, put_vbi, put_vbi_array, vbi_len, Res, VBI_MAX,
-};
+use crate::primitives::{length_prefixed, packet_id, put_prefixed, put_vbi, vbi_len, Res, VBI_MAX};
 use crate::{DecodeError, EncodeError, ProtocolVersion, PublishProperties, QoS, QosPid};
 
 /// PUBLISH: an application message.
@@ -63,8 +61,9 @@ impl Publish {
     /// Writes the packet as `version` speaks it.
     ///
     /// The hot path of a broker's fan-out, so it walks the properties once
-    /// for their length and writes the fixed header and topic length in one
-    /// `put_slice`.
+    /// for their length, and not at all when there are none. (Gathering the
+    /// fixed header in a stack buffer first was measured slower than
+    /// writing it byte by byte.)
     #[inline]
     pub fn encode<B: BufMut>(
         &self,
@@ -93,12 +92,9 @@ impl Publish {
         if n > VBI_MAX as usize {
             return Err(EncodeError::PacketTooLarge(n));
         }
-        // First byte, remaining length and topic length in one `put_slice`.
-        let mut head = [0u8; 7];
-        head[0] = self.first_byte();
-        let at = 1 + put_vbi_array(&mut head[1..], n);
-        head[at..at + 2].copy_from_slice(&(topic.len() as u16).to_be_bytes());
-        out.put_slice(&head[..at + 2]);
+        out.put_u8(self.first_byte());
+        put_vbi(out, n);
+        out.put_u16(topic.len() as u16);
         out.put_slice(topic);
         if let Some(id) = self.qos.packet_id() {
             out.put_u16(id.get());
