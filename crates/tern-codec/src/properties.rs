@@ -252,6 +252,7 @@ macro_rules! properties {
 
         impl $name {
             /// Whether no property is set.
+            #[inline]
             pub fn is_empty(&self) -> bool {
                 $( properties!(@empty $mult self.$field) && )* self.user_properties.is_empty()
             }
@@ -292,7 +293,11 @@ macro_rules! properties {
             }
 
             /// Length on the wire, with the length prefix.
+            #[inline]
             pub(crate) fn wire_len(&self) -> usize {
+                if self.is_empty() {
+                    return 1;
+                }
                 let n = self.len();
                 vbi_len(n) + n
             }
@@ -304,7 +309,12 @@ macro_rules! properties {
             }
 
             /// Writes the length prefix and the properties.
+            #[inline]
             pub(crate) fn put<B: BufMut>(&self, out: &mut B) {
+                if self.is_empty() {
+                    out.put_u8(0);
+                    return;
+                }
                 put_vbi(out, self.len());
                 self.put_fields(out);
             }
