@@ -81,7 +81,7 @@ pub enum DecodeError {
     /// Reserved bits of the subscription options are set ([MQTT-3.8.3-5]).
     #[error("reserved subscription option bits are set")]
     ReservedSubscriptionOptions,
-    /// Retain Handling is 3 ([MQTT-3.8.3-5]... Protocol Error in 5.0).
+    /// Retain Handling is 3, a Protocol Error in 5.0 (§3.8.3.1).
     #[error("retain handling 3 is not defined")]
     InvalidRetainHandling,
     /// No Local on a shared subscription ([MQTT-3.8.3-4]).

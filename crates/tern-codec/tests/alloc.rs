@@ -80,6 +80,32 @@ fn encode_many(v: ProtocolVersion, packets: &[Packet]) -> BytesMut {
     wire
 }
 
+/// Decodes every packet after the first with `next` (until it returns
+/// `None`), checking each against `packets` in order, and asserts that all
+/// of them together allocated nothing.
+fn assert_rest_decodes_without_allocating(
+    v: ProtocolVersion,
+    packets: &[Packet],
+    how: &str,
+    mut next: impl FnMut() -> Option<Packet>,
+) {
+    let mut decoded = 1;
+    let info = measure(|| {
+        while let Some(p) = next() {
+            assert_eq!(&p, &packets[decoded % packets.len()]);
+            black_box(&p);
+            decoded += 1;
+        }
+    });
+    assert_eq!(decoded, packets.len() * ROUNDS, "{v}");
+    assert_eq!(
+        info.count_total,
+        0,
+        "{how} of {} PUBLISH packets in MQTT {v} allocated: {info:?}",
+        decoded - 1
+    );
+}
+
 /// Guards against a vacuous pass: the counter must see an allocation.
 #[test]
 fn the_counter_counts() {
@@ -100,22 +126,10 @@ fn decode_bytes_does_not_allocate() {
         let first = decoder.decode_bytes(&mut buf).expect("decodes");
         assert_eq!(first.as_ref(), Some(&packets[0]));
 
-        let mut decoded = 1;
-        let info = measure(|| {
-            while let Some(p) = decoder.decode_bytes(&mut buf).expect("decodes") {
-                assert_eq!(&p, &packets[decoded % packets.len()]);
-                black_box(&p);
-                decoded += 1;
-            }
+        assert_rest_decodes_without_allocating(v, &packets, "decode_bytes", || {
+            decoder.decode_bytes(&mut buf).expect("decodes")
         });
-        assert_eq!(decoded, packets.len() * ROUNDS, "{v}");
         assert!(buf.is_empty());
-        assert_eq!(
-            info.count_total,
-            0,
-            "decode_bytes of {} PUBLISH packets in MQTT {v} allocated: {info:?}",
-            decoded - 1
-        );
     }
 }
 
@@ -134,21 +148,9 @@ fn decode_from_bytes_mut_does_not_allocate_after_the_first_packet() {
         assert_eq!(first.as_ref(), Some(&packets[0]));
         assert!(warm_up.count_total <= 1, "{warm_up:?}");
 
-        let mut decoded = 1;
-        let info = measure(|| {
-            while let Some(p) = decoder.decode(&mut buf).expect("decodes") {
-                assert_eq!(&p, &packets[decoded % packets.len()]);
-                black_box(&p);
-                decoded += 1;
-            }
+        assert_rest_decodes_without_allocating(v, &packets, "decode", || {
+            decoder.decode(&mut buf).expect("decodes")
         });
-        assert_eq!(decoded, packets.len() * ROUNDS, "{v}");
         assert!(buf.is_empty());
-        assert_eq!(
-            info.count_total,
-            0,
-            "decode of {} PUBLISH packets in MQTT {v} allocated: {info:?}",
-            decoded - 1
-        );
     }
 }

@@ -4,7 +4,9 @@ use std::hash::Hash;
 
 use crate::shared::{GroupId, SharedGroup, SharedPicker};
 use crate::subs::Subs;
-use crate::trie::{levels, Arena, Children, Hasher, Interner, NONE};
+use crate::trie::{
+    levels, literal_child, unlink_literal, Arena, Children, Hasher, Interner, TrieNode, NONE,
+};
 use crate::{TopicFilter, TopicName};
 
 /// Label of a `+` node and of a `#` node; never an interned id.
@@ -25,8 +27,16 @@ struct Node<K, V> {
     shared: u32,
 }
 
-impl<K, V> Node<K, V> {
-    fn new(parent: u32, label: u32) -> Node<K, V> {
+impl<K, V> TrieNode for Node<K, V> {
+    fn children(&self) -> &Children {
+        &self.children
+    }
+
+    fn children_mut(&mut self) -> &mut Children {
+        &mut self.children
+    }
+
+    fn empty(parent: u32, label: u32) -> Node<K, V> {
         Node {
             children: Children::None,
             subs: Subs::None,
@@ -103,7 +113,7 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
     pub fn with_seed(seed: u64) -> Self {
         let hasher = Hasher::with_seed(seed);
         SubscriptionIndex {
-            nodes: Arena::new(Node::new(NONE, NONE)),
+            nodes: Arena::new(Node::empty(NONE, NONE)),
             groups: Arena::empty(),
             interner: Interner::new(hasher.clone()),
             hasher,
@@ -263,7 +273,7 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
                     if plus != NONE {
                         plus
                     } else {
-                        let child = self.alloc(id, PLUS);
+                        let child = self.nodes.alloc(Node::empty(id, PLUS));
                         self.nodes[id].plus = child;
                         child
                     }
@@ -273,26 +283,18 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
                     if hash != NONE {
                         hash
                     } else {
-                        let child = self.alloc(id, HASH);
+                        let child = self.nodes.alloc(Node::empty(id, HASH));
                         self.nodes[id].hash = child;
                         child
                     }
                 }
-                literal => {
-                    let found = self
-                        .interner
-                        .lookup(literal)
-                        .and_then(|l| self.nodes[id].children.get(l));
-                    match found {
-                        Some(child) => child,
-                        None => {
-                            let label = self.interner.acquire(literal);
-                            let child = self.alloc(id, label);
-                            self.nodes[id].children.insert(label, child, &self.hasher);
-                            child
-                        }
-                    }
-                }
+                literal => literal_child(
+                    &mut self.nodes,
+                    &mut self.interner,
+                    &self.hasher,
+                    id,
+                    literal,
+                ),
             };
         }
         id
@@ -316,10 +318,6 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
         Some(id)
     }
 
-    fn alloc(&mut self, parent: u32, label: u32) -> u32 {
-        self.nodes.alloc(Node::new(parent, label))
-    }
-
     /// Frees `id` and its ancestors for as long as they hold nothing.
     fn prune(&mut self, mut id: u32) {
         while id != ROOT {
@@ -333,17 +331,18 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
                 return;
             }
             let (parent, label) = (node.parent, node.label);
-            let p = &mut self.nodes[parent];
             match label {
-                PLUS => p.plus = NONE,
-                HASH => p.hash = NONE,
-                label => {
-                    p.children.remove(label);
-                    self.interner.release(label);
+                PLUS | HASH => {
+                    let p = &mut self.nodes[parent];
+                    if label == PLUS {
+                        p.plus = NONE;
+                    } else {
+                        p.hash = NONE;
+                    }
+                    self.nodes.free(id, Node::empty(NONE, NONE));
                 }
+                label => unlink_literal(&mut self.nodes, &mut self.interner, parent, label, id),
             }
-            // Drop the node's (empty) tables now rather than when reused.
-            self.nodes.free(id, Node::new(NONE, NONE));
             id = parent;
         }
     }

@@ -2,7 +2,9 @@
 //! filter without scanning every topic.
 
 use crate::index::DEFAULT_SEED;
-use crate::trie::{levels, Arena, Children, Hasher, Interner, NONE};
+use crate::trie::{
+    levels, literal_child, unlink_literal, Arena, Children, Hasher, Interner, TrieNode, NONE,
+};
 use crate::{TopicFilter, TopicName};
 
 const ROOT: u32 = 0;
@@ -20,8 +22,16 @@ struct Entry<V> {
     weight: usize,
 }
 
-impl<V> Node<V> {
-    fn new(parent: u32, label: u32) -> Node<V> {
+impl<V> TrieNode for Node<V> {
+    fn children(&self) -> &Children {
+        &self.children
+    }
+
+    fn children_mut(&mut self) -> &mut Children {
+        &mut self.children
+    }
+
+    fn empty(parent: u32, label: u32) -> Node<V> {
         Node {
             children: Children::None,
             value: None,
@@ -80,7 +90,7 @@ impl<V> RetainedIndex<V> {
     pub fn with_seed(seed: u64) -> Self {
         let hasher = Hasher::with_seed(seed);
         RetainedIndex {
-            nodes: Arena::new(Node::new(NONE, NONE)),
+            nodes: Arena::new(Node::empty(NONE, NONE)),
             interner: Interner::new(hasher.clone()),
             hasher,
             len: 0,
@@ -212,19 +222,7 @@ impl<V> RetainedIndex<V> {
     fn node_for(&mut self, topic: &TopicName) -> u32 {
         let mut id = ROOT;
         for level in levels(topic.as_bytes()) {
-            let found = self
-                .interner
-                .lookup(level)
-                .and_then(|l| self.nodes[id].children.get(l));
-            id = match found {
-                Some(child) => child,
-                None => {
-                    let label = self.interner.acquire(level);
-                    let child = self.alloc(id, label);
-                    self.nodes[id].children.insert(label, child, &self.hasher);
-                    child
-                }
-            };
+            id = literal_child(&mut self.nodes, &mut self.interner, &self.hasher, id, level);
         }
         id
     }
@@ -241,10 +239,6 @@ impl<V> RetainedIndex<V> {
         Some(id)
     }
 
-    fn alloc(&mut self, parent: u32, label: u32) -> u32 {
-        self.nodes.alloc(Node::new(parent, label))
-    }
-
     fn prune(&mut self, mut id: u32) {
         while id != ROOT {
             let node = &self.nodes[id];
@@ -252,9 +246,7 @@ impl<V> RetainedIndex<V> {
                 return;
             }
             let (parent, label) = (node.parent, node.label);
-            self.nodes[parent].children.remove(label);
-            self.interner.release(label);
-            self.nodes.free(id, Node::new(NONE, NONE));
+            unlink_literal(&mut self.nodes, &mut self.interner, parent, label, id);
             id = parent;
         }
     }

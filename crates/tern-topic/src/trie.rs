@@ -254,6 +254,49 @@ impl<N> std::ops::IndexMut<u32> for Arena<N> {
     }
 }
 
+/// What the nodes of both tries have: a constructor and literal children.
+pub(crate) trait TrieNode {
+    /// A node with no children and nothing stored, under `parent`.
+    fn empty(parent: u32, label: u32) -> Self;
+    fn children(&self) -> &Children;
+    fn children_mut(&mut self) -> &mut Children;
+}
+
+/// The child of `id` for the literal `level`, created if it is missing.
+pub(crate) fn literal_child<N: TrieNode>(
+    nodes: &mut Arena<N>,
+    interner: &mut Interner,
+    hasher: &Hasher,
+    id: u32,
+    level: &[u8],
+) -> u32 {
+    let found = interner
+        .lookup(level)
+        .and_then(|label| nodes[id].children().get(label));
+    if let Some(child) = found {
+        return child;
+    }
+    let label = interner.acquire(level);
+    let child = nodes.alloc(N::empty(id, label));
+    nodes[id].children_mut().insert(label, child, hasher);
+    child
+}
+
+/// Frees node `id`, the literal child `label` of `parent`, and the
+/// reference it held on its label.
+pub(crate) fn unlink_literal<N: TrieNode>(
+    nodes: &mut Arena<N>,
+    interner: &mut Interner,
+    parent: u32,
+    label: u32,
+    id: u32,
+) {
+    nodes[parent].children_mut().remove(label);
+    interner.release(label);
+    // Drop the node's (empty) tables now rather than when the slot is reused.
+    nodes.free(id, N::empty(NONE, NONE));
+}
+
 /// Splits a topic or filter into levels (empty levels included).
 #[inline]
 pub(crate) fn levels(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
