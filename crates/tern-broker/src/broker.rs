@@ -1,0 +1,1478 @@
+//! The broker state machine.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::num::{NonZeroU16, NonZeroU32};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tern_codec::{
+    Ack, ConnAck, Connect, Decoder, Disconnect, MqttString, Packet, PacketId, ProtocolVersion,
+    Publish, PublishProperties, QoS, QosPid, ReasonCode, RetainHandling, SubAck, Subscribe,
+    TopicFilter, TopicName, UnsubAck, Unsubscribe,
+};
+use tern_topic::{Matches, RetainedIndex, RoundRobin, SubscriptionIndex};
+
+use crate::policy::{AllowAll, Authenticator, Authorizer, ClientInfo, Credentials, Verdict};
+use crate::session::{Delivery, Message, OutState, Outgoing, Session, Sub};
+use crate::{Config, QueueFullPolicy};
+
+/// A transport connection, as the broker names it. Handed out by
+/// [`Broker::accept`]; the embedding maps it to its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(u64);
+
+impl ConnId {
+    /// The number behind the id (unique for the broker's lifetime).
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+/// A session, as the broker names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(u64);
+
+/// Bytes to write to a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to write them.
+    pub conn: ConnId,
+    /// One or more encoded packets.
+    pub data: Bytes,
+}
+
+/// A request the embedding answers with [`Broker::answer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Token {
+    conn: ConnId,
+    seq: u64,
+}
+
+impl Token {
+    /// The connection the request is about.
+    pub fn conn(self) -> ConnId {
+        self.conn
+    }
+}
+
+/// What the embedding must know or do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// Close the transport, after writing every [`Transmit`] for it polled
+    /// before this event. `reason` says why (`Success` after a client's
+    /// normal DISCONNECT).
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: ReasonCode,
+    },
+    /// Authenticate a CONNECT; answer with [`Broker::answer`].
+    Authenticate {
+        /// Pass it back with the answer.
+        token: Token,
+        /// What the client presented.
+        credentials: Credentials,
+    },
+    /// May this client publish to this topic? Answer with [`Broker::answer`];
+    /// the connection's later packets wait until then.
+    AuthorizePublish {
+        /// Pass it back with the answer.
+        token: Token,
+        /// Who.
+        client: ClientInfo,
+        /// Where to.
+        topic: TopicName,
+    },
+    /// May this client subscribe to this filter? As `AuthorizePublish`.
+    AuthorizeSubscribe {
+        /// Pass it back with the answer.
+        token: Token,
+        /// Who.
+        client: ClientInfo,
+        /// To what.
+        filter: TopicFilter,
+    },
+    /// A message was dropped for a session because its queue was full.
+    Dropped {
+        /// The session's client id.
+        client_id: String,
+        /// The topic of the dropped message.
+        topic: TopicName,
+    },
+}
+
+/// Counters, as `$SYS` publishes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections that completed CONNECT and are open.
+    pub clients_connected: usize,
+    /// Sessions, connected or not.
+    pub sessions: usize,
+    /// PUBLISH packets received.
+    pub messages_received: u64,
+    /// PUBLISH packets sent.
+    pub messages_sent: u64,
+    /// Bytes read from clients.
+    pub bytes_received: u64,
+    /// Bytes written to clients.
+    pub bytes_sent: u64,
+    /// Messages dropped because a queue was full.
+    pub messages_dropped: u64,
+    /// Subscriptions held.
+    pub subscriptions: usize,
+    /// Retained messages held.
+    pub retained: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Connect(ConnId),
+    KeepAlive(ConnId),
+    SessionExpiry(SessionId),
+    Will(SessionId),
+    Sys,
+}
+
+/// A packet held while the embedding decides on it.
+#[derive(Debug)]
+enum Held {
+    Connect(Box<Connect>, bool),
+    Publish(Publish, TopicName),
+    Subscribe {
+        packet: Subscribe,
+        next: usize,
+        codes: Vec<(ReasonCode, bool)>,
+    },
+}
+
+#[derive(Debug)]
+enum Phase {
+    AwaitConnect,
+    Active(SessionId),
+}
+
+#[derive(Debug)]
+struct Conn {
+    decoder: Decoder,
+    phase: Phase,
+    version: ProtocolVersion,
+    /// 1.5 times the keep alive; `None` when keep alive is off.
+    keep_alive: Option<Duration>,
+    last_packet: Instant,
+    aliases_in: Vec<Option<TopicName>>,
+    aliases_out: BTreeMap<TopicName, u16>,
+    alias_out_max: u16,
+    max_packet_out: u32,
+    client: ClientInfo,
+    /// Awaiting the embedding's answer: input is not read meanwhile.
+    held: Option<(Token, Held)>,
+}
+
+/// A complete MQTT 3.1 / 3.1.1 / 5.0 broker with no I/O and no clock.
+///
+/// # Call contract
+///
+/// - Inputs: [`accept`](Broker::accept) a transport, feed its bytes with
+///   [`handle_read`](Broker::handle_read), report its end with
+///   [`handle_closed`](Broker::handle_closed), call
+///   [`handle_timeout`](Broker::handle_timeout) at
+///   [`poll_timeout`](Broker::poll_timeout), and [`answer`](Broker::answer)
+///   the requests. Every input carries `now`; the broker never reads a clock.
+/// - Outputs, after every input: drain [`poll_transmit`](Broker::poll_transmit)
+///   (write the bytes in order), then [`poll_event`](Broker::poll_event),
+///   then read [`poll_timeout`](Broker::poll_timeout).
+/// - A connection whose packet awaits an answer reads no further input:
+///   `handle_read` leaves the bytes in the buffer. After answering, call
+///   `handle_read` again with that connection's buffer.
+///
+/// The broker is deterministic: the same inputs give the same outputs,
+/// byte for byte.
+pub struct Broker {
+    config: Config,
+    authn: Box<dyn Authenticator>,
+    authz: Box<dyn Authorizer>,
+    conns: BTreeMap<ConnId, Conn>,
+    sessions: BTreeMap<SessionId, Session>,
+    by_client_id: BTreeMap<Bytes, SessionId>,
+    subs: SubscriptionIndex<SessionId, Sub>,
+    retained: RetainedIndex<Arc<Message>>,
+    timers: BTreeSet<(Instant, Timer)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    scratch: Matches<SessionId, Sub>,
+    next_conn: u64,
+    next_session: u64,
+    next_token: u64,
+    next_assigned_id: u64,
+    started: Instant,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("connections", &self.conns.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A broker with `config` that accepts everyone ([`AllowAll`]).
+    pub fn new(config: Config, now: Instant) -> Broker {
+        let mut b = Broker {
+            config,
+            authn: Box::new(AllowAll),
+            authz: Box::new(AllowAll),
+            conns: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            by_client_id: BTreeMap::new(),
+            subs: SubscriptionIndex::new(),
+            retained: RetainedIndex::new(),
+            timers: BTreeSet::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            scratch: Matches::new(),
+            next_conn: 1,
+            next_session: 1,
+            next_token: 1,
+            next_assigned_id: 1,
+            started: now,
+            stats: Stats::default(),
+        };
+        if let Some(i) = b.config.sys_interval {
+            b.timers.insert((now + i, Timer::Sys));
+        }
+        b
+    }
+
+    /// Replaces the authentication policy.
+    pub fn set_authenticator(&mut self, a: impl Authenticator + 'static) {
+        self.authn = Box::new(a);
+    }
+
+    /// Replaces the authorization policy.
+    pub fn set_authorizer(&mut self, a: impl Authorizer + 'static) {
+        self.authz = Box::new(a);
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            clients_connected: self
+                .conns
+                .values()
+                .filter(|c| matches!(c.phase, Phase::Active(_)))
+                .count(),
+            sessions: self.sessions.len(),
+            subscriptions: self.subs.len(),
+            retained: self.retained.len(),
+            ..self.stats
+        }
+    }
+
+    /// A new transport connected. Returns `None` when the connection limit
+    /// is reached: close the transport.
+    pub fn accept(&mut self, now: Instant) -> Option<ConnId> {
+        if self.conns.len() >= self.config.max_connections {
+            return None;
+        }
+        let id = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let decoder = Decoder::server().with_max_packet_size(self.config.max_packet_size);
+        self.conns.insert(
+            id,
+            Conn {
+                decoder,
+                phase: Phase::AwaitConnect,
+                version: ProtocolVersion::V3_1_1,
+                keep_alive: None,
+                last_packet: now,
+                aliases_in: Vec::new(),
+                aliases_out: BTreeMap::new(),
+                alias_out_max: 0,
+                max_packet_out: u32::MAX,
+                client: ClientInfo {
+                    client_id: String::new(),
+                    username: None,
+                },
+                held: None,
+            },
+        );
+        self.timers
+            .insert((now + self.config.connect_timeout, Timer::Connect(id)));
+        Some(id)
+    }
+
+    /// Bytes arrived on `conn`. Every complete packet is taken from `buf`;
+    /// an incomplete one is left for the next call.
+    pub fn handle_read(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) {
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                // Closed: whatever arrives is discarded.
+                buf.clear();
+                return;
+            };
+            if c.held.is_some() {
+                return;
+            }
+            let before = buf.len();
+            match c.decoder.decode(buf) {
+                Ok(Some(p)) => {
+                    self.stats.bytes_received += (before - buf.len()) as u64;
+                    c.last_packet = now;
+                    self.handle_packet(conn, p, now);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    buf.clear();
+                    let code = e.reason_code();
+                    if matches!(c.phase, Phase::AwaitConnect) {
+                        if let tern_codec::DecodeError::UnsupportedProtocolVersion(_) = e {
+                            // [MQTT-3.1.2-2]: CONNACK 0x01 (3.1.1 form), then close.
+                            let ack = ConnAck {
+                                reason_code: ReasonCode::UnsupportedProtocolVersion,
+                                ..ConnAck::new(false)
+                            };
+                            self.send_as(conn, ProtocolVersion::V3_1_1, &ack.into());
+                        }
+                    }
+                    self.protocol_error(conn, code, now);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The transport of `conn` closed (by the peer, or on an I/O error).
+    pub fn handle_closed(&mut self, conn: ConnId, now: Instant) {
+        if self.conns.contains_key(&conn) {
+            self.drop_conn(conn, true, now);
+        }
+    }
+
+    /// Runs every timer due at `now`. Calling it early is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Connect(id) => {
+                    if let Some(c) = self.conns.get(&id) {
+                        if matches!(c.phase, Phase::AwaitConnect) {
+                            self.close(id, ReasonCode::MaximumConnectTime, true, now);
+                        }
+                    }
+                }
+                Timer::KeepAlive(id) => {
+                    let Some(c) = self.conns.get(&id) else {
+                        continue;
+                    };
+                    let Some(ka) = c.keep_alive else { continue };
+                    let due = c.last_packet + ka;
+                    if due <= now {
+                        self.disconnect(id, ReasonCode::KeepAliveTimeout, now);
+                    } else {
+                        self.timers.insert((due, Timer::KeepAlive(id)));
+                    }
+                }
+                Timer::SessionExpiry(sid) => {
+                    if let Some(s) = self.sessions.get(&sid) {
+                        if s.conn.is_none() && s.expires_at == Some(at) {
+                            self.end_session(sid, now);
+                        }
+                    }
+                }
+                Timer::Will(sid) => {
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        if s.will_at == Some(at) {
+                            s.will_at = None;
+                            if let Some(w) = s.will.take() {
+                                self.publish_will(&w, Some(sid), now);
+                            }
+                        }
+                    }
+                }
+                Timer::Sys => {
+                    self.publish_sys(now);
+                    if let Some(i) = self.config.sys_interval {
+                        self.timers.insert((now + i, Timer::Sys));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next instant at which [`Broker::handle_timeout`] must be called.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|&(at, _)| at)
+    }
+
+    /// The next bytes to write.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Answers a request event: `Ok(())` accepts, `Err(code)` refuses with
+    /// that reason code. A token for a connection that has closed since is
+    /// ignored. Afterwards, call [`Broker::handle_read`] for the connection
+    /// with whatever input it has buffered.
+    pub fn answer(&mut self, token: Token, verdict: Result<(), ReasonCode>, now: Instant) {
+        let Some(c) = self.conns.get_mut(&token.conn) else {
+            return;
+        };
+        match c.held.take() {
+            Some((t, held)) if t == token => {
+                let v = match verdict {
+                    Ok(()) => Verdict::Allow,
+                    Err(code) => Verdict::Deny(code),
+                };
+                match held {
+                    Held::Connect(connect, assigned) => {
+                        self.connect_decided(token.conn, *connect, assigned, v, now)
+                    }
+                    Held::Publish(p, topic) => self.publish_decided(token.conn, p, topic, v, now),
+                    Held::Subscribe {
+                        packet,
+                        next,
+                        mut codes,
+                    } => {
+                        let code = self.grant(token.conn, &packet, next, v);
+                        codes.push(code);
+                        self.subscribe_from(token.conn, packet, next + 1, codes, now);
+                    }
+                }
+            }
+            other => c.held = other,
+        }
+    }
+
+    /// Routes a message that arrived on another broker instance (a shard of
+    /// the same server) to this instance's subscribers. It is not stored as
+    /// retained here; each shard stores the retained messages it receives.
+    pub fn route_foreign(&mut self, msg: Arc<Message>, now: Instant) -> usize {
+        self.route(&msg, now)
+    }
+
+    // ---- packets ----
+
+    fn handle_packet(&mut self, conn: ConnId, p: Packet, now: Instant) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let sid = match c.phase {
+            Phase::AwaitConnect => {
+                if let Packet::Connect(connect) = p {
+                    self.on_connect(conn, *connect, now);
+                } else {
+                    self.protocol_error(conn, ReasonCode::ProtocolError, now);
+                }
+                return;
+            }
+            Phase::Active(sid) => sid,
+        };
+        match p {
+            Packet::Publish(p) => self.on_publish(conn, sid, p, now),
+            Packet::PubAck(a) => {
+                self.on_ack(conn, sid, a, OutState::Ack, now);
+            }
+            Packet::PubRec(a) => self.on_pubrec(conn, sid, a, now),
+            Packet::PubComp(a) => {
+                self.on_ack(conn, sid, a, OutState::Comp, now);
+            }
+            Packet::PubRel(a) => self.on_pubrel(conn, sid, a),
+            Packet::Subscribe(s) => self.subscribe_from(conn, s, 0, Vec::new(), now),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(conn, sid, u),
+            Packet::PingReq => self.send(conn, &Packet::PingResp),
+            Packet::Disconnect(d) => self.on_disconnect(conn, sid, d, now),
+            // [MQTT-3.1.0-2]: a second CONNECT is a protocol error. AUTH
+            // without an authentication method in CONNECT is one too.
+            _ => self.protocol_error(conn, ReasonCode::ProtocolError, now),
+        }
+    }
+
+    fn on_connect(&mut self, conn: ConnId, mut connect: Connect, now: Instant) {
+        let v = connect.protocol;
+        let c = self.conns.get_mut(&conn).expect("connection exists");
+        c.version = v;
+        let mut assigned = false;
+        // Client identifier rules: [MQTT-3.1.3-6], [MQTT-3.1.3-8].
+        if connect.client_id.is_empty() {
+            if v.is_v5() || connect.clean_start {
+                let id = format!("tern-{:016x}", self.next_assigned_id);
+                self.next_assigned_id += 1;
+                connect.client_id = MqttString::from_str(&id).expect("ascii id");
+                assigned = true;
+            } else {
+                return self.refuse(conn, ReasonCode::ClientIdentifierNotValid, now);
+            }
+        }
+        if connect.client_id.len() > self.config.max_client_id_len {
+            return self.refuse(conn, ReasonCode::ClientIdentifierNotValid, now);
+        }
+        if connect.properties.authentication_method.is_some() {
+            // Enhanced authentication is not offered.
+            return self.refuse(conn, ReasonCode::BadAuthenticationMethod, now);
+        }
+        if let Some(w) = &connect.will {
+            if w.qos > self.config.maximum_qos {
+                return self.refuse(conn, ReasonCode::QoSNotSupported, now);
+            }
+            if w.retain && !self.config.retain_available {
+                return self.refuse(conn, ReasonCode::RetainNotSupported, now);
+            }
+        }
+        let credentials = Credentials {
+            client_id: connect.client_id.as_str().to_owned(),
+            username: connect.username.as_ref().map(|u| u.as_str().to_owned()),
+            password: connect.password.clone(),
+        };
+        match self.authn.authenticate(&credentials) {
+            Verdict::Ask => {
+                let token = self.token(conn);
+                let c = self.conns.get_mut(&conn).expect("connection exists");
+                c.held = Some((token, Held::Connect(Box::new(connect), assigned)));
+                self.events
+                    .push_back(Event::Authenticate { token, credentials });
+            }
+            v => self.connect_decided(conn, connect, assigned, v, now),
+        }
+    }
+
+    fn refuse(&mut self, conn: ConnId, code: ReasonCode, now: Instant) {
+        let ack = ConnAck {
+            reason_code: code,
+            ..ConnAck::new(false)
+        };
+        self.send(conn, &ack.into());
+        self.close(conn, code, true, now);
+    }
+
+    fn connect_decided(
+        &mut self,
+        conn: ConnId,
+        connect: Connect,
+        assigned: bool,
+        v: Verdict,
+        now: Instant,
+    ) {
+        if let Verdict::Deny(code) = v {
+            return self.refuse(conn, code, now);
+        }
+        let version = connect.protocol;
+        let assigned = assigned && version.is_v5();
+        // Takeover: [MQTT-3.1.4-3].
+        let existing = self
+            .by_client_id
+            .get(connect.client_id.bytes().as_ref())
+            .copied();
+        if let Some(sid) = existing {
+            if let Some(old) = self.sessions[&sid].conn {
+                self.disconnect(old, ReasonCode::SessionTakenOver, now);
+            }
+        }
+        // The takeover may have ended the old session (expiry 0).
+        let existing = self
+            .by_client_id
+            .get(connect.client_id.bytes().as_ref())
+            .copied();
+        let resume = existing.filter(|_| !connect.clean_start);
+        if let (Some(sid), None) = (existing, resume) {
+            self.end_session(sid, now);
+        }
+        let session_present = resume.is_some();
+        let sid = match resume {
+            Some(sid) => sid,
+            None => {
+                let sid = SessionId(self.next_session);
+                self.next_session += 1;
+                self.sessions
+                    .insert(sid, Session::new(connect.client_id.clone(), version));
+                self.by_client_id
+                    .insert(connect.client_id.bytes().clone(), sid);
+                sid
+            }
+        };
+        // Session expiry: 3.1.1 persistent sessions ask for "forever".
+        let requested = if version.is_v5() {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let expiry = requested.min(self.config.max_session_expiry);
+        let client_window = connect
+            .properties
+            .receive_maximum
+            .map_or(u16::MAX, NonZeroU16::get);
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        s.conn = Some(conn);
+        s.version = version;
+        s.expiry = expiry;
+        s.expires_at = None;
+        // A new connection cancels a pending will: [MQTT-3.1.3-9].
+        s.will_at = None;
+        s.will = connect.will.clone();
+        s.username = connect.username.as_ref().map(|u| u.as_str().to_owned());
+        s.window = client_window.min(self.config.max_inflight).max(1);
+
+        let keep_alive = match self.config.server_keep_alive {
+            Some(k) if version.is_v5() => k,
+            _ => connect.keep_alive,
+        };
+        let c = self.conns.get_mut(&conn).expect("connection exists");
+        c.phase = Phase::Active(sid);
+        c.keep_alive =
+            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        c.alias_out_max = connect.properties.topic_alias_maximum.unwrap_or(0);
+        c.max_packet_out = connect
+            .properties
+            .maximum_packet_size
+            .map_or(u32::MAX, NonZeroU32::get);
+        c.client = ClientInfo {
+            client_id: connect.client_id.as_str().to_owned(),
+            username: connect.username.as_ref().map(|u| u.as_str().to_owned()),
+        };
+        if let Some(ka) = c.keep_alive {
+            self.timers.insert((now + ka, Timer::KeepAlive(conn)));
+        }
+
+        let mut ack = ConnAck::new(session_present);
+        if version.is_v5() {
+            let p = &mut ack.properties;
+            let cfg = &self.config;
+            if assigned {
+                p.assigned_client_identifier = Some(connect.client_id.clone());
+            }
+            if requested != expiry {
+                p.session_expiry_interval = Some(expiry);
+            }
+            p.receive_maximum =
+                NonZeroU16::new(cfg.receive_maximum).filter(|r| r.get() != u16::MAX);
+            if cfg.maximum_qos != QoS::ExactlyOnce {
+                p.maximum_qos = Some(cfg.maximum_qos);
+            }
+            if !cfg.retain_available {
+                p.retain_available = Some(false);
+            }
+            p.maximum_packet_size = NonZeroU32::new(cfg.max_packet_size);
+            if cfg.topic_alias_maximum > 0 {
+                p.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+            }
+            if !cfg.wildcard_subscriptions {
+                p.wildcard_subscription_available = Some(false);
+            }
+            if !cfg.subscription_identifiers {
+                p.subscription_identifiers_available = Some(false);
+            }
+            if !cfg.shared_subscriptions {
+                p.shared_subscription_available = Some(false);
+            }
+            if let Some(k) = cfg.server_keep_alive {
+                p.server_keep_alive = Some(k);
+            }
+        }
+        self.send(conn, &ack.into());
+        if session_present {
+            self.resend_inflight(conn, sid, now);
+        }
+        self.drain_queue(sid, now);
+    }
+
+    fn on_publish(&mut self, conn: ConnId, sid: SessionId, mut p: Publish, now: Instant) {
+        let c = self.conns.get_mut(&conn).expect("connection exists");
+        if p.qos.qos() > self.config.maximum_qos {
+            return self.disconnect(conn, ReasonCode::QoSNotSupported, now);
+        }
+        if p.retain && !self.config.retain_available {
+            return self.disconnect(conn, ReasonCode::RetainNotSupported, now);
+        }
+        // Topic alias: [MQTT-3.3.2-7] ... [MQTT-3.3.2-12].
+        if let Some(alias) = p.properties.topic_alias.take() {
+            let i = usize::from(alias.get());
+            if i > usize::from(self.config.topic_alias_maximum) {
+                return self.disconnect(conn, ReasonCode::TopicAliasInvalid, now);
+            }
+            if c.aliases_in.len() < i {
+                c.aliases_in.resize(i, None);
+            }
+            if p.topic.is_empty() {
+                match &c.aliases_in[i - 1] {
+                    Some(t) => p.topic = t.clone(),
+                    None => return self.disconnect(conn, ReasonCode::ProtocolError, now),
+                }
+            } else {
+                c.aliases_in[i - 1] = Some(p.topic.clone());
+            }
+        }
+        if p.topic.is_empty() {
+            return self.disconnect(conn, ReasonCode::ProtocolError, now);
+        }
+        // QoS 2 resent before PUBREL: acknowledge again, do not route again.
+        if let QosPid::ExactlyOnce(id) = p.qos {
+            let s = &self.sessions[&sid];
+            if s.incoming_qos2.contains(&id.get()) {
+                return self.send(conn, &Packet::PubRec(Ack::new(id)));
+            }
+            if s.incoming_qos2.len() >= usize::from(self.config.receive_maximum) {
+                return self.disconnect(conn, ReasonCode::ReceiveMaximumExceeded, now);
+            }
+        }
+        self.stats.messages_received += 1;
+        let topic = p.topic.clone();
+        if topic.levels().count() > self.config.max_topic_levels {
+            return self.publish_decided(
+                conn,
+                p,
+                topic,
+                Verdict::Deny(ReasonCode::TopicNameInvalid),
+                now,
+            );
+        }
+        // Clients do not publish to `$SYS`: it is the broker's.
+        if topic.as_str().starts_with("$SYS") {
+            return self.publish_decided(
+                conn,
+                p,
+                topic,
+                Verdict::Deny(ReasonCode::NotAuthorized),
+                now,
+            );
+        }
+        let client = self.conns[&conn].client.clone();
+        match self.authz.publish(&client, &topic) {
+            Verdict::Ask => {
+                let token = self.token(conn);
+                let c = self.conns.get_mut(&conn).expect("connection exists");
+                c.held = Some((token, Held::Publish(p, topic.clone())));
+                self.events.push_back(Event::AuthorizePublish {
+                    token,
+                    client,
+                    topic,
+                });
+            }
+            v => self.publish_decided(conn, p, topic, v, now),
+        }
+    }
+
+    fn publish_decided(
+        &mut self,
+        conn: ConnId,
+        p: Publish,
+        topic: TopicName,
+        v: Verdict,
+        now: Instant,
+    ) {
+        let Some(Phase::Active(sid)) = self.conns.get(&conn).map(|c| &c.phase) else {
+            return;
+        };
+        let sid = *sid;
+        let mut code = match v {
+            Verdict::Deny(code) => code,
+            _ => ReasonCode::Success,
+        };
+        if !code.is_error() {
+            let props = p.properties;
+            let msg = Arc::new(Message {
+                topic,
+                payload: p.payload,
+                qos: p.qos.qos(),
+                retain: p.retain,
+                expires_at: props
+                    .message_expiry_interval
+                    .map(|s| now + Duration::from_secs(s.into())),
+                properties: PublishProperties {
+                    message_expiry_interval: None,
+                    topic_alias: None,
+                    subscription_identifiers: Vec::new(),
+                    ..props
+                },
+                publisher: Some(sid),
+            });
+            if msg.retain {
+                if let Err(c) = self.retain(&msg) {
+                    code = c;
+                }
+            }
+            if !code.is_error() && self.route(&msg, now) == 0 {
+                code = ReasonCode::NoMatchingSubscribers;
+            }
+        }
+        let v5 = self.conns[&conn].version.is_v5();
+        match p.qos {
+            QosPid::AtMostOnce => {}
+            QosPid::AtLeastOnce(id) => self.send(conn, &Packet::PubAck(ack(id, code, v5))),
+            QosPid::ExactlyOnce(id) => {
+                if !code.is_error() {
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        s.incoming_qos2.insert(id.get());
+                    }
+                }
+                self.send(conn, &Packet::PubRec(ack(id, code, v5)));
+            }
+        }
+    }
+
+    /// Stores or clears a retained message.
+    fn retain(&mut self, msg: &Arc<Message>) -> Result<(), ReasonCode> {
+        if msg.payload.is_empty() {
+            // [MQTT-3.3.1-6]: an empty payload clears the retained message.
+            self.retained.remove(&msg.topic);
+            return Ok(());
+        }
+        let replaced = self.retained.get(&msg.topic).map_or(0, |m| m.weight());
+        let full_count = self.retained.len() >= self.config.max_retained_messages && replaced == 0;
+        let full_bytes =
+            self.retained.total_weight() - replaced + msg.weight() > self.config.max_retained_bytes;
+        if full_count || full_bytes {
+            return Err(ReasonCode::QuotaExceeded);
+        }
+        self.retained
+            .insert(msg.topic.clone(), msg.clone(), msg.weight());
+        Ok(())
+    }
+
+    /// Delivers `msg` to every matching session; returns how many.
+    fn route(&mut self, msg: &Arc<Message>, now: Instant) -> usize {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        self.subs.matches(&msg.topic, &mut scratch);
+        let mut deliveries = Vec::new();
+        for entries in scratch.per_subscriber() {
+            let sid = entries[0].0;
+            let mut qos = None;
+            let mut retain = false;
+            let mut sub_ids = Vec::new();
+            for (_, sub) in entries {
+                // [MQTT-3.8.3-3]: No Local.
+                if sub.options.no_local && msg.publisher == Some(sid) {
+                    continue;
+                }
+                qos = qos.max(Some(sub.options.qos));
+                retain |= sub.options.retain_as_published && msg.retain;
+                sub_ids.extend(sub.id);
+            }
+            if let Some(q) = qos {
+                deliveries.push((sid, q.min(msg.qos), retain, sub_ids));
+            }
+        }
+        for &g in scratch.groups() {
+            if let Some(&(sid, sub)) = self.subs.pick(g, &mut RoundRobin) {
+                let retain = sub.options.retain_as_published && msg.retain;
+                let ids = sub.id.into_iter().collect();
+                deliveries.push((sid, sub.options.qos.min(msg.qos), retain, ids));
+            }
+        }
+        self.scratch = scratch;
+        let n = deliveries.len();
+        for (sid, qos, retain, sub_ids) in deliveries {
+            let d = Delivery {
+                msg: msg.clone(),
+                qos,
+                retain,
+                sub_ids,
+            };
+            self.deliver(sid, d, now);
+        }
+        n
+    }
+
+    fn deliver(&mut self, sid: SessionId, d: Delivery, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if d.msg.expired(now) {
+            return;
+        }
+        match s.conn {
+            Some(conn) if d.qos == QoS::AtMostOnce => self.send_publish(conn, sid, d, now),
+            Some(conn) if s.queue.is_empty() && s.window_open() => {
+                self.send_publish(conn, sid, d, now)
+            }
+            None if d.qos == QoS::AtMostOnce && !self.config.queue_qos0_offline => {}
+            _ => self.enqueue(sid, d),
+        }
+    }
+
+    fn enqueue(&mut self, sid: SessionId, d: Delivery) {
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        let w = d.msg.weight();
+        let full = |s: &Session, cfg: &Config| {
+            s.queue.len() >= cfg.max_queued_messages || s.queued_bytes + w > cfg.max_queued_bytes
+        };
+        let mut dropped = None;
+        if full(s, &self.config) {
+            match self.config.queue_full {
+                QueueFullPolicy::DropNewest => dropped = Some(d.msg.topic.clone()),
+                QueueFullPolicy::DropOldest => {
+                    while full(s, &self.config) {
+                        match s.pop_queue() {
+                            Some(old) => {
+                                self.stats.messages_dropped += 1;
+                                self.events.push_back(Event::Dropped {
+                                    client_id: s.client_id.as_str().to_owned(),
+                                    topic: old.msg.topic.clone(),
+                                });
+                            }
+                            None => break,
+                        }
+                    }
+                    if full(s, &self.config) {
+                        dropped = Some(d.msg.topic.clone());
+                    }
+                }
+            }
+        }
+        match dropped {
+            Some(topic) => {
+                self.stats.messages_dropped += 1;
+                self.events.push_back(Event::Dropped {
+                    client_id: s.client_id.as_str().to_owned(),
+                    topic,
+                });
+            }
+            None => {
+                s.queued_bytes += w;
+                s.queue.push_back(d);
+            }
+        }
+    }
+
+    /// Sends queued messages while the window allows.
+    fn drain_queue(&mut self, sid: SessionId, now: Instant) {
+        loop {
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                return;
+            };
+            let Some(conn) = s.conn else { return };
+            let Some(front) = s.queue.front() else { return };
+            if front.qos != QoS::AtMostOnce && !s.window_open() {
+                return;
+            }
+            let d = s.pop_queue().expect("front exists");
+            if d.msg.expired(now) {
+                continue;
+            }
+            self.send_publish(conn, sid, d, now);
+        }
+    }
+
+    /// Sends one delivery, registering it in flight if QoS 1/2.
+    fn send_publish(&mut self, conn: ConnId, sid: SessionId, d: Delivery, now: Instant) {
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        let (qos, state) = match d.qos {
+            QoS::AtMostOnce => (QosPid::AtMostOnce, None),
+            q => {
+                let Some(id) = s.allocate_pid().and_then(PacketId::new) else {
+                    return self.enqueue(sid, d);
+                };
+                if q == QoS::AtLeastOnce {
+                    (QosPid::AtLeastOnce(id), Some(OutState::Ack))
+                } else {
+                    (QosPid::ExactlyOnce(id), Some(OutState::Rec))
+                }
+            }
+        };
+        let sent = self.write_publish(conn, &d, qos, false, now);
+        if let (Some(state), Some(id), true) = (state, qos.packet_id(), sent) {
+            let s = self.sessions.get_mut(&sid).expect("session exists");
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            s.inflight.insert(
+                id.get(),
+                Outgoing {
+                    delivery: d,
+                    state,
+                    seq,
+                },
+            );
+        }
+    }
+
+    /// Encodes and queues a PUBLISH. Returns false if it was too large for
+    /// the client, in which case it is dropped as if delivered
+    /// ([MQTT-3.1.2-25]).
+    fn write_publish(
+        &mut self,
+        conn: ConnId,
+        d: &Delivery,
+        qos: QosPid,
+        dup: bool,
+        now: Instant,
+    ) -> bool {
+        let c = self.conns.get_mut(&conn).expect("connection exists");
+        let v5 = c.version.is_v5();
+        let m = &d.msg;
+        let mut p = Publish {
+            dup,
+            qos,
+            retain: d.retain,
+            topic: m.topic.clone(),
+            payload: m.payload.clone(),
+            properties: PublishProperties::default(),
+        };
+        if v5 {
+            p.properties = m.properties.clone();
+            p.properties.subscription_identifiers = d.sub_ids.clone();
+            if let Some(at) = m.expires_at {
+                // The remaining lifetime is forwarded: [MQTT-3.3.2-6].
+                let left = at.saturating_duration_since(now);
+                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                p.properties.message_expiry_interval = Some(secs.min(u64::from(u32::MAX)) as u32);
+            }
+            if c.alias_out_max > 0 {
+                if let Some(&a) = c.aliases_out.get(&m.topic) {
+                    p.topic = TopicName::empty();
+                    p.properties.topic_alias = NonZeroU16::new(a);
+                } else if c.aliases_out.len() < usize::from(c.alias_out_max) {
+                    let a = c.aliases_out.len() as u16 + 1;
+                    c.aliases_out.insert(m.topic.clone(), a);
+                    p.properties.topic_alias = NonZeroU16::new(a);
+                }
+            }
+        }
+        let len = p.encoded_len(c.version);
+        if len > c.max_packet_out as usize {
+            return false;
+        }
+        self.stats.messages_sent += 1;
+        self.send(conn, &Packet::Publish(p));
+        true
+    }
+
+    /// After a session resumes: PUBLISH (DUP) and PUBREL again, in order.
+    fn resend_inflight(&mut self, conn: ConnId, sid: SessionId, now: Instant) {
+        let s = &self.sessions[&sid];
+        let mut order: Vec<(u64, u16)> = s.inflight.iter().map(|(&id, o)| (o.seq, id)).collect();
+        order.sort_unstable();
+        for (_, id) in order {
+            let s = &self.sessions[&sid];
+            let o = &s.inflight[&id];
+            let pid = PacketId::new(id).expect("non-zero");
+            match o.state {
+                OutState::Comp => self.send(conn, &Packet::PubRel(Ack::new(pid))),
+                state => {
+                    let d = o.delivery.clone();
+                    let qos = if state == OutState::Ack {
+                        QosPid::AtLeastOnce(pid)
+                    } else {
+                        QosPid::ExactlyOnce(pid)
+                    };
+                    // [MQTT-4.4.0-1]: resent with DUP.
+                    if !self.write_publish(conn, &d, qos, true, now) {
+                        self.sessions
+                            .get_mut(&sid)
+                            .expect("session exists")
+                            .inflight
+                            .remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_ack(&mut self, _conn: ConnId, sid: SessionId, a: Ack, expect: OutState, now: Instant) {
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        let id = a.packet_id.get();
+        if s.inflight.get(&id).is_some_and(|o| o.state == expect) {
+            s.inflight.remove(&id);
+            self.drain_queue(sid, now);
+        }
+    }
+
+    fn on_pubrec(&mut self, conn: ConnId, sid: SessionId, a: Ack, now: Instant) {
+        let v5 = self.conns[&conn].version.is_v5();
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        let id = a.packet_id;
+        match s.inflight.get_mut(&id.get()) {
+            Some(o) if o.state == OutState::Rec => {
+                if a.reason_code.is_error() {
+                    // The exchange ends here: [MQTT-4.3.3-4] (5.0).
+                    s.inflight.remove(&id.get());
+                    self.drain_queue(sid, now);
+                } else {
+                    o.state = OutState::Comp;
+                    self.send(conn, &Packet::PubRel(Ack::new(id)));
+                }
+            }
+            Some(o) if o.state == OutState::Comp => {
+                self.send(conn, &Packet::PubRel(Ack::new(id)));
+            }
+            _ => {
+                let code = ReasonCode::PacketIdentifierNotFound;
+                self.send(conn, &Packet::PubRel(ack(id, code, v5)));
+            }
+        }
+    }
+
+    fn on_pubrel(&mut self, conn: ConnId, sid: SessionId, a: Ack) {
+        let v5 = self.conns[&conn].version.is_v5();
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        let code = if s.incoming_qos2.remove(&a.packet_id.get()) {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        self.send(conn, &Packet::PubComp(ack(a.packet_id, code, v5)));
+    }
+
+    /// Works through a SUBSCRIBE's filters from `next`, pausing where the
+    /// authorizer asks the embedding.
+    fn subscribe_from(
+        &mut self,
+        conn: ConnId,
+        packet: Subscribe,
+        next: usize,
+        mut codes: Vec<(ReasonCode, bool)>,
+        now: Instant,
+    ) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let v5 = c.version.is_v5();
+        if next == 0
+            && packet.properties.subscription_identifier.is_some()
+            && !self.config.subscription_identifiers
+        {
+            return self.disconnect(conn, ReasonCode::SubscriptionIdentifiersNotSupported, now);
+        }
+        let client = c.client.clone();
+        for i in next..packet.filters.len() {
+            let filter = &packet.filters[i].filter;
+            let verdict = self
+                .precheck(conn, filter, v5)
+                .unwrap_or_else(|| self.authz.subscribe(&client, filter));
+            if verdict == Verdict::Ask {
+                let token = self.token(conn);
+                let filter = filter.clone();
+                let c = self.conns.get_mut(&conn).expect("connection exists");
+                c.held = Some((
+                    token,
+                    Held::Subscribe {
+                        packet,
+                        next: i,
+                        codes,
+                    },
+                ));
+                self.events.push_back(Event::AuthorizeSubscribe {
+                    token,
+                    client,
+                    filter,
+                });
+                return;
+            }
+            let code = self.grant(conn, &packet, i, verdict);
+            codes.push(code);
+        }
+        let ack = SubAck {
+            packet_id: packet.packet_id,
+            reason_codes: codes.iter().map(|&(c, _)| c).collect(),
+            properties: Default::default(),
+        };
+        self.send(conn, &Packet::SubAck(ack));
+        // Retained messages follow the SUBACK.
+        for (i, f) in packet.filters.iter().enumerate() {
+            let (code, new) = codes[i];
+            // Retained messages are not sent for shared subscriptions.
+            let send = match f.options.retain_handling {
+                RetainHandling::SendAtSubscribe => true,
+                RetainHandling::SendIfNew => new,
+                RetainHandling::DoNotSend => false,
+            };
+            if send && !code.is_error() && !f.filter.is_shared() {
+                self.send_retained(conn, &packet, i, now);
+            }
+        }
+    }
+
+    /// Checks that do not depend on the policy.
+    fn precheck(&self, _conn: ConnId, filter: &TopicFilter, _v5: bool) -> Option<Verdict> {
+        let cfg = &self.config;
+        if filter.is_shared() && !cfg.shared_subscriptions {
+            return Some(Verdict::Deny(ReasonCode::SharedSubscriptionsNotSupported));
+        }
+        if filter.has_wildcards() && !cfg.wildcard_subscriptions {
+            return Some(Verdict::Deny(ReasonCode::WildcardSubscriptionsNotSupported));
+        }
+        if filter.levels().count() > cfg.max_topic_levels {
+            return Some(Verdict::Deny(ReasonCode::TopicFilterInvalid));
+        }
+        None
+    }
+
+    /// Installs filter `i` of `packet` if `verdict` allows; returns its code.
+    fn grant(
+        &mut self,
+        conn: ConnId,
+        packet: &Subscribe,
+        i: usize,
+        verdict: Verdict,
+    ) -> (ReasonCode, bool) {
+        if let Verdict::Deny(code) = verdict {
+            return (code, false);
+        }
+        let Some(Phase::Active(sid)) = self.conns.get(&conn).map(|c| &c.phase) else {
+            return (ReasonCode::UnspecifiedError, false);
+        };
+        let sid = *sid;
+        let f = &packet.filters[i];
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        let exists = s.subscriptions.contains_key(&f.filter);
+        if !exists && s.subscriptions.len() >= self.config.max_subscriptions {
+            return (ReasonCode::QuotaExceeded, false);
+        }
+        let mut options = f.options;
+        options.qos = options.qos.min(self.config.maximum_qos);
+        let sub = Sub {
+            options,
+            id: packet.properties.subscription_identifier,
+        };
+        s.subscriptions.insert(f.filter.clone(), sub);
+        self.subs.subscribe(&f.filter, sid, sub);
+        (ReasonCode::granted(options.qos), !exists)
+    }
+
+    fn send_retained(&mut self, conn: ConnId, packet: &Subscribe, i: usize, now: Instant) {
+        let f = &packet.filters[i];
+        let Some(Phase::Active(sid)) = self.conns.get(&conn).map(|c| &c.phase) else {
+            return;
+        };
+        let sid = *sid;
+        let granted = self.sessions[&sid].subscriptions[&f.filter].options.qos;
+        let mut found = Vec::new();
+        self.retained
+            .for_each_match(&f.filter, |_, m| found.push(m.clone()));
+        for m in found {
+            let d = Delivery {
+                qos: m.qos.min(granted),
+                msg: m,
+                // [MQTT-3.3.1-9]: retained messages sent on subscribe keep RETAIN.
+                retain: true,
+                sub_ids: packet
+                    .properties
+                    .subscription_identifier
+                    .into_iter()
+                    .collect(),
+            };
+            self.deliver(sid, d, now);
+        }
+    }
+
+    fn on_unsubscribe(&mut self, conn: ConnId, sid: SessionId, u: Unsubscribe) {
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        let mut codes = Vec::with_capacity(u.filters.len());
+        for f in &u.filters {
+            if s.subscriptions.remove(f).is_some() {
+                self.subs.unsubscribe(f, &sid);
+                codes.push(ReasonCode::Success);
+            } else {
+                codes.push(ReasonCode::NoSubscriptionExisted);
+            }
+        }
+        let ack = UnsubAck {
+            packet_id: u.packet_id,
+            reason_codes: codes,
+            properties: Default::default(),
+        };
+        self.send(conn, &Packet::UnsubAck(ack));
+    }
+
+    fn on_disconnect(&mut self, conn: ConnId, sid: SessionId, d: Disconnect, now: Instant) {
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        if let Some(e) = d.properties.session_expiry_interval {
+            // [MQTT-3.14.2-2]: 0 at CONNECT cannot become non-zero.
+            if s.expiry == 0 && e != 0 {
+                return self.disconnect(conn, ReasonCode::ProtocolError, now);
+            }
+            s.expiry = e.min(self.config.max_session_expiry);
+        }
+        // [MQTT-3.14.4-3]: a normal DISCONNECT discards the will; 0x04 keeps it.
+        let abnormal = d.reason_code == ReasonCode::DisconnectWithWillMessage;
+        if !abnormal {
+            s.will = None;
+        }
+        self.close(conn, ReasonCode::Success, abnormal, now);
+    }
+
+    // ---- closing ----
+
+    /// Sends DISCONNECT with `code` (5.0 only) and closes.
+    fn disconnect(&mut self, conn: ConnId, code: ReasonCode, now: Instant) {
+        if let Some(c) = self.conns.get(&conn) {
+            if c.version.is_v5() && matches!(c.phase, Phase::Active(_)) {
+                self.send(conn, &Packet::Disconnect(Disconnect::new(code)));
+            }
+        }
+        self.close(conn, code, true, now);
+    }
+
+    /// A malformed or forbidden packet: DISCONNECT (5.0) or CONNACK (before
+    /// CONNECT completed), then close.
+    fn protocol_error(&mut self, conn: ConnId, code: ReasonCode, now: Instant) {
+        self.disconnect(conn, code, now);
+    }
+
+    /// Closes the connection and tells the embedding to.
+    fn close(&mut self, conn: ConnId, reason: ReasonCode, abnormal: bool, now: Instant) {
+        if self.conns.contains_key(&conn) {
+            self.drop_conn(conn, abnormal, now);
+            self.events.push_back(Event::Close { conn, reason });
+        }
+    }
+
+    /// Forgets the connection; the session goes offline (or ends).
+    fn drop_conn(&mut self, conn: ConnId, abnormal: bool, now: Instant) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        let Phase::Active(sid) = c.phase else { return };
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        s.conn = None;
+        if !abnormal {
+            s.will = None;
+        }
+        let delay = s
+            .will
+            .as_ref()
+            .and_then(|w| w.properties.will_delay_interval)
+            .unwrap_or(0);
+        if s.expiry == 0 {
+            // The session ends now, and with it any delayed will.
+            return self.end_session(sid, now);
+        }
+        if s.expiry != u32::MAX {
+            let at = now + Duration::from_secs(s.expiry.into());
+            s.expires_at = Some(at);
+            self.timers.insert((at, Timer::SessionExpiry(sid)));
+        }
+        if s.will.is_some() {
+            if delay == 0 {
+                let w = s.will.take().expect("will exists");
+                self.publish_will(&w, Some(sid), now);
+            } else {
+                // [MQTT-3.1.3-9]: published after the delay unless the
+                // session resumes first (or at session end, if sooner).
+                let at = now + Duration::from_secs(delay.into());
+                s.will_at = Some(at);
+                self.timers.insert((at, Timer::Will(sid)));
+            }
+        }
+    }
+
+    /// Ends a session: a pending will is published, subscriptions go.
+    fn end_session(&mut self, sid: SessionId, now: Instant) {
+        let Some(mut s) = self.sessions.remove(&sid) else {
+            return;
+        };
+        self.by_client_id.remove(s.client_id.bytes().as_ref());
+        for f in s.subscriptions.keys() {
+            self.subs.unsubscribe(f, &sid);
+        }
+        if let Some(w) = s.will.take() {
+            self.publish_will(&w, None, now);
+        }
+    }
+
+    fn publish_will(
+        &mut self,
+        will: &tern_codec::Will,
+        publisher: Option<SessionId>,
+        now: Instant,
+    ) {
+        let msg = Arc::new(Message::from_will(will, now, publisher));
+        if msg.retain {
+            let _ = self.retain(&msg);
+        }
+        self.route(&msg, now);
+    }
+
+    fn publish_sys(&mut self, now: Instant) {
+        let st = self.stats();
+        let uptime = now.saturating_duration_since(self.started).as_secs();
+        let values: [(&str, String); 10] = [
+            ("$SYS/broker/version", self.config.version.to_owned()),
+            ("$SYS/broker/uptime", format!("{uptime} seconds")),
+            (
+                "$SYS/broker/clients/connected",
+                st.clients_connected.to_string(),
+            ),
+            ("$SYS/broker/clients/total", st.sessions.to_string()),
+            (
+                "$SYS/broker/messages/received",
+                st.messages_received.to_string(),
+            ),
+            ("$SYS/broker/messages/sent", st.messages_sent.to_string()),
+            ("$SYS/broker/bytes/received", st.bytes_received.to_string()),
+            ("$SYS/broker/bytes/sent", st.bytes_sent.to_string()),
+            (
+                "$SYS/broker/subscriptions/count",
+                st.subscriptions.to_string(),
+            ),
+            (
+                "$SYS/broker/retained messages/count",
+                st.retained.to_string(),
+            ),
+        ];
+        for (topic, value) in values {
+            let msg = Arc::new(Message {
+                topic: TopicName::from_static(topic),
+                payload: Bytes::from(value),
+                qos: QoS::AtMostOnce,
+                retain: true,
+                properties: PublishProperties::default(),
+                expires_at: None,
+                publisher: None,
+            });
+            let _ = self.retain(&msg);
+            self.route(&msg, now);
+        }
+    }
+
+    // ---- output ----
+
+    fn token(&mut self, conn: ConnId) -> Token {
+        let seq = self.next_token;
+        self.next_token += 1;
+        Token { conn, seq }
+    }
+
+    fn send(&mut self, conn: ConnId, p: &Packet) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let v = c.version;
+        self.send_as(conn, v, p);
+    }
+
+    fn send_as(&mut self, conn: ConnId, v: ProtocolVersion, p: &Packet) {
+        // Packets the broker builds are valid by construction.
+        let data = p.to_bytes(v).expect("broker packets encode");
+        self.stats.bytes_sent += data.len() as u64;
+        self.transmits.push_back(Transmit { conn, data });
+    }
+}
+
+fn ack(id: PacketId, code: ReasonCode, v5: bool) -> Ack {
+    Ack {
+        reason_code: if v5 { code } else { ReasonCode::Success },
+        ..Ack::new(id)
+    }
+}

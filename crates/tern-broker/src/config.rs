@@ -1,0 +1,112 @@
+//! What the broker allows and how much it keeps: every limit has a safe
+//! default.
+
+use std::time::Duration;
+
+use tern_codec::{QoS, DEFAULT_MAX_PACKET_SIZE};
+
+/// What happens to a message for a session whose queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueFullPolicy {
+    /// Keep the queue as it is and drop the new message.
+    #[default]
+    DropNewest,
+    /// Drop the oldest queued message to make room for the new one.
+    DropOldest,
+}
+
+/// The broker's configuration.
+///
+/// `Config::default()` is a broker that accepts anonymous clients and keeps
+/// every queue, table and buffer bounded.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// How long a new connection may take to send CONNECT.
+    pub connect_timeout: Duration,
+    /// The largest packet accepted from a client (advertised to 5.0 clients
+    /// as Maximum Packet Size).
+    pub max_packet_size: u32,
+    /// QoS 2 PUBLISH packets a client may have unreleased at once (our
+    /// Receive Maximum). 5.0 clients exceeding it are disconnected with
+    /// 0x93; 3.1.1 clients are disconnected.
+    pub receive_maximum: u16,
+    /// QoS 1 and 2 messages in flight to one client at most, whatever the
+    /// client's own Receive Maximum says.
+    pub max_inflight: u16,
+    /// Messages queued for one session (offline, or with a full window).
+    pub max_queued_messages: usize,
+    /// Payload bytes queued for one session.
+    pub max_queued_bytes: usize,
+    /// What to do with a message for a full queue.
+    pub queue_full: QueueFullPolicy,
+    /// Whether QoS 0 messages are queued for offline persistent sessions.
+    pub queue_qos0_offline: bool,
+    /// The longest a session is kept after its connection closes, in
+    /// seconds. Applies to 3.1.1 persistent sessions (which ask for
+    /// "forever") and caps the Session Expiry Interval of 5.0 clients.
+    /// `u32::MAX` means no limit.
+    pub max_session_expiry: u32,
+    /// If set, the keep alive every client must use (sent to 5.0 clients as
+    /// Server Keep Alive; 3.1.1 clients keep their own).
+    pub server_keep_alive: Option<u16>,
+    /// Topic aliases a 5.0 client may set on its PUBLISH packets.
+    pub topic_alias_maximum: u16,
+    /// The highest QoS clients may publish and be granted.
+    pub maximum_qos: QoS,
+    /// Whether retained messages are supported.
+    pub retain_available: bool,
+    /// Whether filters with `+` or `#` are accepted.
+    pub wildcard_subscriptions: bool,
+    /// Whether `$share/...` filters are accepted.
+    pub shared_subscriptions: bool,
+    /// Whether 5.0 Subscription Identifiers are accepted.
+    pub subscription_identifiers: bool,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions: usize,
+    /// Connections (with or without CONNECT yet) open at once.
+    pub max_connections: usize,
+    /// Retained messages kept at once.
+    pub max_retained_messages: usize,
+    /// Payload bytes of retained messages kept at once.
+    pub max_retained_bytes: usize,
+    /// Levels in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Bytes in a client identifier.
+    pub max_client_id_len: usize,
+    /// Interval at which `$SYS` topics are published; `None` turns them off.
+    pub sys_interval: Option<Duration>,
+    /// The version string published on `$SYS/broker/version`.
+    pub version: &'static str,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            connect_timeout: Duration::from_secs(10),
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            receive_maximum: 1024,
+            max_inflight: 100,
+            max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
+            queue_full: QueueFullPolicy::DropNewest,
+            queue_qos0_offline: false,
+            max_session_expiry: u32::MAX,
+            server_keep_alive: None,
+            topic_alias_maximum: 64,
+            maximum_qos: QoS::ExactlyOnce,
+            retain_available: true,
+            wildcard_subscriptions: true,
+            shared_subscriptions: true,
+            subscription_identifiers: true,
+            max_subscriptions: 1000,
+            max_connections: 100_000,
+            max_retained_messages: 100_000,
+            max_retained_bytes: 256 * 1024 * 1024,
+            max_topic_levels: 64,
+            max_client_id_len: 256,
+            sys_interval: Some(Duration::from_secs(10)),
+            version: concat!("tern ", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
