@@ -18,9 +18,9 @@ pub enum QueueFullPolicy {
 /// The broker's configuration.
 ///
 /// `Config::default()` is a broker that accepts anonymous clients and keeps
-/// every queue, table and buffer bounded.
+/// every queue, table and buffer bounded. Change fields with struct update
+/// syntax: `Config { max_inflight: 10, ..Config::default() }`.
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct Config {
     /// How long a new connection may take to send CONNECT.
     pub connect_timeout: Duration,

@@ -92,6 +92,7 @@ pub struct Sim {
     chunk: Option<usize>,
     requests: VecDeque<Request>,
     dropped: Vec<(String, TopicName)>,
+    transcript: Vec<(ClientRef, Bytes)>,
 }
 
 impl Default for Sim {
@@ -119,6 +120,7 @@ impl Sim {
             chunk: None,
             requests: VecDeque::new(),
             dropped: Vec::new(),
+            transcript: Vec::new(),
         }
     }
 
@@ -266,6 +268,12 @@ impl Sim {
         &self.dropped
     }
 
+    /// Every write of the broker so far, in order: to compare two runs byte
+    /// for byte.
+    pub fn transcript(&self) -> &[(ClientRef, Bytes)] {
+        &self.transcript
+    }
+
     /// Answers a request, then lets the connection's buffered input through.
     pub fn answer(&mut self, token: Token, verdict: Result<(), ReasonCode>) {
         self.broker.answer(token, verdict, self.now);
@@ -360,6 +368,7 @@ impl Sim {
             while let Some(t) = self.broker.poll_transmit() {
                 any = true;
                 if let Some(&i) = self.by_conn.get(&t.conn) {
+                    self.transcript.push((ClientRef(i), t.data.clone()));
                     self.transmit(i, false, t.data);
                 }
             }

@@ -1,0 +1,8 @@
+//! The broker core driven through tern-sim: scripted clients, virtual time.
+//! Each test is named after the behaviour it checks.
+
+mod common;
+mod connect;
+mod delivery;
+mod features;
+mod policy;

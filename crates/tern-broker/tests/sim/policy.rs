@@ -1,0 +1,180 @@
+//! Authentication and authorization: built-in policies and requests
+//! answered by the embedding.
+
+use bytes::Bytes;
+use tern_broker::policy::{Access, Acl, AskEmbedding, StaticPasswords};
+use tern_broker::Event;
+use tern_codec::{MqttString, Packet, ProtocolVersion, ReasonCode};
+use tern_sim::{ClientRef, Sim};
+
+use crate::common::*;
+
+fn login(
+    sim: &mut Sim,
+    v: ProtocolVersion,
+    id: &str,
+    user: &str,
+    pw: &str,
+) -> (ClientRef, ReasonCode) {
+    let mut cn = connect(v, id, true);
+    cn.username = Some(MqttString::from_str(user).expect("valid"));
+    cn.password = Some(Bytes::copy_from_slice(pw.as_bytes()));
+    let c = sim.client(v);
+    let ack = sim.connect_with(c, cn);
+    (c, ack.reason_code)
+}
+
+#[test]
+fn static_passwords_accept_and_refuse() {
+    for v in VERSIONS {
+        let mut sim = Sim::default();
+        sim.broker
+            .set_authenticator(StaticPasswords::new().user("alice", b"secret"));
+        let (c, code) = login(&mut sim, v, "a", "alice", "secret");
+        assert_eq!(code, ReasonCode::Success);
+        assert!(sim.is_open(c));
+        let (c, code) = login(&mut sim, v, "b", "alice", "wrong");
+        // 5.0: 0x86; 3.1.1: return code 4, read back as the same reason.
+        assert_eq!(code, ReasonCode::BadUserNameOrPassword, "{v}");
+        assert!(!sim.is_open(c));
+        let c = sim.client(v);
+        assert_eq!(
+            sim.connect(c, "anon", true).reason_code,
+            ReasonCode::NotAuthorized
+        );
+    }
+}
+
+#[test]
+fn authentication_can_be_answered_later_by_the_embedding() {
+    let mut sim = Sim::default();
+    sim.broker.set_authenticator(AskEmbedding);
+    let c = sim.client(V5);
+    let mut cn = connect(V5, "dev", true);
+    cn.username = Some(MqttString::from_static("u"));
+    sim.send(c, cn);
+    expect_nothing(&mut sim, c);
+    // Packets sent meanwhile wait.
+    sim.send(c, Packet::PingReq);
+    let reqs = sim.take_requests();
+    assert_eq!(reqs.len(), 1);
+    let Event::Authenticate { token, credentials } = &reqs[0].event else {
+        panic!("{reqs:?}")
+    };
+    assert_eq!(credentials.client_id, "dev");
+    assert_eq!(credentials.username.as_deref(), Some("u"));
+    sim.answer(*token, Ok(()));
+    let got = sim.take(c);
+    assert!(matches!(got[0], Packet::ConnAck(ref a) if a.reason_code == ReasonCode::Success));
+    assert_eq!(got[1], Packet::PingResp);
+
+    let c = sim.client(V5);
+    sim.send(c, connect(V5, "dev2", true));
+    let token = sim.take_requests()[0].token;
+    sim.answer(token, Err(ReasonCode::Banned));
+    let Some(Packet::ConnAck(a)) = sim.recv(c) else {
+        panic!()
+    };
+    assert_eq!(a.reason_code, ReasonCode::Banned);
+    assert!(!sim.is_open(c));
+}
+
+#[test]
+fn an_answer_for_a_closed_connection_is_ignored() {
+    let mut sim = Sim::default();
+    sim.broker.set_authenticator(AskEmbedding);
+    let c = sim.client(V5);
+    sim.send(c, connect(V5, "dev", true));
+    let token = sim.take_requests()[0].token;
+    sim.kill(c);
+    sim.answer(token, Ok(()));
+    assert_eq!(sim.broker.stats().sessions, 0);
+}
+
+#[test]
+fn acl_denies_publish_and_subscribe() {
+    for v in VERSIONS {
+        let mut sim = Sim::default();
+        sim.broker.set_authorizer(
+            Acl::new()
+                .allow_all_users("devices/%c/#", Access::ReadWrite)
+                .allow_all_users("public/#", Access::Read),
+        );
+        let c = connected(&mut sim, v, "d1", true);
+        sim.send(
+            c,
+            subscribe(
+                1,
+                &[("devices/d1/#", 1), ("devices/d2/#", 1), ("public/+", 1)],
+            ),
+        );
+        let denied = if v.is_v5() {
+            ReasonCode::NotAuthorized
+        } else {
+            ReasonCode::UnspecifiedError // 0x80 on 3.1.1
+        };
+        assert_eq!(
+            expect_suback(&mut sim, c),
+            [ReasonCode::GrantedQoS1, denied, ReasonCode::GrantedQoS1],
+            "{v}"
+        );
+        let watcher = connected(&mut sim, v, "d2", true);
+        sim.send(watcher, subscribe(1, &[("devices/d2/#", 0)]));
+        expect_suback(&mut sim, watcher);
+
+        sim.send(c, publish("devices/d2/cmd", 1, 5, "nope"));
+        let Some(Packet::PubAck(a)) = sim.recv(c) else {
+            panic!("expected PUBACK")
+        };
+        if v.is_v5() {
+            assert_eq!(a.reason_code, ReasonCode::NotAuthorized);
+        }
+        expect_nothing(&mut sim, watcher);
+        sim.send(c, publish("public/news", 0, 0, "read only"));
+        expect_nothing(&mut sim, watcher);
+    }
+}
+
+#[test]
+fn publish_authorization_can_be_answered_later_and_keeps_order() {
+    let mut sim = Sim::default();
+    let s = subscriber(&mut sim, V5, "s", "t/#", 1);
+    sim.broker.set_authorizer(AskEmbedding);
+    let p = connected(&mut sim, V5, "p", true);
+    sim.send(p, publish("t/1", 1, 1, "first"));
+    sim.send(p, publish("t/2", 1, 2, "second"));
+    let reqs = sim.take_requests();
+    assert_eq!(reqs.len(), 1, "the second waits for the first");
+    let Event::AuthorizePublish { token, topic, .. } = &reqs[0].event else {
+        panic!()
+    };
+    assert_eq!(topic, "t/1");
+    expect_nothing(&mut sim, s);
+    sim.answer(*token, Ok(()));
+    assert_eq!(payloads(&mut sim, s), ["first"]);
+    let token = sim.take_requests()[0].token;
+    sim.answer(token, Err(ReasonCode::NotAuthorized));
+    expect_nothing(&mut sim, s);
+    let acks = sim.take(p);
+    assert_eq!(acks.len(), 2);
+    let Packet::PubAck(a) = &acks[1] else {
+        panic!()
+    };
+    assert_eq!(a.reason_code, ReasonCode::NotAuthorized);
+}
+
+#[test]
+fn subscribe_authorization_can_be_answered_later_per_filter() {
+    let mut sim = Sim::default();
+    sim.broker.set_authorizer(AskEmbedding);
+    let c = connected(&mut sim, V5, "c", true);
+    sim.send(c, subscribe(1, &[("a", 1), ("b", 1)]));
+    let t1 = sim.take_requests()[0].token;
+    sim.answer(t1, Ok(()));
+    let t2 = sim.take_requests()[0].token;
+    sim.answer(t2, Err(ReasonCode::NotAuthorized));
+    assert_eq!(
+        expect_suback(&mut sim, c),
+        [ReasonCode::GrantedQoS1, ReasonCode::NotAuthorized]
+    );
+}
