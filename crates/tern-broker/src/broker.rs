@@ -7,13 +7,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tern_codec::{
-    Ack, ConnAck, Connect, Decoder, Disconnect, MqttString, Packet, PacketId, ProtocolVersion,
-    Publish, PublishProperties, QoS, QosPid, ReasonCode, RetainHandling, SubAck, Subscribe,
-    TopicFilter, TopicName, UnsubAck, Unsubscribe,
+    Ack, Auth, AuthProperties, ConnAck, Connect, Decoder, Disconnect, MqttString, Packet, PacketId,
+    ProtocolVersion, Publish, PublishProperties, QoS, QosPid, ReasonCode, RetainHandling, SubAck,
+    Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
 };
 use tern_topic::{Matches, RetainedIndex, RoundRobin, SubscriptionIndex};
 
-use crate::policy::{AllowAll, Authenticator, Authorizer, ClientInfo, Credentials, Verdict};
+use crate::policy::{
+    AllowAll, AuthStep, Authenticator, Authorizer, ClientInfo, Credentials, Verdict,
+};
 use crate::session::{Delivery, Message, OutState, Outgoing, Session, Sub};
 use crate::{Config, QueueFullPolicy};
 
@@ -75,6 +77,21 @@ pub enum Event {
         token: Token,
         /// What the client presented.
         credentials: Credentials,
+    },
+    /// The next step of an enhanced authentication (5.0 AUTH): the client
+    /// answered a challenge, or asks to re-authenticate. Answer with
+    /// [`Broker::answer_auth`].
+    AuthContinue {
+        /// Pass it back with the answer.
+        token: Token,
+        /// The client.
+        client_id: String,
+        /// The Authentication Method of the exchange.
+        method: String,
+        /// The client's Authentication Data.
+        data: Option<Bytes>,
+        /// Whether this starts a re-authentication of a connected client.
+        reauthenticate: bool,
     },
     /// May this client publish to this topic? Answer with [`Broker::answer`];
     /// the connection's later packets wait until then.
@@ -140,6 +157,7 @@ enum Timer {
 #[derive(Debug)]
 enum Held {
     Connect(Box<Connect>, bool),
+    Reauth,
     Publish(Publish, TopicName),
     Subscribe {
         packet: Subscribe,
@@ -169,6 +187,14 @@ struct Conn {
     client: ClientInfo,
     /// Awaiting the embedding's answer: input is not read meanwhile.
     held: Option<(Token, Held)>,
+    /// The Authentication Method of an enhanced authentication.
+    auth_method: Option<MqttString>,
+    /// A CONNECT whose enhanced authentication awaits the client's AUTH.
+    auth_connect: Option<(Box<Connect>, bool)>,
+    /// A re-authentication awaits the client's AUTH.
+    reauth_waiting: bool,
+    /// Authentication Data for the CONNACK that ends an exchange.
+    auth_success_data: Option<Bytes>,
 }
 
 /// A complete MQTT 3.1 / 3.1.1 / 5.0 broker with no I/O and no clock.
@@ -305,6 +331,10 @@ impl Broker {
                     username: None,
                 },
                 held: None,
+                auth_method: None,
+                auth_connect: None,
+                reauth_waiting: false,
+                auth_success_data: None,
             },
         );
         self.timers
@@ -436,18 +466,68 @@ impl Broker {
     /// ignored. Afterwards, call [`Broker::handle_read`] for the connection
     /// with whatever input it has buffered.
     pub fn answer(&mut self, token: Token, verdict: Result<(), ReasonCode>, now: Instant) {
+        let step = match verdict {
+            Ok(()) => AuthStep::Success(None),
+            Err(code) => AuthStep::Fail(code),
+        };
+        self.answer_auth(token, step, now);
+    }
+
+    /// Answers an authentication request ([`Event::Authenticate`] or
+    /// [`Event::AuthContinue`]) with the next step of an enhanced
+    /// authentication: a challenge for the client, success (with optional
+    /// Authentication Data for the client) or failure. Other requests take
+    /// `Success` as accept and `Fail` as refuse.
+    pub fn answer_auth(&mut self, token: Token, step: AuthStep, now: Instant) {
         let Some(c) = self.conns.get_mut(&token.conn) else {
             return;
         };
         match c.held.take() {
             Some((t, held)) if t == token => {
-                let v = match verdict {
-                    Ok(()) => Verdict::Allow,
-                    Err(code) => Verdict::Deny(code),
+                let v = match &step {
+                    AuthStep::Success(_) => Verdict::Allow,
+                    AuthStep::Fail(code) => Verdict::Deny(*code),
+                    AuthStep::Continue(_) => Verdict::Ask,
                 };
                 match held {
-                    Held::Connect(connect, assigned) => {
-                        self.connect_decided(token.conn, *connect, assigned, v, now)
+                    Held::Connect(connect, assigned) => match step {
+                        AuthStep::Continue(data) => {
+                            c.auth_connect = Some((connect, assigned));
+                            self.send_auth(
+                                token.conn,
+                                ReasonCode::ContinueAuthentication,
+                                Some(data),
+                            );
+                        }
+                        AuthStep::Success(data) => {
+                            c.auth_success_data = data;
+                            self.connect_decided(token.conn, *connect, assigned, v, now)
+                        }
+                        AuthStep::Fail(_) => {
+                            self.connect_decided(token.conn, *connect, assigned, v, now)
+                        }
+                    },
+                    Held::Reauth => match step {
+                        AuthStep::Continue(data) => {
+                            c.reauth_waiting = true;
+                            self.send_auth(
+                                token.conn,
+                                ReasonCode::ContinueAuthentication,
+                                Some(data),
+                            );
+                        }
+                        AuthStep::Success(data) => {
+                            self.send_auth(token.conn, ReasonCode::Success, data);
+                        }
+                        AuthStep::Fail(code) => self.disconnect(token.conn, code, now),
+                    },
+                    _ if v == Verdict::Ask => {
+                        // A challenge answers only an authentication.
+                        self.protocol_error(
+                            token.conn,
+                            ReasonCode::ImplementationSpecificError,
+                            now,
+                        )
                     }
                     Held::Publish(p, topic) => self.publish_decided(token.conn, p, topic, v, now),
                     Held::Subscribe {
@@ -480,10 +560,12 @@ impl Broker {
         };
         let sid = match c.phase {
             Phase::AwaitConnect => {
-                if let Packet::Connect(connect) = p {
-                    self.on_connect(conn, *connect, now);
-                } else {
-                    self.protocol_error(conn, ReasonCode::ProtocolError, now);
+                match p {
+                    Packet::Connect(connect) if c.auth_connect.is_none() => {
+                        self.on_connect(conn, *connect, now)
+                    }
+                    Packet::Auth(a) if c.auth_connect.is_some() => self.on_auth(conn, a, now),
+                    _ => self.protocol_error(conn, ReasonCode::ProtocolError, now),
                 }
                 return;
             }
@@ -503,8 +585,8 @@ impl Broker {
             Packet::Unsubscribe(u) => self.on_unsubscribe(conn, sid, u),
             Packet::PingReq => self.send(conn, &Packet::PingResp),
             Packet::Disconnect(d) => self.on_disconnect(conn, sid, d, now),
-            // [MQTT-3.1.0-2]: a second CONNECT is a protocol error. AUTH
-            // without an authentication method in CONNECT is one too.
+            Packet::Auth(a) => self.on_auth(conn, a, now),
+            // [MQTT-3.1.0-2]: a second CONNECT is a protocol error.
             _ => self.protocol_error(conn, ReasonCode::ProtocolError, now),
         }
     }
@@ -528,10 +610,6 @@ impl Broker {
         if connect.client_id.len() > self.config.max_client_id_len {
             return self.refuse(conn, ReasonCode::ClientIdentifierNotValid, now);
         }
-        if connect.properties.authentication_method.is_some() {
-            // Enhanced authentication is not offered.
-            return self.refuse(conn, ReasonCode::BadAuthenticationMethod, now);
-        }
         if let Some(w) = &connect.will {
             if w.qos > self.config.maximum_qos {
                 return self.refuse(conn, ReasonCode::QoSNotSupported, now);
@@ -544,7 +622,15 @@ impl Broker {
             client_id: connect.client_id.as_str().to_owned(),
             username: connect.username.as_ref().map(|u| u.as_str().to_owned()),
             password: connect.password.clone(),
+            method: connect
+                .properties
+                .authentication_method
+                .as_ref()
+                .map(|m| m.as_str().to_owned()),
+            data: connect.properties.authentication_data.clone(),
         };
+        let c = self.conns.get_mut(&conn).expect("connection exists");
+        c.auth_method = connect.properties.authentication_method.clone();
         match self.authn.authenticate(&credentials) {
             Verdict::Ask => {
                 let token = self.token(conn);
@@ -690,12 +776,69 @@ impl Broker {
             if let Some(k) = cfg.server_keep_alive {
                 p.server_keep_alive = Some(k);
             }
+            let c = self.conns.get_mut(&conn).expect("connection exists");
+            p.authentication_method = c.auth_method.clone();
+            p.authentication_data = c.auth_success_data.take();
         }
         self.send(conn, &ack.into());
         if session_present {
             self.resend_inflight(conn, sid, now);
         }
         self.drain_queue(sid, now);
+    }
+
+    /// An AUTH from the client: the next step of an exchange, or the start
+    /// of a re-authentication ([MQTT-4.12.0-*]).
+    fn on_auth(&mut self, conn: ConnId, a: Auth, now: Instant) {
+        let c = self.conns.get_mut(&conn).expect("connection exists");
+        let Some(method) = c.auth_method.clone() else {
+            // [MQTT-4.12.0-6]: AUTH without a method at CONNECT.
+            return self.protocol_error(conn, ReasonCode::ProtocolError, now);
+        };
+        if a.properties.authentication_method.as_ref() != Some(&method) {
+            // [MQTT-4.12.0-5]: the method cannot change.
+            return self.protocol_error(conn, ReasonCode::ProtocolError, now);
+        }
+        let reauthenticate = match (a.reason_code, &c.phase) {
+            (ReasonCode::ContinueAuthentication, Phase::AwaitConnect) => false,
+            (ReasonCode::ContinueAuthentication, Phase::Active(_)) if c.reauth_waiting => false,
+            (ReasonCode::ReAuthenticate, Phase::Active(_)) if !c.reauth_waiting => true,
+            _ => return self.protocol_error(conn, ReasonCode::ProtocolError, now),
+        };
+        c.reauth_waiting = false;
+        let held = match c.auth_connect.take() {
+            Some((connect, assigned)) => Held::Connect(connect, assigned),
+            None => Held::Reauth,
+        };
+        let client_id = match &held {
+            Held::Connect(connect, _) => connect.client_id.as_str().to_owned(),
+            _ => c.client.client_id.clone(),
+        };
+        let token = self.token(conn);
+        let c = self.conns.get_mut(&conn).expect("connection exists");
+        c.held = Some((token, held));
+        self.events.push_back(Event::AuthContinue {
+            token,
+            client_id,
+            method: method.as_str().to_owned(),
+            data: a.properties.authentication_data,
+            reauthenticate,
+        });
+    }
+
+    fn send_auth(&mut self, conn: ConnId, code: ReasonCode, data: Option<Bytes>) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let auth = Auth {
+            reason_code: code,
+            properties: AuthProperties {
+                authentication_method: c.auth_method.clone(),
+                authentication_data: data,
+                ..AuthProperties::default()
+            },
+        };
+        self.send(conn, &Packet::Auth(auth));
     }
 
     fn on_publish(&mut self, conn: ConnId, sid: SessionId, mut p: Publish, now: Instant) {

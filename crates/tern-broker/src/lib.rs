@@ -47,4 +47,5 @@ mod session;
 
 pub use broker::{Broker, ConnId, Event, SessionId, Stats, Token, Transmit};
 pub use config::{Config, QueueFullPolicy};
+pub use policy::AuthStep;
 pub use session::Message;

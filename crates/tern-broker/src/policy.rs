@@ -33,6 +33,23 @@ pub struct Credentials {
     pub username: Option<String>,
     /// The password, if any.
     pub password: Option<Bytes>,
+    /// The Authentication Method of an enhanced authentication (5.0).
+    pub method: Option<String>,
+    /// The Authentication Data sent with CONNECT (5.0).
+    pub data: Option<Bytes>,
+}
+
+/// The next step of an enhanced authentication (5.0 §4.12), as the
+/// embedding answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthStep {
+    /// Send the client an AUTH (Continue authentication) with this
+    /// Authentication Data and wait for its answer.
+    Continue(Bytes),
+    /// Accept, optionally with final Authentication Data for the client.
+    Success(Option<Bytes>),
+    /// Refuse with this reason code.
+    Fail(ReasonCode),
 }
 
 /// The connected client a publish or subscribe comes from.
@@ -64,8 +81,13 @@ pub trait Authorizer: Send {
 pub struct AllowAll;
 
 impl Authenticator for AllowAll {
-    fn authenticate(&mut self, _: &Credentials) -> Verdict {
-        Verdict::Allow
+    fn authenticate(&mut self, c: &Credentials) -> Verdict {
+        match c.method {
+            // Enhanced authentication needs an authenticator that knows the
+            // method: [MQTT-4.12.0-1].
+            Some(_) => Verdict::Deny(ReasonCode::BadAuthenticationMethod),
+            None => Verdict::Allow,
+        }
     }
 }
 
@@ -125,6 +147,9 @@ impl StaticPasswords {
 
 impl Authenticator for StaticPasswords {
     fn authenticate(&mut self, c: &Credentials) -> Verdict {
+        if c.method.is_some() {
+            return Verdict::Deny(ReasonCode::BadAuthenticationMethod);
+        }
         let Some(user) = &c.username else {
             return if self.allow_anonymous {
                 Verdict::Allow
@@ -327,6 +352,8 @@ mod tests {
             client_id: "c".into(),
             username: u.map(Into::into),
             password: pw.map(Bytes::copy_from_slice),
+            method: None,
+            data: None,
         };
         assert_eq!(
             p.authenticate(&creds(Some("alice"), Some(b"secret"))),

@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tern_broker::{Broker, Config, ConnId, Event, Token};
+use tern_broker::{AuthStep, Broker, Config, ConnId, Event, Token};
 use tern_codec::{
     ConnAck, Connect, Decoder, MqttString, Packet, ProtocolVersion, ReasonCode, TopicName,
 };
@@ -283,6 +283,16 @@ impl Sim {
         self.pump();
     }
 
+    /// Answers an authentication request with the next step of an
+    /// enhanced authentication.
+    pub fn answer_auth(&mut self, token: Token, step: AuthStep) {
+        self.broker.answer_auth(token, step, self.now);
+        if let Some(&i) = self.by_conn.get(&token.conn()) {
+            self.feed(i);
+        }
+        self.pump();
+    }
+
     /// Moves the clock forward by `d`, running every timer and delivery due
     /// on the way, in order.
     pub fn advance(&mut self, d: Duration) {
@@ -383,6 +393,7 @@ impl Sim {
                     }
                     Event::Dropped { client_id, topic } => self.dropped.push((client_id, topic)),
                     Event::Authenticate { token, .. }
+                    | Event::AuthContinue { token, .. }
                     | Event::AuthorizePublish { token, .. }
                     | Event::AuthorizeSubscribe { token, .. } => {
                         self.requests.push_back(Request { token, event: e });

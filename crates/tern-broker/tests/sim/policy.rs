@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use tern_broker::policy::{Access, Acl, AskEmbedding, StaticPasswords};
-use tern_broker::Event;
-use tern_codec::{MqttString, Packet, ProtocolVersion, ReasonCode};
+use tern_broker::{AuthStep, Event};
+use tern_codec::{Auth, AuthProperties, MqttString, Packet, ProtocolVersion, ReasonCode};
 use tern_sim::{ClientRef, Sim};
 
 use crate::common::*;
@@ -177,4 +177,151 @@ fn subscribe_authorization_can_be_answered_later_per_filter() {
         expect_suback(&mut sim, c),
         [ReasonCode::GrantedQoS1, ReasonCode::NotAuthorized]
     );
+}
+
+fn auth_packet(code: ReasonCode, method: &str, data: &[u8]) -> Packet {
+    Packet::Auth(Auth {
+        reason_code: code,
+        properties: AuthProperties {
+            authentication_method: Some(MqttString::from_str(method).expect("valid")),
+            authentication_data: Some(Bytes::copy_from_slice(data)),
+            ..AuthProperties::default()
+        },
+    })
+}
+
+fn enhanced_connect(method: &str, data: &[u8]) -> tern_codec::Connect {
+    let mut cn = connect(V5, "dev", true);
+    cn.properties.authentication_method = Some(MqttString::from_str(method).expect("valid"));
+    cn.properties.authentication_data = Some(Bytes::copy_from_slice(data));
+    cn
+}
+
+#[test]
+fn enhanced_authentication_with_an_unknown_method_is_0x8c() {
+    let mut sim = Sim::default();
+    let c = sim.client(V5);
+    let ack = sim.connect_with(c, enhanced_connect("SCRAM-SHA-1", b"x"));
+    assert_eq!(ack.reason_code, ReasonCode::BadAuthenticationMethod);
+    assert!(!sim.is_open(c));
+}
+
+#[test]
+fn enhanced_authentication_runs_a_challenge_and_response() {
+    let mut sim = Sim::default();
+    sim.broker.set_authenticator(AskEmbedding);
+    let c = sim.client(V5);
+    sim.send(c, enhanced_connect("TEST", b"client-first"));
+    let req = sim.take_requests().remove(0);
+    let Event::Authenticate { token, credentials } = req.event else {
+        panic!()
+    };
+    assert_eq!(credentials.method.as_deref(), Some("TEST"));
+    assert_eq!(credentials.data.as_deref(), Some(&b"client-first"[..]));
+    sim.answer_auth(
+        token,
+        AuthStep::Continue(Bytes::from_static(b"server-first")),
+    );
+    assert_eq!(
+        sim.recv(c),
+        Some(auth_packet(
+            ReasonCode::ContinueAuthentication,
+            "TEST",
+            b"server-first"
+        ))
+    );
+
+    sim.send(
+        c,
+        auth_packet(ReasonCode::ContinueAuthentication, "TEST", b"client-final"),
+    );
+    let req = sim.take_requests().remove(0);
+    let Event::AuthContinue {
+        token,
+        data,
+        reauthenticate,
+        ..
+    } = req.event
+    else {
+        panic!()
+    };
+    assert_eq!(data.as_deref(), Some(&b"client-final"[..]));
+    assert!(!reauthenticate);
+    sim.answer_auth(
+        token,
+        AuthStep::Success(Some(Bytes::from_static(b"server-final"))),
+    );
+    let Some(Packet::ConnAck(ack)) = sim.recv(c) else {
+        panic!("expected CONNACK")
+    };
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert_eq!(
+        ack.properties
+            .authentication_method
+            .as_ref()
+            .map(|m| m.as_str()),
+        Some("TEST")
+    );
+    assert_eq!(
+        ack.properties.authentication_data.as_deref(),
+        Some(&b"server-final"[..])
+    );
+
+    // Re-authentication while connected.
+    sim.send(c, auth_packet(ReasonCode::ReAuthenticate, "TEST", b"again"));
+    let req = sim.take_requests().remove(0);
+    let Event::AuthContinue {
+        token,
+        reauthenticate,
+        ..
+    } = req.event
+    else {
+        panic!()
+    };
+    assert!(reauthenticate);
+    sim.answer_auth(token, AuthStep::Success(None));
+    let Some(Packet::Auth(a)) = sim.recv(c) else {
+        panic!("expected AUTH")
+    };
+    assert_eq!(a.reason_code, ReasonCode::Success);
+
+    // A failed re-authentication disconnects.
+    sim.send(c, auth_packet(ReasonCode::ReAuthenticate, "TEST", b"bad"));
+    let token = sim.take_requests()[0].token;
+    sim.answer_auth(token, AuthStep::Fail(ReasonCode::NotAuthorized));
+    assert_eq!(
+        sim.recv(c),
+        Some(Packet::Disconnect(tern_codec::Disconnect::new(
+            ReasonCode::NotAuthorized
+        )))
+    );
+    assert!(!sim.is_open(c));
+}
+
+#[test]
+fn enhanced_authentication_method_cannot_change() {
+    let mut sim = Sim::default();
+    sim.broker.set_authenticator(AskEmbedding);
+    let c = sim.client(V5);
+    sim.send(c, enhanced_connect("TEST", b"1"));
+    let token = sim.take_requests()[0].token;
+    sim.answer_auth(token, AuthStep::Continue(Bytes::from_static(b"2")));
+    sim.take(c);
+    sim.send(
+        c,
+        auth_packet(ReasonCode::ContinueAuthentication, "OTHER", b"3"),
+    );
+    assert!(!sim.is_open(c));
+}
+
+#[test]
+fn enhanced_authentication_must_finish_before_the_connect_deadline() {
+    let mut sim = Sim::default();
+    sim.broker.set_authenticator(AskEmbedding);
+    let c = sim.client(V5);
+    sim.send(c, enhanced_connect("TEST", b"1"));
+    let token = sim.take_requests()[0].token;
+    sim.answer_auth(token, AuthStep::Continue(Bytes::from_static(b"2")));
+    sim.advance(std::time::Duration::from_secs(10));
+    assert!(!sim.is_open(c));
 }
