@@ -17,6 +17,7 @@ use crate::policy::{
     AllowAll, AuthStep, Authenticator, Authorizer, ClientInfo, Credentials, Verdict,
 };
 use crate::session::{Delivery, Message, OutState, Outgoing, Session, Sub};
+use crate::store::{ImportError, InflightStage, StoredDelivery, StoredSession, StoredSubscription};
 use crate::{Config, QueueFullPolicy};
 
 /// A transport connection, as the broker names it. Handed out by
@@ -112,6 +113,9 @@ pub enum Event {
         /// To what.
         filter: TopicFilter,
     },
+    /// A message published here, to pass to the other shards'
+    /// [`Broker::route_foreign`] (only with [`Config::forward`]).
+    Forward(Arc<Message>),
     /// A message was dropped for a session because its queue was full.
     Dropped {
         /// The session's client id.
@@ -545,11 +549,209 @@ impl Broker {
         }
     }
 
-    /// Routes a message that arrived on another broker instance (a shard of
-    /// the same server) to this instance's subscribers. It is not stored as
-    /// retained here; each shard stores the retained messages it receives.
+    /// Routes a message that another broker instance (a shard of the same
+    /// server) forwarded with [`Event::Forward`] to this instance's
+    /// subscribers, and stores or clears it as retained if it is, so every
+    /// shard answers subscriptions from a full retained set. Returns how
+    /// many sessions it was delivered to.
     pub fn route_foreign(&mut self, msg: Arc<Message>, now: Instant) -> usize {
+        if msg.retain {
+            // Over the limit, this shard's copy is not kept; the publisher's
+            // shard answered the client.
+            let _ = self.retain(&msg);
+        }
         self.route(&msg, now)
+    }
+
+    // ---- storage boundary ----
+
+    /// A copy of every session (connected or not), for a durable store.
+    pub fn export_sessions(&self) -> Vec<StoredSession> {
+        let stored = |d: &Delivery| StoredDelivery {
+            message: d.msg.clone(),
+            qos: d.qos,
+            retain: d.retain,
+            subscription_ids: d.sub_ids.clone(),
+        };
+        self.sessions
+            .values()
+            .map(|s| {
+                let mut inflight: Vec<_> = s.inflight.iter().collect();
+                inflight.sort_by_key(|(_, o)| o.seq);
+                StoredSession {
+                    client_id: s.client_id.clone(),
+                    username: s.username.clone(),
+                    version: s.version,
+                    expiry: s.expiry,
+                    subscriptions: s
+                        .subscriptions
+                        .iter()
+                        .map(|(f, sub)| StoredSubscription {
+                            filter: f.clone(),
+                            options: sub.options,
+                            id: sub.id,
+                        })
+                        .collect(),
+                    inflight: inflight
+                        .into_iter()
+                        .map(|(&id, o)| {
+                            let stage = match o.state {
+                                OutState::Ack => InflightStage::AwaitPubAck,
+                                OutState::Rec => InflightStage::AwaitPubRec,
+                                OutState::Comp => InflightStage::AwaitPubComp,
+                            };
+                            (id, stage, stored(&o.delivery))
+                        })
+                        .collect(),
+                    queued: s.queue.iter().map(stored).collect(),
+                    incoming_qos2: s.incoming_qos2.iter().copied().collect(),
+                    will: s.will.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Every retained message, for a durable store.
+    pub fn export_retained(&self) -> Vec<Arc<Message>> {
+        let mut out = Vec::with_capacity(self.retained.len());
+        self.retained.for_each(|_, m| out.push(m.clone()));
+        out
+    }
+
+    /// Restores a session as offline, as if its connection had just closed
+    /// abnormally: its expiry starts now and its will is published or
+    /// scheduled.
+    pub fn import_session(
+        &mut self,
+        stored: StoredSession,
+        now: Instant,
+    ) -> Result<(), ImportError> {
+        if self
+            .by_client_id
+            .contains_key(stored.client_id.bytes().as_ref())
+        {
+            return Err(ImportError::Exists(stored.client_id.as_str().to_owned()));
+        }
+        let mut s = Session::new(stored.client_id.clone(), stored.version);
+        s.username = stored.username;
+        s.expiry = stored.expiry;
+        s.window = self.config.max_inflight.max(1);
+        let delivery = |d: StoredDelivery| Delivery {
+            msg: d.message,
+            qos: d.qos,
+            retain: d.retain,
+            sub_ids: d.subscription_ids,
+        };
+        for (seq, (id, stage, d)) in stored.inflight.into_iter().enumerate() {
+            let state = match stage {
+                InflightStage::AwaitPubAck => OutState::Ack,
+                InflightStage::AwaitPubRec => OutState::Rec,
+                InflightStage::AwaitPubComp => OutState::Comp,
+            };
+            let o = Outgoing {
+                delivery: delivery(d),
+                state,
+                seq: seq as u64,
+            };
+            if id == 0 || s.inflight.insert(id, o).is_some() {
+                return Err(ImportError::PacketId(id));
+            }
+            s.next_seq = seq as u64 + 1;
+        }
+        for d in stored.queued {
+            let d = delivery(d);
+            s.queued_bytes += d.msg.weight();
+            s.queue.push_back(d);
+        }
+        s.incoming_qos2 = stored.incoming_qos2.into_iter().collect();
+        s.will = stored.will;
+        let subs: Vec<_> = stored.subscriptions;
+        let sid = self.new_session_id();
+        for sub in &subs {
+            let v = Sub {
+                options: sub.options,
+                id: sub.id,
+            };
+            s.subscriptions.insert(sub.filter.clone(), v);
+            self.subs.subscribe(&sub.filter, sid, v);
+        }
+        self.by_client_id
+            .insert(stored.client_id.bytes().clone(), sid);
+        self.sessions.insert(sid, s);
+        self.go_offline(sid, now);
+        Ok(())
+    }
+
+    /// Restores a retained message.
+    pub fn import_retained(&mut self, msg: Arc<Message>) {
+        let _ = self.retain(&msg);
+    }
+
+    /// Checks the broker's internal invariants: every limit holds, and the
+    /// tables agree with each other. For tests and fuzzing; `Err` names the
+    /// first broken invariant.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let cfg = &self.config;
+        for (&sid, s) in &self.sessions {
+            let who = s.client_id.as_str();
+            if s.inflight.len() > usize::from(cfg.max_inflight) {
+                return Err(format!("{who}: {} in flight", s.inflight.len()));
+            }
+            if s.inflight.contains_key(&0) {
+                return Err(format!("{who}: packet id 0 in flight"));
+            }
+            if s.queue.len() > cfg.max_queued_messages {
+                return Err(format!("{who}: {} queued", s.queue.len()));
+            }
+            let bytes: usize = s.queue.iter().map(|d| d.msg.weight()).sum();
+            if bytes != s.queued_bytes || bytes > cfg.max_queued_bytes {
+                return Err(format!("{who}: queued bytes {bytes} vs {}", s.queued_bytes));
+            }
+            if s.incoming_qos2.len() > usize::from(cfg.receive_maximum) {
+                return Err(format!("{who}: {} unreleased QoS 2", s.incoming_qos2.len()));
+            }
+            if s.subscriptions.len() > cfg.max_subscriptions {
+                return Err(format!("{who}: {} subscriptions", s.subscriptions.len()));
+            }
+            if self.by_client_id.get(s.client_id.bytes().as_ref()) != Some(&sid) {
+                return Err(format!("{who}: not indexed by client id"));
+            }
+            if let Some(conn) = s.conn {
+                match self.conns.get(&conn).map(|c| &c.phase) {
+                    Some(Phase::Active(x)) if *x == sid => {}
+                    _ => return Err(format!("{who}: connection {conn:?} does not point back")),
+                }
+            }
+            for (f, sub) in &s.subscriptions {
+                if self.subs.get(f, &sid) != Some(sub) {
+                    return Err(format!("{who}: subscription {f} not in the index"));
+                }
+            }
+        }
+        for (&conn, c) in &self.conns {
+            if let Phase::Active(sid) = c.phase {
+                if self.sessions.get(&sid).and_then(|s| s.conn) != Some(conn) {
+                    return Err(format!("{conn:?}: session does not point back"));
+                }
+            }
+        }
+        let subs: usize = self.sessions.values().map(|s| s.subscriptions.len()).sum();
+        if subs != self.subs.len() {
+            return Err(format!(
+                "{subs} subscriptions in sessions, {} indexed",
+                self.subs.len()
+            ));
+        }
+        if self.retained.len() > cfg.max_retained_messages
+            || self.retained.total_weight() > cfg.max_retained_bytes
+        {
+            return Err("retained limits exceeded".into());
+        }
+        if self.conns.len() > cfg.max_connections {
+            return Err("connection limit exceeded".into());
+        }
+        Ok(())
     }
 
     // ---- packets ----
@@ -688,8 +890,7 @@ impl Broker {
         let sid = match resume {
             Some(sid) => sid,
             None => {
-                let sid = SessionId(self.next_session);
-                self.next_session += 1;
+                let sid = self.new_session_id();
                 self.sessions
                     .insert(sid, Session::new(connect.client_id.clone(), version));
                 self.by_client_id
@@ -956,8 +1157,13 @@ impl Broker {
                     code = c;
                 }
             }
-            if !code.is_error() && self.route(&msg, now) == 0 {
-                code = ReasonCode::NoMatchingSubscribers;
+            if !code.is_error() {
+                let n = self.route(&msg, now);
+                if self.config.forward {
+                    self.events.push_back(Event::Forward(msg));
+                } else if n == 0 {
+                    code = ReasonCode::NoMatchingSubscribers;
+                }
             }
         }
         let v5 = self.conns[&conn].version.is_v5();
@@ -1492,6 +1698,13 @@ impl Broker {
         if !abnormal {
             s.will = None;
         }
+        self.go_offline(sid, now);
+    }
+
+    /// The session lost its connection: it ends, or waits for its expiry
+    /// with its will published or scheduled.
+    fn go_offline(&mut self, sid: SessionId, now: Instant) {
+        let s = self.sessions.get_mut(&sid).expect("session exists");
         let delay = s
             .will
             .as_ref()
@@ -1545,6 +1758,9 @@ impl Broker {
             let _ = self.retain(&msg);
         }
         self.route(&msg, now);
+        if self.config.forward {
+            self.events.push_back(Event::Forward(msg));
+        }
     }
 
     fn publish_sys(&mut self, now: Instant) {
@@ -1590,6 +1806,12 @@ impl Broker {
     }
 
     // ---- output ----
+
+    fn new_session_id(&mut self) -> SessionId {
+        let id = SessionId(u64::from(self.config.shard) << 48 | self.next_session);
+        self.next_session += 1;
+        id
+    }
 
     fn token(&mut self, conn: ConnId) -> Token {
         let seq = self.next_token;

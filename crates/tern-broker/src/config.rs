@@ -78,6 +78,14 @@ pub struct Config {
     pub sys_interval: Option<Duration>,
     /// The version string published on `$SYS/broker/version`.
     pub version: &'static str,
+    /// Which shard this broker instance is, when a server runs several
+    /// (one per core). Session ids carry it, so they are unique across
+    /// shards.
+    pub shard: u16,
+    /// Whether to emit [`Event::Forward`](crate::Event::Forward) for every
+    /// message this instance's clients publish (wills included), for the
+    /// embedding to pass to the other shards' [`route_foreign`](crate::Broker::route_foreign).
+    pub forward: bool,
 }
 
 impl Default for Config {
@@ -107,6 +115,8 @@ impl Default for Config {
             max_client_id_len: 256,
             sys_interval: Some(Duration::from_secs(10)),
             version: concat!("tern ", env!("CARGO_PKG_VERSION")),
+            shard: 0,
+            forward: false,
         }
     }
 }

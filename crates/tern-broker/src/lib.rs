@@ -44,6 +44,7 @@ mod broker;
 mod config;
 pub mod policy;
 mod session;
+pub mod store;
 
 pub use broker::{Broker, ConnId, Event, SessionId, Stats, Token, Transmit};
 pub use config::{Config, QueueFullPolicy};

@@ -15,7 +15,7 @@ use crate::{ConnId, SessionId};
 
 /// An application message as the broker routes it: immutable and shared by
 /// every session it is delivered to.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     /// The topic it was published to.
     pub topic: TopicName,

@@ -23,10 +23,11 @@
 #![warn(missing_docs)]
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tern_broker::{AuthStep, Broker, Config, ConnId, Event, Token};
+use tern_broker::{AuthStep, Broker, Config, ConnId, Event, Message, Token};
 use tern_codec::{
     ConnAck, Connect, Decoder, MqttString, Packet, ProtocolVersion, ReasonCode, TopicName,
 };
@@ -93,6 +94,7 @@ pub struct Sim {
     requests: VecDeque<Request>,
     dropped: Vec<(String, TopicName)>,
     transcript: Vec<(ClientRef, Bytes)>,
+    forwarded: Vec<Arc<Message>>,
 }
 
 impl Default for Sim {
@@ -121,6 +123,7 @@ impl Sim {
             requests: VecDeque::new(),
             dropped: Vec::new(),
             transcript: Vec::new(),
+            forwarded: Vec::new(),
         }
     }
 
@@ -274,6 +277,19 @@ impl Sim {
         &self.transcript
     }
 
+    /// Messages the broker asked to forward to other shards
+    /// ([`Event::Forward`]), oldest first.
+    pub fn take_forwarded(&mut self) -> Vec<Arc<Message>> {
+        std::mem::take(&mut self.forwarded)
+    }
+
+    /// Hands the broker a message forwarded by another shard.
+    pub fn route_foreign(&mut self, msg: Arc<Message>) -> usize {
+        let n = self.broker.route_foreign(msg, self.now);
+        self.pump();
+        n
+    }
+
     /// Answers a request, then lets the connection's buffered input through.
     pub fn answer(&mut self, token: Token, verdict: Result<(), ReasonCode>) {
         self.broker.answer(token, verdict, self.now);
@@ -392,6 +408,7 @@ impl Sim {
                         }
                     }
                     Event::Dropped { client_id, topic } => self.dropped.push((client_id, topic)),
+                    Event::Forward(msg) => self.forwarded.push(msg),
                     Event::Authenticate { token, .. }
                     | Event::AuthContinue { token, .. }
                     | Event::AuthorizePublish { token, .. }
@@ -404,6 +421,10 @@ impl Sim {
             if !any {
                 break;
             }
+        }
+        // Every step of every simulation checks the broker's invariants.
+        if let Err(e) = self.broker.check_invariants() {
+            panic!("broker invariant broken: {e}");
         }
         if self.latency.is_zero() {
             // Deliver to clients at once; the client side never answers on

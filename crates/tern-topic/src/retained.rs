@@ -203,6 +203,11 @@ impl<V> RetainedIndex<V> {
     }
 
     /// Every value at or below `id` (`#` matches the parent level too).
+    /// Calls `f` on every retained message, `$` topics included.
+    pub fn for_each<'a>(&'a self, mut f: impl FnMut(&'a TopicName, &'a V)) {
+        self.subtree(ROOT, false, &mut f);
+    }
+
     fn subtree<'a>(&'a self, id: u32, skip_dollar: bool, f: &mut impl FnMut(&'a TopicName, &'a V)) {
         let mut stack = vec![id];
         while let Some(id) = stack.pop() {

@@ -6,3 +6,4 @@ mod connect;
 mod delivery;
 mod features;
 mod policy;
+mod shards;

@@ -1,0 +1,110 @@
+//! Multi-core readiness and the storage boundary.
+
+use tern_broker::Config;
+use tern_codec::{Packet, SubscriptionOptions};
+use tern_sim::Sim;
+
+use crate::common::*;
+
+fn shard(n: u16) -> Sim {
+    Sim::new(Config {
+        shard: n,
+        forward: true,
+        ..Config::default()
+    })
+}
+
+#[test]
+fn messages_are_forwarded_between_shards() {
+    let mut a = shard(0);
+    let mut b = shard(1);
+    let sa = subscriber(&mut a, V5, "sa", "t/#", 1);
+    let sb = subscriber(&mut b, V5, "sb", "t/#", 1);
+    let p = connected(&mut a, V5, "p", true);
+    a.send(p, retained("t/1", 1, 1, "hello"));
+    // With forwarding on, PUBACK cannot claim "no matching subscribers".
+    assert_eq!(a.recv(p), Some(puback(pid(1))));
+    assert_eq!(payloads(&mut a, sa), ["hello"]);
+    let fwd = a.take_forwarded();
+    assert_eq!(fwd.len(), 1);
+    assert_eq!(b.route_foreign(fwd[0].clone()), 1);
+    assert_eq!(payloads(&mut b, sb), ["hello"]);
+    // The retained copy is answered by the other shard too.
+    let late = connected(&mut b, V5, "late", true);
+    b.send(late, subscribe(1, &[("t/1", 0)]));
+    expect_suback(&mut b, late);
+    assert_eq!(payloads(&mut b, late), ["hello"]);
+}
+
+#[test]
+fn no_local_is_not_confused_by_session_ids_of_another_shard() {
+    let mut a = shard(0);
+    let mut b = shard(1);
+    // The first session of each shard.
+    let pa = connected(&mut a, V5, "pa", true);
+    let sb = connected(&mut b, V5, "sb", true);
+    let mut o = SubscriptionOptions::new(qos(0));
+    o.no_local = true;
+    b.send(sb, subscribe_opts(1, &[("t", o)]));
+    expect_suback(&mut b, sb);
+    a.send(pa, publish("t", 0, 0, "from a"));
+    for m in a.take_forwarded() {
+        b.route_foreign(m);
+    }
+    assert_eq!(payloads(&mut b, sb), ["from a"]);
+}
+
+#[test]
+fn sessions_and_retained_messages_survive_export_and_import() {
+    let mut sim = Sim::default();
+    let s = connected(&mut sim, V3, "s", false);
+    sim.send(s, subscribe(1, &[("t/#", 2)]));
+    expect_suback(&mut sim, s);
+    let p = connected(&mut sim, V3, "p", true);
+    sim.send(p, publish("t/a", 1, 1, "in flight"));
+    sim.send(p, retained("t/r", 0, 0, "retained"));
+    let first = expect_publish(&mut sim, s);
+    expect_publish(&mut sim, s);
+    sim.kill(s);
+    sim.send(p, publish("t/b", 2, 2, "queued"));
+
+    let sessions = sim.broker.export_sessions();
+    let retained = sim.broker.export_retained();
+    // "p" is still connected: its session is exported too.
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(retained.len(), 1);
+
+    let mut fresh = Sim::default();
+    let now = fresh.now();
+    for s in sessions {
+        fresh.broker.import_session(s, now).expect("imports");
+    }
+    for m in retained {
+        fresh.broker.import_retained(m);
+    }
+    let s = fresh.client(V3);
+    assert!(fresh.connect(s, "s", false).session_present);
+    let got = fresh.take(s);
+    let Packet::Publish(again) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert!(again.dup);
+    assert_eq!(again.qos, first.qos);
+    let Packet::Publish(queued) = &got[1] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(&queued.payload[..], b"queued");
+    let late = connected(&mut fresh, V3, "late", true);
+    fresh.send(late, subscribe(1, &[("t/r", 0)]));
+    expect_suback(&mut fresh, late);
+    assert_eq!(payloads(&mut fresh, late), ["retained"]);
+}
+
+#[test]
+fn importing_an_existing_client_id_is_refused() {
+    let mut sim = Sim::default();
+    connected(&mut sim, V3, "s", false);
+    let sessions = sim.broker.export_sessions();
+    let now = sim.now();
+    assert!(sim.broker.import_session(sessions[0].clone(), now).is_err());
+}
