@@ -1,6 +1,7 @@
 //! Writes hand-made seed inputs for the fuzz targets, in the format of
 //! `src/lib.rs` (a role/version byte, then a byte stream), into every
-//! directory given on the command line:
+//! directory given on the command line (scripts of `src/broker.rs` into a
+//! directory named `broker_script`):
 //!
 //! ```text
 //! cargo run --example write_seeds -- corpus/decode corpus/roundtrip
@@ -294,16 +295,28 @@ fn main() {
             seeds.push(single(Input::prefix(Some(v), 1), p, v, &tag));
         }
     }
+    let scripts: Vec<(String, Vec<u8>)> = tern_fuzz::broker::seed_scripts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (format!("script-{i}"), s))
+        .collect();
     for dir in &dirs {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
-        for (name, seed) in &seeds {
+        // The broker target reads scripts, the codec targets byte streams.
+        let seeds = if dir.trim_end_matches('/').ends_with("broker_script") {
+            &scripts
+        } else {
+            &seeds
+        };
+        for (name, seed) in seeds {
             let path = Path::new(dir).join(format!("seed-{name}"));
             std::fs::write(&path, seed).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         }
     }
     println!(
-        "wrote {} seeds into each of {}",
+        "wrote {} codec seeds and {} broker scripts into {}",
         seeds.len(),
+        scripts.len(),
         dirs.join(", ")
     );
 }

@@ -1,4 +1,5 @@
-//! Harness code shared by the `tern-codec` fuzz targets.
+//! Harness code shared by the fuzz targets: the codec targets' input format
+//! below, and the broker scripts in [`broker`].
 //!
 //! # Input format
 //!
@@ -16,6 +17,8 @@
 //! ```
 //!
 //! An empty input is ignored.
+
+pub mod broker;
 
 use bytes::{Bytes, BytesMut};
 use tern_codec::{

@@ -495,6 +495,11 @@ impl Broker {
                 };
                 match held {
                     Held::Connect(connect, assigned) => match step {
+                        // A challenge needs a method the client chose (5.0).
+                        AuthStep::Continue(_) if c.auth_method.is_none() => {
+                            let deny = Verdict::Deny(ReasonCode::BadAuthenticationMethod);
+                            self.connect_decided(token.conn, *connect, assigned, deny, now)
+                        }
                         AuthStep::Continue(data) => {
                             c.auth_connect = Some((connect, assigned));
                             self.send_auth(

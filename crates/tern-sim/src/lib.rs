@@ -176,6 +176,16 @@ impl Sim {
         Some(ClientRef(i))
     }
 
+    /// The protocol version the client speaks.
+    pub fn version(&self, c: ClientRef) -> ProtocolVersion {
+        self.clients[c.0].version
+    }
+
+    /// How many clients were opened so far.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
     /// The broker's id for the client's transport.
     pub fn conn(&self, c: ClientRef) -> Option<ConnId> {
         self.clients[c.0].conn
