@@ -7,6 +7,8 @@
 //!   subscription index and the retained index.
 //! - `codec` (default): [`codec`], every MQTT 3.1 / 3.1.1 / 5.0 packet,
 //!   decoded zero-copy and encoded into any `BufMut`.
+//! - `broker` (default): [`broker`], the sans-IO broker core: a complete
+//!   MQTT broker as one value, fed bytes and time, polled for output.
 //!
 //! ```
 //! use tern::codec::{Packet, ProtocolVersion};
@@ -18,6 +20,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "broker")]
+pub use tern_broker as broker;
 #[cfg(feature = "codec")]
 pub use tern_codec as codec;
 #[cfg(feature = "topic")]

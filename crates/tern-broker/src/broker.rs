@@ -197,6 +197,8 @@ struct Conn {
     auth_connect: Option<(Box<Connect>, bool)>,
     /// A re-authentication awaits the client's AUTH.
     reauth_waiting: bool,
+    /// Bytes handed out in transmits, not yet reported written.
+    unwritten: usize,
     /// Authentication Data for the CONNACK that ends an exchange.
     auth_success_data: Option<Bytes>,
 }
@@ -339,6 +341,7 @@ impl Broker {
                 auth_connect: None,
                 reauth_waiting: false,
                 auth_success_data: None,
+                unwritten: 0,
             },
         );
         self.timers
@@ -349,13 +352,14 @@ impl Broker {
     /// Bytes arrived on `conn`. Every complete packet is taken from `buf`;
     /// an incomplete one is left for the next call.
     pub fn handle_read(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) {
+        let max = self.config.max_unwritten_bytes;
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
                 // Closed: whatever arrives is discarded.
                 buf.clear();
                 return;
             };
-            if c.held.is_some() {
+            if c.held.is_some() || c.congested(max) {
                 return;
             }
             let before = buf.len();
@@ -383,6 +387,21 @@ impl Broker {
                     return;
                 }
             }
+        }
+    }
+
+    /// `n` bytes of `conn`'s transmits were written to its transport. With
+    /// [`Config::max_unwritten_bytes`] set, the embedding reports every
+    /// write here; messages held back for a slow consumer go out again, and
+    /// its input is read again: call [`Broker::handle_read`] afterwards if
+    /// it has input buffered.
+    pub fn handle_written(&mut self, conn: ConnId, n: usize, now: Instant) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.unwritten = c.unwritten.saturating_sub(n);
+        if let Phase::Active(sid) = c.phase {
+            self.drain_queue(sid, now);
         }
     }
 
@@ -1088,7 +1107,9 @@ impl Broker {
         }
         self.stats.messages_received += 1;
         let topic = p.topic.clone();
-        if topic.levels().count() > self.config.max_topic_levels {
+        if topic.levels().count() > self.config.max_topic_levels
+            || topic.len() > self.config.max_topic_length
+        {
             return self.publish_decided(
                 conn,
                 p,
@@ -1256,9 +1277,22 @@ impl Broker {
         if d.msg.expired(now) {
             return;
         }
+        let max = self.config.max_unwritten_bytes;
+        let congested = s
+            .conn
+            .and_then(|c| self.conns.get(&c))
+            .is_some_and(|c| c.congested(max));
         match s.conn {
+            Some(_) if d.qos == QoS::AtMostOnce && congested => {
+                // A slow consumer loses QoS 0 messages, nobody else does.
+                self.stats.messages_dropped += 1;
+                self.events.push_back(Event::Dropped {
+                    client_id: s.client_id.as_str().to_owned(),
+                    topic: d.msg.topic.clone(),
+                });
+            }
             Some(conn) if d.qos == QoS::AtMostOnce => self.send_publish(conn, sid, d, now),
-            Some(conn) if s.queue.is_empty() && s.window_open() => {
+            Some(conn) if s.queue.is_empty() && s.window_open() && !congested => {
                 self.send_publish(conn, sid, d, now)
             }
             None if d.qos == QoS::AtMostOnce && !self.config.queue_qos0_offline => {}
@@ -1312,6 +1346,7 @@ impl Broker {
 
     /// Sends queued messages while the window allows.
     fn drain_queue(&mut self, sid: SessionId, now: Instant) {
+        let max = self.config.max_unwritten_bytes;
         loop {
             let Some(s) = self.sessions.get_mut(&sid) else {
                 return;
@@ -1319,6 +1354,9 @@ impl Broker {
             let Some(conn) = s.conn else { return };
             let Some(front) = s.queue.front() else { return };
             if front.qos != QoS::AtMostOnce && !s.window_open() {
+                return;
+            }
+            if self.conns.get(&conn).is_some_and(|c| c.congested(max)) {
                 return;
             }
             let d = s.pop_queue().expect("front exists");
@@ -1566,7 +1604,7 @@ impl Broker {
         if filter.has_wildcards() && !cfg.wildcard_subscriptions {
             return Some(Verdict::Deny(ReasonCode::WildcardSubscriptionsNotSupported));
         }
-        if filter.levels().count() > cfg.max_topic_levels {
+        if filter.levels().count() > cfg.max_topic_levels || filter.len() > cfg.max_topic_length {
             return Some(Verdict::Deny(ReasonCode::TopicFilterInvalid));
         }
         None
@@ -1615,6 +1653,11 @@ impl Broker {
         self.retained
             .for_each_match(&f.filter, |_, m| found.push(m.clone()));
         for m in found {
+            if m.expired(now) {
+                // An expired retained message is forgotten when found.
+                self.retained.remove(&m.topic);
+                continue;
+            }
             let d = Delivery {
                 qos: m.qos.min(granted),
                 msg: m,
@@ -1836,7 +1879,17 @@ impl Broker {
         // Packets the broker builds are valid by construction.
         let data = p.to_bytes(v).expect("broker packets encode");
         self.stats.bytes_sent += data.len() as u64;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.unwritten += data.len();
+        }
         self.transmits.push_back(Transmit { conn, data });
+    }
+}
+
+impl Conn {
+    /// Whether the connection has more unwritten output than `max` allows.
+    fn congested(&self, max: Option<usize>) -> bool {
+        max.is_some_and(|max| self.unwritten >= max)
     }
 }
 

@@ -40,6 +40,14 @@ pub struct Config {
     pub max_queued_bytes: usize,
     /// What to do with a message for a full queue.
     pub queue_full: QueueFullPolicy,
+    /// Bytes the broker may have handed out for one connection that the
+    /// embedding has not yet reported written
+    /// ([`Broker::handle_written`](crate::Broker::handle_written)). Beyond
+    /// it the connection is a slow consumer: QoS 0 messages for it are
+    /// dropped, QoS 1/2 messages wait in its session queue, and its input is
+    /// not read (so a client that sends without reading stalls itself, not
+    /// the broker). `None` turns the accounting off.
+    pub max_unwritten_bytes: Option<usize>,
     /// Whether QoS 0 messages are queued for offline persistent sessions.
     pub queue_qos0_offline: bool,
     /// The longest a session is kept after its connection closes, in
@@ -72,6 +80,8 @@ pub struct Config {
     pub max_retained_bytes: usize,
     /// Levels in a topic name or filter.
     pub max_topic_levels: usize,
+    /// Bytes in a topic name or filter (the protocol allows 65535).
+    pub max_topic_length: usize,
     /// Bytes in a client identifier.
     pub max_client_id_len: usize,
     /// Interval at which `$SYS` topics are published; `None` turns them off.
@@ -98,6 +108,7 @@ impl Default for Config {
             max_queued_messages: 1000,
             max_queued_bytes: 16 * 1024 * 1024,
             queue_full: QueueFullPolicy::DropNewest,
+            max_unwritten_bytes: Some(1024 * 1024),
             queue_qos0_offline: false,
             max_session_expiry: u32::MAX,
             server_keep_alive: None,
@@ -112,6 +123,7 @@ impl Default for Config {
             max_retained_messages: 100_000,
             max_retained_bytes: 256 * 1024 * 1024,
             max_topic_levels: 64,
+            max_topic_length: 65535,
             max_client_id_len: 256,
             sys_interval: Some(Duration::from_secs(10)),
             version: concat!("tern ", env!("CARGO_PKG_VERSION")),

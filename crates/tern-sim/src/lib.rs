@@ -47,6 +47,10 @@ struct SimClient {
     at_broker: BytesMut,
     received: VecDeque<Packet>,
     closed: Option<ReasonCode>,
+    /// A stalled client reads nothing: the broker's writes to it pile up
+    /// unwritten.
+    stalled: bool,
+    unwritten: VecDeque<Bytes>,
 }
 
 impl SimClient {
@@ -170,6 +174,8 @@ impl Sim {
             at_broker: BytesMut::new(),
             received: VecDeque::new(),
             closed: None,
+            stalled: false,
+            unwritten: VecDeque::new(),
         });
         self.by_conn.insert(conn, i);
         self.pump();
@@ -258,6 +264,19 @@ impl Sim {
     /// Whether the client's transport is open.
     pub fn is_open(&self, c: ClientRef) -> bool {
         self.clients[c.0].conn.is_some()
+    }
+
+    /// Stops (`true`) or resumes the client's reading. While it is stalled
+    /// the broker's writes to it are not written (the socket buffer is
+    /// full); on resuming they all go through.
+    pub fn stall(&mut self, c: ClientRef, stalled: bool) {
+        self.clients[c.0].stalled = stalled;
+        if !stalled {
+            while let Some(data) = self.clients[c.0].unwritten.pop_front() {
+                self.write(c.0, data);
+            }
+            self.settle();
+        }
     }
 
     /// Drops the client's link without a DISCONNECT (the broker sees the
@@ -396,6 +415,19 @@ impl Sim {
         self.clients[i].at_broker = buf;
     }
 
+    /// The broker's bytes leave for the client: they are in transit, and
+    /// the broker hears they were written.
+    fn write(&mut self, i: usize, data: Bytes) {
+        let n = data.len();
+        self.transmit(i, false, data);
+        if let Some(conn) = self.clients[i].conn {
+            self.broker.handle_written(conn, n, self.now);
+            if !self.clients[i].at_broker.is_empty() {
+                self.feed(i);
+            }
+        }
+    }
+
     /// Drains the broker's outputs: transmits go in transit, events are
     /// acted on.
     fn pump(&mut self) {
@@ -405,7 +437,11 @@ impl Sim {
                 any = true;
                 if let Some(&i) = self.by_conn.get(&t.conn) {
                     self.transcript.push((ClientRef(i), t.data.clone()));
-                    self.transmit(i, false, t.data);
+                    if self.clients[i].stalled {
+                        self.clients[i].unwritten.push_back(t.data);
+                    } else {
+                        self.write(i, t.data);
+                    }
                 }
             }
             while let Some(e) = self.broker.poll_event() {

@@ -428,3 +428,73 @@ fn our_receive_maximum_is_enforced_on_unreleased_qos2() {
     );
     assert!(!sim.is_open(p));
 }
+
+fn slow_config(max: usize) -> Config {
+    Config {
+        max_unwritten_bytes: Some(max),
+        ..Config::default()
+    }
+}
+
+#[test]
+fn a_slow_consumer_loses_qos0_messages_and_nobody_else_does() {
+    let mut sim = Sim::new(slow_config(1000));
+    let slow = subscriber(&mut sim, V3, "slow", "t", 0);
+    let fast = subscriber(&mut sim, V3, "fast", "t", 0);
+    sim.stall(slow, true);
+    let p = connected(&mut sim, V3, "p", true);
+    for i in 0..100 {
+        sim.send(p, publish("t", 0, 0, &format!("{i:050}")));
+    }
+    assert_eq!(payloads(&mut sim, fast).len(), 100);
+    sim.stall(slow, false);
+    let got = payloads(&mut sim, slow).len();
+    // 1000 bytes of 55-byte packets reach the slow one, the rest is dropped.
+    assert!((18..=19).contains(&got), "{got}");
+    assert_eq!(sim.dropped().len(), 100 - got);
+    assert!(sim.dropped().iter().all(|(id, _)| id == "slow"));
+}
+
+#[test]
+fn a_slow_consumer_gets_its_qos1_messages_late_but_all_in_order() {
+    let mut sim = Sim::new(slow_config(500));
+    let slow = subscriber(&mut sim, V3, "slow", "t", 1);
+    sim.stall(slow, true);
+    let p = connected(&mut sim, V3, "p", true);
+    for i in 1..=30u16 {
+        sim.send(p, publish("t", 1, i, &format!("{i:02}")));
+    }
+    assert!(sim.dropped().is_empty());
+    sim.stall(slow, false);
+    let got = sim.take(slow);
+    let mut payloads = Vec::new();
+    for m in got {
+        let Packet::Publish(m) = m else {
+            panic!("{m:?}")
+        };
+        payloads.push(String::from_utf8(m.payload.to_vec()).expect("utf-8"));
+        sim.send(slow, puback(m.qos.packet_id().expect("QoS 1")));
+    }
+    // What was held back while stalled follows as the acks come in.
+    payloads.extend(super::common::payloads(&mut sim, slow));
+    let want: Vec<_> = (1..=30).map(|i| format!("{i:02}")).collect();
+    assert_eq!(payloads, want);
+}
+
+#[test]
+fn a_client_that_sends_without_reading_stops_being_read() {
+    let mut sim = Sim::new(slow_config(100));
+    let c = connected(&mut sim, V3, "c", true);
+    sim.stall(c, true);
+    for _ in 0..1000 {
+        sim.send(c, Packet::PingReq);
+    }
+    // Each PINGRESP is 2 bytes: the broker read about 50 PINGREQs and left
+    // the rest unread.
+    let read = sim.broker.stats().bytes_received;
+    assert!(read < 200, "{read}");
+    sim.stall(c, false);
+    let got = sim.take(c);
+    assert_eq!(got.len(), 1000);
+    assert!(got.iter().all(|p| *p == Packet::PingResp));
+}

@@ -614,3 +614,53 @@ fn clients_cannot_publish_to_sys() {
     assert_eq!(a.reason_code, ReasonCode::NotAuthorized);
     expect_nothing(&mut sim, s);
 }
+
+#[test]
+fn expired_retained_messages_are_not_sent_and_are_forgotten() {
+    let mut sim = Sim::default();
+    let p = connected(&mut sim, V5, "p", true);
+    let mut m = retained("r", 0, 0, "brief");
+    m.properties.message_expiry_interval = Some(5);
+    sim.send(p, m);
+    sim.send(p, retained("q", 0, 0, "lasting"));
+    sim.advance(Duration::from_secs(2));
+    let s = connected(&mut sim, V5, "s", true);
+    sim.send(s, subscribe(1, &[("r", 0)]));
+    expect_suback(&mut sim, s);
+    let got = expect_publish(&mut sim, s);
+    // The remaining lifetime is forwarded.
+    assert_eq!(got.properties.message_expiry_interval, Some(3));
+    sim.advance(Duration::from_secs(3));
+    sim.send(s, subscribe(2, &[("#", 0)]));
+    expect_suback(&mut sim, s);
+    assert_eq!(payloads(&mut sim, s), ["lasting"]);
+    assert_eq!(sim.broker.stats().retained, 1);
+}
+
+#[test]
+fn topic_length_and_depth_limits_are_enforced() {
+    let cfg = Config {
+        max_topic_levels: 3,
+        max_topic_length: 16,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(cfg);
+    let c = connected(&mut sim, V5, "c", true);
+    sim.send(
+        c,
+        subscribe(1, &[("a/b/c/d", 0), ("a/b/c", 0), (&"x".repeat(17), 0)]),
+    );
+    assert_eq!(
+        expect_suback(&mut sim, c),
+        [
+            ReasonCode::TopicFilterInvalid,
+            ReasonCode::Success,
+            ReasonCode::TopicFilterInvalid
+        ]
+    );
+    sim.send(c, publish("a/b/c/d", 1, 1, "deep"));
+    let Some(Packet::PubAck(a)) = sim.recv(c) else {
+        panic!("expected PUBACK")
+    };
+    assert_eq!(a.reason_code, ReasonCode::TopicNameInvalid);
+}
