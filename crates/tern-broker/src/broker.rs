@@ -753,6 +753,9 @@ impl Broker {
                 }
             }
         }
+        if self.sessions.len() > cfg.max_sessions {
+            return Err("session limit exceeded".into());
+        }
         for (&conn, c) in &self.conns {
             if let Phase::Active(sid) = c.phase {
                 if self.sessions.get(&sid).and_then(|s| s.conn) != Some(conn) {
@@ -909,6 +912,9 @@ impl Broker {
         let resume = existing.filter(|_| !connect.clean_start);
         if let (Some(sid), None) = (existing, resume) {
             self.end_session(sid, now);
+        }
+        if resume.is_none() && self.sessions.len() >= self.config.max_sessions {
+            return self.refuse(conn, ReasonCode::QuotaExceeded, now);
         }
         let session_present = resume.is_some();
         let sid = match resume {

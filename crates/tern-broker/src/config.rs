@@ -74,6 +74,10 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// Connections (with or without CONNECT yet) open at once.
     pub max_connections: usize,
+    /// Sessions kept at once, connected or not. A CONNECT that would create
+    /// one more is refused with Quota exceeded (0x97; "server unavailable"
+    /// on 3.1.1).
+    pub max_sessions: usize,
     /// Retained messages kept at once.
     pub max_retained_messages: usize,
     /// Payload bytes of retained messages kept at once.
@@ -120,6 +124,7 @@ impl Default for Config {
             subscription_identifiers: true,
             max_subscriptions: 1000,
             max_connections: 100_000,
+            max_sessions: 1_000_000,
             max_retained_messages: 100_000,
             max_retained_bytes: 256 * 1024 * 1024,
             max_topic_levels: 64,

@@ -383,3 +383,39 @@ fn same_inputs_give_the_same_bytes() {
     }
     assert_eq!(run(), run());
 }
+
+#[test]
+fn session_limit_refuses_new_sessions_but_not_resumed_ones() {
+    let cfg = Config {
+        max_sessions: 2,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(cfg);
+    for id in ["a", "b"] {
+        let c = connected(&mut sim, V3, id, false);
+        sim.kill(c);
+    }
+    let c = sim.client(V5);
+    assert_eq!(
+        sim.connect(c, "c", false).reason_code,
+        ReasonCode::QuotaExceeded
+    );
+    let a = sim.client(V3);
+    assert!(sim.connect(a, "a", false).session_present);
+}
+
+#[test]
+fn link_latency_delays_delivery_until_time_passes() {
+    let mut sim = Sim::default();
+    let s = subscriber(&mut sim, V5, "s", "t", 1);
+    let p = connected(&mut sim, V5, "p", true);
+    sim.set_latency(Duration::from_millis(50));
+    sim.send(p, publish("t", 1, 1, "slow link"));
+    expect_nothing(&mut sim, s);
+    // 50 ms to the broker, 50 ms to the subscriber.
+    sim.advance(Duration::from_millis(99));
+    expect_nothing(&mut sim, s);
+    sim.advance(Duration::from_millis(1));
+    assert_eq!(payloads(&mut sim, s), ["slow link"]);
+    assert_eq!(sim.recv(p), Some(puback(pid(1))));
+}
