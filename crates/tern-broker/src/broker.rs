@@ -11,7 +11,7 @@ use tern_codec::{
     ProtocolVersion, Publish, PublishProperties, QoS, QosPid, ReasonCode, RetainHandling, SubAck,
     Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
 };
-use tern_topic::{Matches, RetainedIndex, RoundRobin, SubscriptionIndex};
+use tern_topic::{Matches, RetainedIndex, SubscriptionIndex};
 
 use crate::policy::{
     AllowAll, AuthStep, Authenticator, Authorizer, ClientInfo, Credentials, Verdict,
@@ -1255,8 +1255,22 @@ impl Broker {
                 deliveries.push((sid, q.min(msg.qos), retain, sub_ids));
             }
         }
+        let sessions = &self.sessions;
+        // Round robin over the connected members; over all of them (to
+        // queue) when none is connected.
+        let mut online_first = |m: &[(SessionId, Sub)], cursor: &mut usize| {
+            let n = m.len();
+            let online = |i: usize| sessions.get(&m[i].0).is_some_and(|s| s.conn.is_some());
+            let start = *cursor % n;
+            let at = (0..n)
+                .map(|k| (start + k) % n)
+                .find(|&i| online(i))
+                .unwrap_or(start);
+            *cursor = at + 1;
+            Some(at)
+        };
         for &g in scratch.groups() {
-            if let Some(&(sid, sub)) = self.subs.pick(g, &mut RoundRobin) {
+            if let Some(&(sid, sub)) = self.subs.pick(g, &mut online_first) {
                 let retain = sub.options.retain_as_published && msg.retain;
                 let ids = sub.id.into_iter().collect();
                 deliveries.push((sid, sub.options.qos.min(msg.qos), retain, ids));
@@ -1419,6 +1433,7 @@ impl Broker {
         let c = self.conns.get_mut(&conn).expect("connection exists");
         let v5 = c.version.is_v5();
         let m = &d.msg;
+        let mut new_alias = None;
         let mut p = Publish {
             dup,
             qos,
@@ -1441,15 +1456,18 @@ impl Broker {
                     p.topic = TopicName::empty();
                     p.properties.topic_alias = NonZeroU16::new(a);
                 } else if c.aliases_out.len() < usize::from(c.alias_out_max) {
-                    let a = c.aliases_out.len() as u16 + 1;
-                    c.aliases_out.insert(m.topic.clone(), a);
-                    p.properties.topic_alias = NonZeroU16::new(a);
+                    new_alias = Some(c.aliases_out.len() as u16 + 1);
+                    p.properties.topic_alias = new_alias.and_then(NonZeroU16::new);
                 }
             }
         }
         let len = p.encoded_len(c.version);
         if len > c.max_packet_out as usize {
             return false;
+        }
+        // The alias is the client's to know only once the packet is sent.
+        if let Some(a) = new_alias {
+            c.aliases_out.insert(m.topic.clone(), a);
         }
         self.stats.messages_sent += 1;
         self.send(conn, &Packet::Publish(p));

@@ -664,3 +664,40 @@ fn topic_length_and_depth_limits_are_enforced() {
     };
     assert_eq!(a.reason_code, ReasonCode::TopicNameInvalid);
 }
+
+#[test]
+fn shared_subscription_prefers_connected_members() {
+    let mut sim = Sim::default();
+    let away = connected(&mut sim, V3, "away", false);
+    sim.send(away, subscribe(1, &[("$share/g/t", 1)]));
+    expect_suback(&mut sim, away);
+    sim.kill(away);
+    let here = subscriber(&mut sim, V3, "here", "$share/g/t", 1);
+    let p = connected(&mut sim, V3, "p", true);
+    for i in 1..=4 {
+        sim.send(p, publish("t", 1, i, &i.to_string()));
+    }
+    assert_eq!(payloads(&mut sim, here), ["1", "2", "3", "4"]);
+    let away = sim.client(V3);
+    sim.connect(away, "away", false);
+    expect_nothing(&mut sim, away);
+}
+
+#[test]
+fn an_alias_on_a_packet_too_large_to_send_is_not_used_later() {
+    let mut sim = Sim::default();
+    let mut cn = connect(V5, "s", true);
+    cn.properties.topic_alias_maximum = Some(4);
+    cn.properties.maximum_packet_size = std::num::NonZeroU32::new(40);
+    let s = sim.client(V5);
+    sim.connect_with(s, cn);
+    sim.send(s, subscribe(1, &[("t", 0)]));
+    expect_suback(&mut sim, s);
+    let p = connected(&mut sim, V5, "p", true);
+    sim.send(p, publish("t", 0, 0, &"x".repeat(60)));
+    sim.send(p, publish("t", 0, 0, "small"));
+    let m = expect_publish(&mut sim, s);
+    // The first packet was dropped: the alias is set by this one.
+    assert_eq!(m.topic, "t");
+    assert_eq!(m.properties.topic_alias, NonZeroU16::new(1));
+}
