@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tern_codec::{
     Ack, Auth, AuthProperties, ConnAck, Connect, Decoder, Disconnect, MqttString, Packet, PacketId,
-    ProtocolVersion, Publish, PublishProperties, QoS, QosPid, ReasonCode, RetainHandling, SubAck,
-    Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
+    PacketType, ProtocolVersion, Publish, PublishProperties, QoS, QosPid, ReasonCode,
+    RetainHandling, SubAck, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
 };
 use tern_topic::{Matches, RetainedIndex, SubscriptionIndex};
 
@@ -199,6 +199,8 @@ struct Conn {
     reauth_waiting: bool,
     /// Bytes handed out in transmits, not yet reported written.
     unwritten: usize,
+    /// An answer exceeded the client's Maximum Packet Size.
+    oversize: bool,
     /// Authentication Data for the CONNACK that ends an exchange.
     auth_success_data: Option<Bytes>,
 }
@@ -342,6 +344,7 @@ impl Broker {
                 reauth_waiting: false,
                 auth_success_data: None,
                 unwritten: 0,
+                oversize: false,
             },
         );
         self.timers
@@ -368,6 +371,7 @@ impl Broker {
                     self.stats.bytes_received += (before - buf.len()) as u64;
                     c.last_packet = now;
                     self.handle_packet(conn, p, now);
+                    self.close_if_oversize(conn, now);
                 }
                 Ok(None) => return,
                 Err(e) => {
@@ -502,6 +506,11 @@ impl Broker {
     /// Authentication Data for the client) or failure. Other requests take
     /// `Success` as accept and `Fail` as refuse.
     pub fn answer_auth(&mut self, token: Token, step: AuthStep, now: Instant) {
+        self.answer_held(token, step, now);
+        self.close_if_oversize(token.conn, now);
+    }
+
+    fn answer_held(&mut self, token: Token, step: AuthStep, now: Instant) {
         let Some(c) = self.conns.get_mut(&token.conn) else {
             return;
         };
@@ -828,15 +837,14 @@ impl Broker {
         // Client identifier rules: [MQTT-3.1.3-6], [MQTT-3.1.3-8].
         if connect.client_id.is_empty() {
             if v.is_v5() || connect.clean_start {
-                let id = format!("tern-{:016x}", self.next_assigned_id);
-                self.next_assigned_id += 1;
-                connect.client_id = MqttString::from_str(&id).expect("ascii id");
+                connect.client_id = self.assign_client_id();
                 assigned = true;
             } else {
                 return self.refuse(conn, ReasonCode::ClientIdentifierNotValid, now);
             }
         }
-        if connect.client_id.len() > self.config.max_client_id_len {
+        // [MQTT-3.1.3-5]: 1 to 23 bytes are always allowed.
+        if connect.client_id.len() > self.config.max_client_id_len.max(23) {
             return self.refuse(conn, ReasonCode::ClientIdentifierNotValid, now);
         }
         if let Some(w) = &connect.will {
@@ -873,6 +881,7 @@ impl Broker {
     }
 
     fn refuse(&mut self, conn: ConnId, code: ReasonCode, now: Instant) {
+        let code = fit(code, PacketType::ConnAck);
         let ack = ConnAck {
             reason_code: code,
             ..ConnAck::new(false)
@@ -1186,7 +1195,11 @@ impl Broker {
             });
             if msg.retain {
                 if let Err(c) = self.retain(&msg) {
-                    code = c;
+                    // 5.0 refuses the message (0x97). 3.1.1 cannot say no: the
+                    // message is delivered, just not kept.
+                    if self.conns[&conn].version.is_v5() {
+                        code = c;
+                    }
                 }
             }
             if !code.is_error() {
@@ -1201,8 +1214,12 @@ impl Broker {
         let v5 = self.conns[&conn].version.is_v5();
         match p.qos {
             QosPid::AtMostOnce => {}
-            QosPid::AtLeastOnce(id) => self.send(conn, &Packet::PubAck(ack(id, code, v5))),
+            QosPid::AtLeastOnce(id) => {
+                let code = fit(code, PacketType::PubAck);
+                self.send(conn, &Packet::PubAck(ack(id, code, v5)))
+            }
             QosPid::ExactlyOnce(id) => {
+                let code = fit(code, PacketType::PubRec);
                 if !code.is_error() {
                     if let Some(s) = self.sessions.get_mut(&sid) {
                         s.incoming_qos2.insert(id.get());
@@ -1570,6 +1587,18 @@ impl Broker {
         {
             return self.disconnect(conn, ReasonCode::SubscriptionIdentifiersNotSupported, now);
         }
+        if next == 0 && v5 {
+            // What CONNACK said is not available is a protocol error on 5.0
+            // (§3.2.2.3.11, §3.2.2.3.15); 3.1.1 gets 0x80 for the filter.
+            let cfg = &self.config;
+            let filters = &packet.filters;
+            if !cfg.shared_subscriptions && filters.iter().any(|f| f.filter.is_shared()) {
+                return self.disconnect(conn, ReasonCode::SharedSubscriptionsNotSupported, now);
+            }
+            if !cfg.wildcard_subscriptions && filters.iter().any(|f| f.filter.has_wildcards()) {
+                return self.disconnect(conn, ReasonCode::WildcardSubscriptionsNotSupported, now);
+            }
+        }
         let client = c.client.clone();
         for i in next..packet.filters.len() {
             let filter = &packet.filters[i].filter;
@@ -1643,7 +1672,7 @@ impl Broker {
         verdict: Verdict,
     ) -> (ReasonCode, bool) {
         if let Verdict::Deny(code) = verdict {
-            return (code, false);
+            return (fit(code, PacketType::SubAck), false);
         }
         let Some(Phase::Active(sid)) = self.conns.get(&conn).map(|c| &c.phase) else {
             return (ReasonCode::UnspecifiedError, false);
@@ -1685,7 +1714,8 @@ impl Broker {
             let d = Delivery {
                 qos: m.qos.min(granted),
                 msg: m,
-                // [MQTT-3.3.1-9]: retained messages sent on subscribe keep RETAIN.
+                // Retained messages sent because of a subscribe keep RETAIN
+                // (3.1.1 [MQTT-3.3.1-8]; 5.0 §3.3.1.3).
                 retain: true,
                 sub_ids: packet
                     .properties
@@ -1719,7 +1749,7 @@ impl Broker {
     fn on_disconnect(&mut self, conn: ConnId, sid: SessionId, d: Disconnect, now: Instant) {
         let s = self.sessions.get_mut(&sid).expect("session exists");
         if let Some(e) = d.properties.session_expiry_interval {
-            // [MQTT-3.14.2-2]: 0 at CONNECT cannot become non-zero.
+            // 5.0 §3.14.2.2.2: 0 at CONNECT cannot become non-zero.
             if s.expiry == 0 && e != 0 {
                 return self.disconnect(conn, ReasonCode::ProtocolError, now);
             }
@@ -1737,6 +1767,7 @@ impl Broker {
 
     /// Sends DISCONNECT with `code` (5.0 only) and closes.
     fn disconnect(&mut self, conn: ConnId, code: ReasonCode, now: Instant) {
+        let code = fit(code, PacketType::Disconnect);
         if let Some(c) = self.conns.get(&conn) {
             if c.version.is_v5() && matches!(c.phase, Phase::Active(_)) {
                 self.send(conn, &Packet::Disconnect(Disconnect::new(code)));
@@ -1745,8 +1776,8 @@ impl Broker {
         self.close(conn, code, true, now);
     }
 
-    /// A malformed or forbidden packet: DISCONNECT (5.0) or CONNACK (before
-    /// CONNECT completed), then close.
+    /// A malformed or forbidden packet: DISCONNECT with `code` (5.0, once
+    /// connected), then close.
     fn protocol_error(&mut self, conn: ConnId, code: ReasonCode, now: Instant) {
         self.disconnect(conn, code, now);
     }
@@ -1879,6 +1910,19 @@ impl Broker {
 
     // ---- output ----
 
+    /// A client id no session uses: `tern-`, the shard and a counter, in
+    /// hex ([MQTT-3.1.3-6]: unique on this server).
+    fn assign_client_id(&mut self) -> MqttString {
+        loop {
+            let n = self.next_assigned_id;
+            self.next_assigned_id += 1;
+            let id = format!("tern-{:04x}{:012x}", self.config.shard, n);
+            if !self.by_client_id.contains_key(id.as_bytes()) {
+                return MqttString::from_str(&id).expect("ascii id");
+            }
+        }
+    }
+
     fn new_session_id(&mut self) -> SessionId {
         let id = SessionId(u64::from(self.config.shard) << 48 | self.next_session);
         self.next_session += 1;
@@ -1892,11 +1936,26 @@ impl Broker {
     }
 
     fn send(&mut self, conn: ConnId, p: &Packet) {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         let v = c.version;
+        // [MQTT-3.1.2-24]: nothing larger than the client's Maximum Packet
+        // Size. (PUBLISH is checked, and dropped, before it gets here.) A
+        // control packet that does not fit ends the connection.
+        if p.encoded_len(v) > c.max_packet_out as usize {
+            c.oversize = true;
+            return;
+        }
         self.send_as(conn, v, p);
+    }
+
+    /// Closes the connection if an answer to it did not fit its Maximum
+    /// Packet Size.
+    fn close_if_oversize(&mut self, conn: ConnId, now: Instant) {
+        if self.conns.get(&conn).is_some_and(|c| c.oversize) {
+            self.close(conn, ReasonCode::PacketTooLarge, true, now);
+        }
     }
 
     fn send_as(&mut self, conn: ConnId, v: ProtocolVersion, p: &Packet) {
@@ -1914,6 +1973,16 @@ impl Conn {
     /// Whether the connection has more unwritten output than `max` allows.
     fn congested(&self, max: Option<usize>) -> bool {
         max.is_some_and(|max| self.unwritten >= max)
+    }
+}
+
+/// `code` if `ty` may carry it, else Unspecified error (0x80): codes can
+/// come from the embedding's policy.
+fn fit(code: ReasonCode, ty: PacketType) -> ReasonCode {
+    if code.allowed_in(ty) {
+        code
+    } else {
+        ReasonCode::UnspecifiedError
     }
 }
 

@@ -2,9 +2,10 @@
 
 use std::num::NonZeroU32;
 
+use bytes::Bytes;
 use tern_codec::{
     Ack, Connect, MqttString, Packet, PacketId, ProtocolVersion, Publish, QoS, QosPid, ReasonCode,
-    Subscribe, SubscribeFilter, SubscriptionOptions, TopicFilter, TopicName, Unsubscribe,
+    Subscribe, SubscribeFilter, SubscriptionOptions, TopicFilter, TopicName, Unsubscribe, Will,
 };
 use tern_sim::{ClientRef, Sim};
 
@@ -147,4 +148,17 @@ pub fn pubrel(id: PacketId) -> Packet {
 
 pub fn pubcomp(id: PacketId) -> Packet {
     Packet::PubComp(Ack::new(id))
+}
+
+/// A CONNECT with a QoS 1 will "gone" on `will_topic`.
+pub fn with_will(v: ProtocolVersion, id: &str, will_topic: &str) -> Connect {
+    let mut c = connect(v, id, true);
+    c.will = Some(Will {
+        topic: topic(will_topic),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    c
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tern_broker::Config;
 use tern_codec::{
-    Disconnect, MqttString, Packet, QoS, ReasonCode, RetainHandling, SubscriptionOptions, Will,
+    Disconnect, MqttString, Packet, QoS, ReasonCode, RetainHandling, SubscriptionOptions,
 };
 use tern_sim::Sim;
 
@@ -103,18 +103,6 @@ fn retained_messages_are_not_sent_to_shared_subscriptions() {
     sim.send(s, subscribe(1, &[("$share/g/r", 0)]));
     expect_suback(&mut sim, s);
     expect_nothing(&mut sim, s);
-}
-
-fn with_will(v: tern_codec::ProtocolVersion, id: &str, will_topic: &str) -> tern_codec::Connect {
-    let mut c = connect(v, id, true);
-    c.will = Some(Will {
-        topic: topic(will_topic),
-        payload: Bytes::from_static(b"gone"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        properties: Default::default(),
-    });
-    c
 }
 
 #[test]
@@ -471,16 +459,27 @@ fn application_properties_pass_through_untouched() {
     assert_eq!(got.properties, sent);
 }
 
-#[test]
-fn connack_advertises_what_is_turned_off() {
-    let cfg = Config {
+fn restricted() -> Config {
+    Config {
         maximum_qos: QoS::AtLeastOnce,
         retain_available: false,
         wildcard_subscriptions: false,
         shared_subscriptions: false,
         ..Config::default()
-    };
-    let mut sim = Sim::new(cfg);
+    }
+}
+
+fn expect_disconnect(sim: &mut Sim, c: tern_sim::ClientRef, code: ReasonCode) {
+    match sim.recv(c) {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, code),
+        other => panic!("expected DISCONNECT {code}, got {other:?}"),
+    }
+    assert!(!sim.is_open(c));
+}
+
+#[test]
+fn connack_advertises_what_is_turned_off() {
+    let mut sim = Sim::new(restricted());
     let c = sim.client(V5);
     let ack = sim.connect(c, "c", true);
     let p = &ack.properties;
@@ -488,21 +487,66 @@ fn connack_advertises_what_is_turned_off() {
     assert_eq!(p.retain_available, Some(false));
     assert_eq!(p.wildcard_subscription_available, Some(false));
     assert_eq!(p.shared_subscription_available, Some(false));
+    // QoS 2 is granted as 1.
+    sim.send(c, subscribe(1, &[("a", 2)]));
+    assert_eq!(expect_suback(&mut sim, c), [ReasonCode::GrantedQoS1]);
+}
 
+#[test]
+fn using_what_connack_said_is_unavailable_disconnects_on_v5() {
+    let mut sim = Sim::new(restricted());
+    let c = connected(&mut sim, V5, "c", true);
+    sim.send(c, subscribe(1, &[("a", 0), ("$share/g/a", 0)]));
+    expect_disconnect(&mut sim, c, ReasonCode::SharedSubscriptionsNotSupported);
+    let c = connected(&mut sim, V5, "c", true);
+    sim.send(c, subscribe(1, &[("a/+", 0)]));
+    expect_disconnect(&mut sim, c, ReasonCode::WildcardSubscriptionsNotSupported);
+    let c = connected(&mut sim, V5, "c", true);
+    sim.send(c, retained("a", 0, 0, "x"));
+    expect_disconnect(&mut sim, c, ReasonCode::RetainNotSupported);
+}
+
+#[test]
+fn unavailable_features_are_refused_per_filter_on_v311() {
+    let mut sim = Sim::new(restricted());
+    let c = connected(&mut sim, V3, "c", true);
     sim.send(c, subscribe(1, &[("a/+", 0), ("$share/g/a", 0), ("a", 2)]));
+    // 3.1.1 has one failure code, 0x80.
     assert_eq!(
         expect_suback(&mut sim, c),
         [
-            ReasonCode::WildcardSubscriptionsNotSupported,
-            ReasonCode::SharedSubscriptionsNotSupported,
+            ReasonCode::UnspecifiedError,
+            ReasonCode::UnspecifiedError,
             ReasonCode::GrantedQoS1,
         ]
     );
-    sim.send(c, retained("a", 0, 0, "x"));
-    match sim.recv(c) {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::RetainNotSupported),
-        other => panic!("expected DISCONNECT, got {other:?}"),
-    }
+}
+
+#[test]
+fn a_will_beyond_the_servers_capabilities_is_refused() {
+    let mut sim = Sim::new(restricted());
+    let mut cn = with_will(V5, "dev", "will/dev");
+    cn.will.as_mut().expect("will").qos = QoS::ExactlyOnce;
+    let c = sim.client(V5);
+    assert_eq!(
+        sim.connect_with(c, cn).reason_code,
+        ReasonCode::QoSNotSupported
+    );
+    let mut cn = with_will(V5, "dev", "will/dev");
+    cn.will.as_mut().expect("will").retain = true;
+    let c = sim.client(V5);
+    assert_eq!(
+        sim.connect_with(c, cn).reason_code,
+        ReasonCode::RetainNotSupported
+    );
+    // 3.1.1 has no such codes: "server unavailable" (3) stands for them.
+    let mut cn = with_will(V3, "dev", "will/dev");
+    cn.will.as_mut().expect("will").retain = true;
+    let c = sim.client(V3);
+    assert_eq!(
+        sim.connect_with(c, cn).reason_code,
+        ReasonCode::ServerUnavailable
+    );
 }
 
 #[test]

@@ -7,3 +7,4 @@ mod delivery;
 mod features;
 mod policy;
 mod shards;
+mod spec;
