@@ -662,3 +662,59 @@ fn encoder_refuses_what_the_spec_forbids() {
         Err(EncodeError::InvalidPropertyValue(0x24))
     );
 }
+
+#[test]
+fn reserved_flags_of_disconnect_and_auth_are_malformed() {
+    // 5.0 [MQTT-3.14.1-1], [MQTT-3.15.1-1].
+    assert_err(
+        server(V5),
+        &[0xe1, 0],
+        DecodeError::InvalidFlags {
+            packet: PacketType::Disconnect,
+            flags: 1,
+        },
+        ReasonCode::MalformedPacket,
+    );
+    assert_err(
+        server(V5),
+        &[0xf2, 0],
+        DecodeError::InvalidFlags {
+            packet: PacketType::Auth,
+            flags: 2,
+        },
+        ReasonCode::MalformedPacket,
+    );
+}
+
+#[test]
+fn a_byte_order_mark_is_kept_not_stripped() {
+    // [MQTT-1.5.4-3] (5.0; 3.1.1 [MQTT-1.5.3-3]): U+FEFF is a character.
+    let topic = "\u{feff}a";
+    let wire = cat(&[&[0x30, 2 + topic.len() as u8, 0, topic.len() as u8], topic.as_bytes()]);
+    let mut buf = BytesMut::from(&wire[..]);
+    let Some(Packet::Publish(p)) = server(V4).decode(&mut buf).unwrap() else {
+        panic!("expected PUBLISH")
+    };
+    assert_eq!(p.topic.as_str(), topic);
+}
+
+#[test]
+fn an_ill_formed_user_property_is_malformed() {
+    // [MQTT-1.5.7-1]: both strings of a pair are UTF-8 strings.
+    // PUBLISH "t", properties: user property ("k", 0xff).
+    let props: &[u8] = &[0x26, 0, 1, b'k', 0, 1, 0xff];
+    let body = cat(&[&[0, 1, b't', props.len() as u8], props]);
+    let wire = cat(&[&[0x30, body.len() as u8], &body]);
+    let e = decode_err(server(V5), &wire);
+    assert_eq!(e.reason_code(), ReasonCode::MalformedPacket, "{e}");
+}
+
+#[test]
+fn a_response_topic_with_a_wildcard_is_refused() {
+    // [MQTT-3.3.2-14]: the Response Topic is a topic name.
+    let props: &[u8] = &[0x08, 0, 3, b'a', b'/', b'+'];
+    let body = cat(&[&[0, 1, b't', props.len() as u8], props]);
+    let wire = cat(&[&[0x30, body.len() as u8], &body]);
+    let e = decode_err(server(V5), &wire);
+    assert!(matches!(e, DecodeError::InvalidTopicName(_)), "{e}");
+}

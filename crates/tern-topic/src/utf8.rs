@@ -41,9 +41,9 @@ impl std::error::Error for Utf8Error {}
 ///
 /// The rules that are MUSTs are enforced: at most 65535 bytes, well-formed
 /// UTF-8, no U+0000. Control characters (U+0001..U+001F, U+007F..U+009F) and
-/// Unicode non-characters are only SHOULD NOTs in the specification and are
-/// accepted, as the specification requires of a receiver that does not choose
-/// to close the connection [MQTT-1.5.4-3].
+/// Unicode non-characters are only SHOULD NOTs in the specification (5.0
+/// §1.5.4, 3.1.1 §1.5.3) and are accepted. A byte order mark (U+FEFF) is an
+/// ordinary character, never stripped [MQTT-1.5.4-3].
 ///
 /// ```
 /// use tern_topic::{validate_mqtt_str, Utf8Error};
