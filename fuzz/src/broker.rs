@@ -309,9 +309,19 @@ pub fn run_script(data: &[u8]) {
                     None
                 });
                 for req in sim.take_requests() {
-                    let step = match b % 3 {
+                    // Some codes fit no packet they may end up in: the
+                    // broker must adapt them, not panic.
+                    let code = [
+                        ReasonCode::NotAuthorized,
+                        ReasonCode::Banned,
+                        ReasonCode::ServerBusy,
+                        ReasonCode::Success,
+                        ReasonCode::GrantedQoS2,
+                    ][usize::from(b >> 3) % 5];
+                    let step = match b % 4 {
                         0 => AuthStep::Success(None),
-                        1 => AuthStep::Fail(ReasonCode::NotAuthorized),
+                        1 => AuthStep::Fail(code),
+                        2 => AuthStep::Success(Some(Bytes::from_static(b"ok"))),
                         _ => AuthStep::Continue(Bytes::from_static(b"c")),
                     };
                     sim.answer_auth(req.token, step);

@@ -1018,7 +1018,9 @@ impl Broker {
             }
             let c = self.conns.get_mut(&conn).expect("connection exists");
             p.authentication_method = c.auth_method.clone();
-            p.authentication_data = c.auth_success_data.take();
+            // Authentication Data only makes sense within a method.
+            let data = c.auth_success_data.take();
+            p.authentication_data = data.filter(|_| p.authentication_method.is_some());
         }
         self.send(conn, &ack.into());
         if session_present {

@@ -325,3 +325,20 @@ fn enhanced_authentication_must_finish_before_the_connect_deadline() {
     sim.advance(std::time::Duration::from_secs(10));
     assert!(!sim.is_open(c));
 }
+
+#[test]
+fn authentication_data_without_a_method_is_not_sent() {
+    // Found by the broker_script fuzz target: CONNACK with Authentication
+    // Data but no Authentication Method is malformed.
+    let mut sim = Sim::default();
+    sim.broker.set_authenticator(AskEmbedding);
+    let c = sim.client(V5);
+    sim.send(c, connect(V5, "dev", true));
+    let token = sim.take_requests()[0].token;
+    sim.answer_auth(token, AuthStep::Success(Some(Bytes::from_static(b"data"))));
+    let Some(Packet::ConnAck(a)) = sim.recv(c) else {
+        panic!("expected CONNACK")
+    };
+    assert_eq!(a.reason_code, ReasonCode::Success);
+    assert_eq!(a.properties.authentication_data, None);
+}
