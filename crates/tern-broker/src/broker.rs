@@ -556,7 +556,10 @@ impl Broker {
                         AuthStep::Success(data) => {
                             self.send_auth(token.conn, ReasonCode::Success, data);
                         }
-                        AuthStep::Fail(code) => self.disconnect(token.conn, code, now),
+                        AuthStep::Fail(code) => {
+                            let code = refusal(code, PacketType::Disconnect);
+                            self.disconnect(token.conn, code, now)
+                        }
                     },
                     _ if v == Verdict::Ask => {
                         // A challenge answers only an authentication.
@@ -899,7 +902,7 @@ impl Broker {
         now: Instant,
     ) {
         if let Verdict::Deny(code) = v {
-            return self.refuse(conn, code, now);
+            return self.refuse(conn, refusal(code, PacketType::ConnAck), now);
         }
         let version = connect.protocol;
         let assigned = assigned && version.is_v5();
@@ -1174,7 +1177,7 @@ impl Broker {
         };
         let sid = *sid;
         let mut code = match v {
-            Verdict::Deny(code) => code,
+            Verdict::Deny(code) => refusal(code, PacketType::PubAck),
             _ => ReasonCode::Success,
         };
         if !code.is_error() {
@@ -1674,7 +1677,7 @@ impl Broker {
         verdict: Verdict,
     ) -> (ReasonCode, bool) {
         if let Verdict::Deny(code) = verdict {
-            return (fit(code, PacketType::SubAck), false);
+            return (refusal(code, PacketType::SubAck), false);
         }
         let Some(Phase::Active(sid)) = self.conns.get(&conn).map(|c| &c.phase) else {
             return (ReasonCode::UnspecifiedError, false);
@@ -1703,7 +1706,10 @@ impl Broker {
             return;
         };
         let sid = *sid;
-        let granted = self.sessions[&sid].subscriptions[&f.filter].options.qos;
+        let Some(sub) = self.sessions[&sid].subscriptions.get(&f.filter) else {
+            return;
+        };
+        let granted = sub.options.qos;
         let mut found = Vec::new();
         self.retained
             .for_each_match(&f.filter, |_, m| found.push(m.clone()));
@@ -1983,6 +1989,16 @@ impl Conn {
 fn fit(code: ReasonCode, ty: PacketType) -> ReasonCode {
     if code.allowed_in(ty) {
         code
+    } else {
+        ReasonCode::UnspecifiedError
+    }
+}
+
+/// The code to refuse with: `code` if it is a failure `ty` may carry, else
+/// Unspecified error (0x80). A policy may name any code, even a success.
+fn refusal(code: ReasonCode, ty: PacketType) -> ReasonCode {
+    if code.is_error() {
+        fit(code, ty)
     } else {
         ReasonCode::UnspecifiedError
     }

@@ -368,3 +368,19 @@ fn overlapping_subscriptions_on_v311_deliver_at_the_highest_qos() {
     };
     assert_eq!(m.qos.qos(), QoS::ExactlyOnce);
 }
+
+#[test]
+fn a_refusal_with_a_success_code_is_still_a_refusal() {
+    // Found by the broker_script fuzz target: `Deny(Success)` once left a
+    // subscription acknowledged but not installed.
+    let mut sim = Sim::default();
+    sim.broker.set_authorizer(DenyWith(ReasonCode::Success));
+    let c = connected(&mut sim, V5, "c", true);
+    sim.send(c, subscribe(1, &[("a", 1)]));
+    assert_eq!(expect_suback(&mut sim, c), [ReasonCode::UnspecifiedError]);
+    sim.send(c, publish("a", 1, 1, "x"));
+    let Some(Packet::PubAck(a)) = sim.recv(c) else {
+        panic!("expected PUBACK")
+    };
+    assert_eq!(a.reason_code, ReasonCode::UnspecifiedError);
+}
