@@ -837,6 +837,10 @@ impl Broker {
         let c = self.conns.get_mut(&conn).expect("connection exists");
         c.version = v;
         let mut assigned = false;
+        // MQTT 3.1: a client id of 1 to 23 characters, nothing else.
+        if v == ProtocolVersion::V3_1 && !(1..=23).contains(&connect.client_id.len()) {
+            return self.refuse(conn, ReasonCode::ClientIdentifierNotValid, now);
+        }
         // Client identifier rules: [MQTT-3.1.3-6], [MQTT-3.1.3-8].
         if connect.client_id.is_empty() {
             if v.is_v5() || connect.clean_start {

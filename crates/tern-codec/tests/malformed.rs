@@ -690,7 +690,10 @@ fn reserved_flags_of_disconnect_and_auth_are_malformed() {
 fn a_byte_order_mark_is_kept_not_stripped() {
     // [MQTT-1.5.4-3] (5.0; 3.1.1 [MQTT-1.5.3-3]): U+FEFF is a character.
     let topic = "\u{feff}a";
-    let wire = cat(&[&[0x30, 2 + topic.len() as u8, 0, topic.len() as u8], topic.as_bytes()]);
+    let wire = cat(&[
+        &[0x30, 2 + topic.len() as u8, 0, topic.len() as u8],
+        topic.as_bytes(),
+    ]);
     let mut buf = BytesMut::from(&wire[..]);
     let Some(Packet::Publish(p)) = server(V4).decode(&mut buf).unwrap() else {
         panic!("expected PUBLISH")

@@ -419,3 +419,22 @@ fn link_latency_delays_delivery_until_time_passes() {
     assert_eq!(payloads(&mut sim, s), ["slow link"]);
     assert_eq!(sim.recv(p), Some(puback(pid(1))));
 }
+
+#[test]
+fn mqtt_3_1_clients_publish_and_subscribe() {
+    let v31 = tern_codec::ProtocolVersion::V3_1;
+    let mut sim = Sim::default();
+    let s = subscriber(&mut sim, v31, "old-sub", "t/#", 2);
+    let p = connected(&mut sim, V5, "new-pub", true);
+    sim.send(p, publish("t/1", 2, 1, "across versions"));
+    let m = expect_publish(&mut sim, s);
+    assert_eq!(&m.payload[..], b"across versions");
+    // 3.1 client ids are 1 to 23 characters (return code 2 otherwise).
+    for id in [String::new(), "x".repeat(24)] {
+        let c = sim.client(v31);
+        assert_eq!(
+            sim.connect(c, &id, true).reason_code,
+            ReasonCode::ClientIdentifierNotValid
+        );
+    }
+}
