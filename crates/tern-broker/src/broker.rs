@@ -1204,9 +1204,11 @@ impl Broker {
             });
             if msg.retain {
                 if let Err(c) = self.retain(&msg) {
-                    // 5.0 refuses the message (0x97). 3.1.1 cannot say no: the
-                    // message is delivered, just not kept.
-                    if self.conns[&conn].version.is_v5() {
+                    // A 5.0 QoS 1/2 message is refused (0x97). Where no
+                    // refusal can be said (QoS 0, or 3.1.1, which answers
+                    // positively by [MQTT-3.3.5-2]) the message is
+                    // delivered, just not kept.
+                    if self.conns[&conn].version.is_v5() && p.qos != QosPid::AtMostOnce {
                         code = c;
                     }
                 }

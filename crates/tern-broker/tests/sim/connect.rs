@@ -82,7 +82,7 @@ fn empty_client_id_without_clean_session_is_rejected_on_v311() {
     let mut sim = Sim::default();
     let c = sim.client(V3);
     let ack = sim.connect(c, "", false);
-    // Return code 0x02, identifier rejected: [MQTT-3.1.3-9] (3.1.1).
+    // Return code 0x02, identifier rejected: [MQTT-3.1.3-8] (3.1.1).
     assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid);
     assert!(!sim.is_open(c));
 }

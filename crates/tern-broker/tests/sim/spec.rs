@@ -282,7 +282,7 @@ fn an_inbound_dup_flag_is_not_forwarded() {
 
 #[test]
 fn a_packet_id_is_not_reused_while_in_flight() {
-    // [MQTT-2.2.1-3]: a new PUBLISH takes an id not in use.
+    // [MQTT-2.2.1-4]: a new PUBLISH takes an id not in use.
     let cfg = Config {
         max_inflight: 3,
         ..Config::default()
@@ -383,4 +383,276 @@ fn a_refusal_with_a_success_code_is_still_a_refusal() {
         panic!("expected PUBACK")
     };
     assert_eq!(a.reason_code, ReasonCode::UnspecifiedError);
+}
+
+#[test]
+fn a_will_is_published_once_and_not_for_a_later_connection_without_one() {
+    // [MQTT-3.1.2-10]; 3.1.1 [MQTT-3.1.2-10], [MQTT-3.1.2-12].
+    for v in VERSIONS {
+        let mut sim = Sim::default();
+        let s = subscriber(&mut sim, v, "s", "will/#", 0);
+        let mut cn = with_will(v, "dev", "will/dev");
+        cn.clean_start = false;
+        cn.properties.session_expiry_interval = v.is_v5().then_some(600);
+        let c = sim.client(v);
+        sim.connect_with(c, cn.clone());
+        sim.kill(c);
+        assert_eq!(payloads(&mut sim, s), ["gone"], "{v}");
+        cn.will = None;
+        let c = sim.client(v);
+        sim.connect_with(c, cn);
+        sim.kill(c);
+        expect_nothing(&mut sim, s);
+    }
+}
+
+#[test]
+fn client_ids_of_23_bytes_are_always_accepted() {
+    // [MQTT-3.1.3-5], whatever the configured limit.
+    let cfg = Config {
+        max_client_id_len: 5,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(cfg);
+    for v in VERSIONS {
+        let c = sim.client(v);
+        assert_eq!(
+            sim.connect(c, &"a".repeat(23), true).reason_code,
+            ReasonCode::Success
+        );
+        let c = sim.client(v);
+        assert_eq!(
+            sim.connect(c, &"a".repeat(24), true).reason_code,
+            ReasonCode::ClientIdentifierNotValid
+        );
+    }
+}
+
+#[test]
+fn a_retained_message_keeps_its_qos() {
+    // 3.1.1 [MQTT-3.3.1-5]: stored with its QoS, delivered at the lower of
+    // it and the granted QoS.
+    for v in VERSIONS {
+        let mut sim = Sim::default();
+        let p = connected(&mut sim, v, "p", true);
+        sim.send(p, retained("r", 1, 1, "x"));
+        let s = connected(&mut sim, v, "s", true);
+        sim.send(s, subscribe(1, &[("r", 2)]));
+        expect_suback(&mut sim, s);
+        assert_eq!(
+            expect_publish(&mut sim, s).qos.qos(),
+            QoS::AtLeastOnce,
+            "{v}"
+        );
+    }
+}
+
+#[test]
+fn a_qos0_retained_message_over_the_limit_is_delivered_not_kept() {
+    let cfg = Config {
+        max_retained_messages: 1,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(cfg);
+    let s = subscriber(&mut sim, V5, "s", "r/#", 0);
+    let p = connected(&mut sim, V5, "p", true);
+    sim.send(p, retained("r/1", 0, 0, "kept"));
+    sim.send(p, retained("r/2", 0, 0, "passing"));
+    assert_eq!(payloads(&mut sim, s), ["kept", "passing"]);
+    assert!(sim.is_open(p));
+    assert_eq!(sim.broker.stats().retained, 1);
+}
+
+#[test]
+fn resubscribing_to_the_same_filter_loses_no_message() {
+    // 3.1.1 [MQTT-3.8.4-3]; [MQTT-3.8.4-4].
+    let cfg = Config {
+        max_inflight: 1,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(cfg);
+    let s = subscriber(&mut sim, V5, "s", "t", 1);
+    let p = connected(&mut sim, V5, "p", true);
+    for i in 1..=3 {
+        sim.send(p, publish("t", 1, i, &i.to_string()));
+    }
+    let first = expect_publish(&mut sim, s);
+    sim.send(s, subscribe(7, &[("t", 1)]));
+    expect_suback(&mut sim, s);
+    let mut got = vec![String::from_utf8(first.payload.to_vec()).expect("utf-8")];
+    let mut id = first.qos.packet_id().expect("QoS 1");
+    for _ in 0..2 {
+        sim.send(s, puback(id));
+        let m = expect_publish(&mut sim, s);
+        id = m.qos.packet_id().expect("QoS 1");
+        got.push(String::from_utf8(m.payload.to_vec()).expect("utf-8"));
+    }
+    assert_eq!(got, ["1", "2", "3"]);
+}
+
+#[test]
+fn packet_ids_are_reused_after_acknowledgement() {
+    // 3.1.1 [MQTT-4.3.2-2]; [MQTT-4.3.2-5]: once acknowledged, an id is
+    // free; after 65535 the ids wrap around and are used again.
+    let mut sim = Sim::default();
+    let s = subscriber(&mut sim, V3, "s", "t", 1);
+    let p = connected(&mut sim, V3, "p", true);
+    let mut first = None;
+    for i in 0..65_536u32 {
+        sim.send(p, publish("t", 1, (i % 65_535 + 1) as u16, "x"));
+        sim.take(p);
+        let m = expect_publish(&mut sim, s);
+        let id = m.qos.packet_id().expect("QoS 1");
+        if i == 0 {
+            first = Some(id);
+        }
+        if i == 65_535 {
+            assert_eq!(Some(id), first, "the first id comes round again");
+        }
+        sim.send(s, puback(id));
+    }
+}
+
+#[test]
+fn an_in_flight_message_is_resent_even_after_it_expired() {
+    // [MQTT-4.3.3-7]: expiry no longer applies once the PUBLISH was sent.
+    let mut sim = Sim::default();
+    let mut cn = connect(V5, "s", false);
+    cn.properties.session_expiry_interval = Some(600);
+    let s = sim.client(V5);
+    sim.connect_with(s, cn.clone());
+    sim.send(s, subscribe(1, &[("t", 1)]));
+    expect_suback(&mut sim, s);
+    let p = connected(&mut sim, V5, "p", true);
+    let mut m = publish("t", 1, 1, "brief");
+    m.properties.message_expiry_interval = Some(5);
+    sim.send(p, m);
+    expect_publish(&mut sim, s);
+    sim.kill(s);
+    sim.advance(std::time::Duration::from_secs(10));
+    let s = sim.client(V5);
+    sim.connect_with(s, cn);
+    let again = expect_publish(&mut sim, s);
+    assert!(again.dup);
+    assert_eq!(&again.payload[..], b"brief");
+}
+
+#[test]
+fn after_a_refused_qos2_publish_its_id_starts_a_new_message() {
+    // [MQTT-4.3.3-9].
+    let mut sim = Sim::default();
+    let s = subscriber(&mut sim, V5, "s", "t", 2);
+    sim.broker.set_authorizer(tern_broker::policy::AskEmbedding);
+    let p = connected(&mut sim, V5, "p", true);
+    sim.send(p, publish("t", 2, 5, "refused"));
+    let t = sim.take_requests()[0].token;
+    sim.answer(t, Err(ReasonCode::NotAuthorized));
+    let Some(Packet::PubRec(a)) = sim.recv(p) else {
+        panic!("expected PUBREC")
+    };
+    assert_eq!(a.reason_code, ReasonCode::NotAuthorized);
+    sim.send(p, publish("t", 2, 5, "accepted"));
+    let t = sim.take_requests()[0].token;
+    sim.answer(t, Ok(()));
+    assert_eq!(sim.recv(p), Some(pubrec(pid(5))));
+    assert_eq!(payloads(&mut sim, s), ["accepted"]);
+}
+
+#[test]
+fn a_shared_qos2_delivery_is_finished_with_the_same_member_after_a_reconnect() {
+    // [MQTT-4.8.2-4].
+    let mut sim = Sim::default();
+    let mut cn = connect(V5, "m1", false);
+    cn.properties.session_expiry_interval = Some(600);
+    let m1 = sim.client(V5);
+    sim.connect_with(m1, cn.clone());
+    sim.send(m1, subscribe(1, &[("$share/g/t", 2)]));
+    expect_suback(&mut sim, m1);
+    let m2 = subscriber(&mut sim, V5, "m2", "$share/g/t", 2);
+    let p = connected(&mut sim, V5, "p", true);
+    sim.send(p, publish("t", 2, 1, "x"));
+    let m = expect_publish(&mut sim, m1);
+    sim.kill(m1);
+    let m1 = sim.client(V5);
+    sim.connect_with(m1, cn);
+    let again = expect_publish(&mut sim, m1);
+    assert!(again.dup);
+    assert_eq!(again.qos, m.qos);
+    expect_nothing(&mut sim, m2);
+}
+
+#[test]
+fn a_shared_message_in_flight_is_not_sent_elsewhere_when_the_session_ends() {
+    // [MQTT-4.8.2-5].
+    let mut sim = Sim::default();
+    let m1 = subscriber(&mut sim, V5, "m1", "$share/g/t", 1);
+    let m2 = subscriber(&mut sim, V5, "m2", "$share/g/t", 1);
+    let p = connected(&mut sim, V5, "p", true);
+    sim.send(p, publish("t", 1, 1, "x"));
+    expect_publish(&mut sim, m1);
+    // m1's session has expiry 0: it ends with the connection.
+    sim.kill(m1);
+    sim.advance(std::time::Duration::from_secs(60));
+    expect_nothing(&mut sim, m2);
+}
+
+#[test]
+fn a_refused_shared_delivery_is_not_sent_to_another_member() {
+    // [MQTT-4.8.2-6].
+    let mut sim = Sim::default();
+    let m1 = subscriber(&mut sim, V5, "m1", "$share/g/t", 1);
+    let m2 = subscriber(&mut sim, V5, "m2", "$share/g/t", 1);
+    let p = connected(&mut sim, V5, "p", true);
+    sim.send(p, publish("t", 1, 1, "x"));
+    let m = expect_publish(&mut sim, m1);
+    sim.send(
+        m1,
+        Packet::PubAck(Ack {
+            reason_code: ReasonCode::UnspecifiedError,
+            ..Ack::new(m.qos.packet_id().expect("QoS 1"))
+        }),
+    );
+    expect_nothing(&mut sim, m2);
+    expect_nothing(&mut sim, m1);
+}
+
+#[test]
+fn without_an_authentication_method_there_is_no_auth_exchange() {
+    // [MQTT-4.12.0-6].
+    let mut sim = Sim::default();
+    sim.broker
+        .set_authenticator(tern_broker::policy::AskEmbedding);
+    let c = sim.client(V5);
+    sim.send(c, connect(V5, "dev", true));
+    let t = sim.take_requests()[0].token;
+    sim.answer_auth(
+        t,
+        tern_broker::AuthStep::Continue(bytes::Bytes::from_static(b"?")),
+    );
+    let got = sim.take(c);
+    assert!(
+        matches!(&got[..], [Packet::ConnAck(a)] if a.reason_code == ReasonCode::BadAuthenticationMethod
+            && a.properties.authentication_method.is_none()),
+        "{got:?}"
+    );
+    let mut sim = Sim::default();
+    let c = sim.client(V5);
+    let ack = sim.connect(c, "plain", true);
+    assert_eq!(ack.properties.authentication_method, None);
+}
+
+#[test]
+fn an_acknowledged_inbound_packet_id_is_a_new_message_when_reused() {
+    // 3.1.1 [MQTT-4.3.2-2]; [MQTT-4.3.2-5].
+    for v in VERSIONS {
+        let mut sim = Sim::default();
+        let s = subscriber(&mut sim, v, "s", "t", 1);
+        let p = connected(&mut sim, v, "p", true);
+        sim.send(p, publish("t", 1, 1, "first"));
+        assert_eq!(sim.recv(p), Some(puback(pid(1))));
+        let mut again = publish("t", 1, 1, "second");
+        again.dup = true;
+        sim.send(p, again);
+        assert_eq!(payloads(&mut sim, s), ["first", "second"], "{v}");
+    }
 }
