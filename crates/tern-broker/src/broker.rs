@@ -72,6 +72,15 @@ pub enum Event {
         /// Why.
         reason: ReasonCode,
     },
+    /// A client connected (CONNACK accepted it): for logs and metrics.
+    Connected {
+        /// The connection.
+        conn: ConnId,
+        /// Its client id (assigned by the broker if the client sent none).
+        client_id: String,
+        /// Whether an existing session was resumed.
+        session_present: bool,
+    },
     /// Authenticate a CONNECT; answer with [`Broker::answer`].
     Authenticate {
         /// Pass it back with the answer.
@@ -146,6 +155,26 @@ pub struct Stats {
     pub subscriptions: usize,
     /// Retained messages held.
     pub retained: usize,
+}
+
+impl std::ops::Add for Stats {
+    type Output = Stats;
+
+    /// The counters of two broker instances together.
+    fn add(self, o: Stats) -> Stats {
+        Stats {
+            clients_connected: self.clients_connected + o.clients_connected,
+            sessions: self.sessions + o.sessions,
+            messages_received: self.messages_received + o.messages_received,
+            messages_sent: self.messages_sent + o.messages_sent,
+            bytes_received: self.bytes_received + o.bytes_received,
+            bytes_sent: self.bytes_sent + o.bytes_sent,
+            messages_dropped: self.messages_dropped + o.messages_dropped,
+            subscriptions: self.subscriptions + o.subscriptions,
+            // Every instance holds every retained message.
+            retained: self.retained.max(o.retained),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -461,7 +490,8 @@ impl Broker {
                     }
                 }
                 Timer::Sys => {
-                    self.publish_sys(now);
+                    let stats = self.stats();
+                    self.publish_sys(&stats, now);
                     if let Some(i) = self.config.sys_interval {
                         self.timers.insert((now + i, Timer::Sys));
                     }
@@ -582,6 +612,17 @@ impl Broker {
                 }
             }
             other => c.held = other,
+        }
+    }
+
+    /// Shuts the broker down: every connection is closed, 5.0 clients first
+    /// get DISCONNECT 0x8B (server shutting down), and wills are published
+    /// as for any connection that ends without the client's DISCONNECT.
+    /// Sessions stay (export them to keep them across a restart).
+    pub fn shutdown(&mut self, now: Instant) {
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.disconnect(conn, ReasonCode::ServerShuttingDown, now);
         }
     }
 
@@ -1030,6 +1071,11 @@ impl Broker {
             p.authentication_data = data.filter(|_| p.authentication_method.is_some());
         }
         self.send(conn, &ack.into());
+        self.events.push_back(Event::Connected {
+            conn,
+            client_id: connect.client_id.as_str().to_owned(),
+            session_present,
+        });
         if session_present {
             self.resend_inflight(conn, sid, now);
         }
@@ -1880,8 +1926,11 @@ impl Broker {
         }
     }
 
-    fn publish_sys(&mut self, now: Instant) {
-        let st = self.stats();
+    /// Publishes the `$SYS` topics with `st` (retained, QoS 0). The broker
+    /// does it by itself every [`Config::sys_interval`]; a server running
+    /// several instances turns that off and calls this on each with the
+    /// sum of their [`Broker::stats`].
+    pub fn publish_sys(&mut self, st: &Stats, now: Instant) {
         let uptime = now.saturating_duration_since(self.started).as_secs();
         let values: [(&str, String); 10] = [
             ("$SYS/broker/version", self.config.version.to_owned()),

@@ -455,6 +455,7 @@ impl Sim {
                     }
                     Event::Dropped { client_id, topic } => self.dropped.push((client_id, topic)),
                     Event::Forward(msg) => self.forwarded.push(msg),
+                    Event::Connected { .. } => {}
                     Event::Authenticate { token, .. }
                     | Event::AuthContinue { token, .. }
                     | Event::AuthorizePublish { token, .. }

@@ -438,3 +438,25 @@ fn mqtt_3_1_clients_publish_and_subscribe() {
         );
     }
 }
+
+#[test]
+fn shutdown_disconnects_everyone_and_publishes_wills() {
+    let mut sim = Sim::default();
+    let watcher = subscriber(&mut sim, V3, "watcher", "will/#", 0);
+    let c5 = sim.client(V5);
+    sim.connect_with(c5, with_will(V5, "c5", "will/c5"));
+    let c3 = connected(&mut sim, V3, "c3", true);
+    let now = sim.now();
+    sim.broker.shutdown(now);
+    let _ = sim.take_requests();
+    sim.advance(Duration::ZERO);
+    assert_eq!(
+        sim.recv(c5),
+        Some(Packet::Disconnect(Disconnect::new(
+            ReasonCode::ServerShuttingDown
+        )))
+    );
+    assert!(!sim.is_open(c5) && !sim.is_open(c3) && !sim.is_open(watcher));
+    expect_nothing(&mut sim, c3);
+    assert_eq!(sim.broker.stats().clients_connected, 0);
+}

@@ -1,0 +1,29 @@
+//! Tokio adapters for Tern: the MQTT codec framed over tokio-util, and the
+//! broker server that puts `tern-broker` on the network.
+//!
+//! The server runs one broker core per CPU core ("shards"); a session lives
+//! on the shard its client id hashes to, and messages cross shards as
+//! shared `Bytes`. The adapter only moves bytes and time: every MQTT
+//! decision is the core's.
+//!
+//! ```no_run
+//! use tern_tokio::{Server, ServerConfig};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! // 127.0.0.1:1883, anonymous clients, safe limits.
+//! let server = Server::bind(ServerConfig::default()).await?;
+//! server
+//!     .run(async {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!     })
+//!     .await
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod codec;
+mod server;
+
+pub use codec::{CodecError, MqttCodec};
+pub use server::{PolicyFactory, Server, ServerConfig};

@@ -1,0 +1,673 @@
+//! The broker server: listeners, shards (one broker core per core), and one
+//! reader and one writer per connection.
+//!
+//! ```text
+//! listener --accept--> connection: reads until CONNECT, picks the shard
+//!                      by client id, then
+//!   reader task  --Read(bytes)-->   shard task (owns a tern_broker::Broker)
+//!   writer task  <--Data(bytes)--   shard task
+//!                --Written(n)-->
+//! shard <--Forward(message)--> other shards
+//! ```
+//!
+//! Backpressure both ways: a reader may have at most
+//! `max_packet_size + READ_CHUNK` bytes handed to its shard and not yet
+//! consumed by the core (a semaphore of bytes), so a connection whose input
+//! the core does not read (a slow consumer, a pending decision) stops being
+//! read; and the core stops producing for a connection whose writes are not
+//! reported done (`Config::max_unwritten_bytes`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tern_broker::policy::{Authenticator, Authorizer};
+use tern_broker::{Broker, Config, ConnId, Event, Message, Stats};
+use tern_codec::{Decoder, Packet};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Builds one policy instance per shard.
+pub type PolicyFactory<P> = Arc<dyn Fn() -> Box<P> + Send + Sync>;
+
+/// What the server runs.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// TCP listeners.
+    pub tcp: Vec<SocketAddr>,
+    /// The broker core's configuration (`shard` and `forward` are set per
+    /// shard by the server).
+    pub broker: Config,
+    /// Broker shards, one per core by default (`0` means one per available
+    /// core).
+    pub shards: usize,
+    /// How long a graceful shutdown waits for connections to flush.
+    pub shutdown_grace: Duration,
+    /// The authentication policy of each shard (`AllowAll` if `None`).
+    pub authenticator: Option<PolicyFactory<dyn Authenticator>>,
+    /// The authorization policy of each shard (`AllowAll` if `None`).
+    pub authorizer: Option<PolicyFactory<dyn Authorizer>>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("tcp", &self.tcp)
+            .field("broker", &self.broker)
+            .field("shards", &self.shards)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ServerConfig {
+    /// Zero configuration: 127.0.0.1:1883, anonymous clients, the core's
+    /// safe limits, a shard per core.
+    fn default() -> ServerConfig {
+        ServerConfig {
+            tcp: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            broker: Config::default(),
+            shards: 0,
+            shutdown_grace: Duration::from_secs(5),
+            authenticator: None,
+            authorizer: None,
+        }
+    }
+}
+
+enum ToShard {
+    Accept {
+        out: mpsc::UnboundedSender<Out>,
+        credit: Arc<Semaphore>,
+        data: BytesMut,
+        peer: SocketAddr,
+        reply: oneshot::Sender<Option<ConnId>>,
+    },
+    Read {
+        conn: ConnId,
+        data: BytesMut,
+    },
+    Written {
+        conn: ConnId,
+        n: usize,
+    },
+    Closed {
+        conn: ConnId,
+    },
+    Forward(Arc<Message>),
+    Stats(oneshot::Sender<Stats>),
+    Sys(Stats),
+    Shutdown(oneshot::Sender<()>),
+}
+
+enum Out {
+    Data(Bytes),
+    Close,
+}
+
+/// A bound, not yet running, broker server.
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    config: ServerConfig,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("addrs", &self.local_addrs().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The clock, for the core's `now`. tokio's, so tests with a paused clock
+/// drive it.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Server {
+    /// Binds every listener of `config`.
+    pub async fn bind(config: ServerConfig) -> io::Result<Server> {
+        let mut listeners = Vec::new();
+        for addr in &config.tcp {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            listeners.push(l);
+        }
+        Ok(Server { listeners, config })
+    }
+
+    /// The addresses listened on (with the ports the OS chose for port 0).
+    pub fn local_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.listeners.iter().map(|l| l.local_addr()).collect()
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully: stop
+    /// accepting, DISCONNECT 0x8B to 5.0 clients, wills published, writes
+    /// flushed (up to `shutdown_grace`).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
+        let n = match self.config.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let mut txs = Vec::with_capacity(n);
+        let mut rxs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = mpsc::unbounded_channel();
+            txs.push(tx);
+            rxs.push(rx);
+        }
+        let txs = Arc::new(txs);
+        let mut shard_tasks = JoinSet::new();
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let mut config = self.config.broker.clone();
+            config.shard = i as u16;
+            config.forward = n > 1;
+            // `$SYS` is published by the server with every shard's counters.
+            config.sys_interval = None;
+            let mut broker = Broker::new(config, now());
+            if let Some(f) = &self.config.authenticator {
+                broker.set_authenticator(BoxedAuthn(f()));
+            }
+            if let Some(f) = &self.config.authorizer {
+                broker.set_authorizer(BoxedAuthz(f()));
+            }
+            let shard = Shard {
+                index: i,
+                broker,
+                rx,
+                peers: txs.clone(),
+                conns: HashMap::new(),
+            };
+            shard_tasks.spawn(shard.run());
+        }
+        let mut sys = self.config.broker.sys_interval.map(|every| {
+            let txs = txs.clone();
+            tokio::spawn(sys_task(txs, every))
+        });
+        info!(
+            addrs = ?self.local_addrs()?,
+            shards = n,
+            "tern broker listening"
+        );
+
+        let conn_cfg = Arc::new(ConnConfig {
+            max_packet_size: self.config.broker.max_packet_size,
+            connect_timeout: self.config.broker.connect_timeout,
+            next: AtomicUsize::new(0),
+        });
+        let mut connections = JoinSet::new();
+        let mut accepts = JoinSet::new();
+        let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<(TcpStream, SocketAddr)>();
+        for l in self.listeners {
+            let tx = conn_tx.clone();
+            accepts.spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok(s) => {
+                            if tx.send(s).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            });
+        }
+        drop(conn_tx);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                s = conn_rx.recv() => {
+                    let Some((stream, peer)) = s else { break };
+                    let txs = txs.clone();
+                    let cfg = conn_cfg.clone();
+                    connections.spawn(connection(stream, peer, txs, cfg));
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        info!("shutting down");
+        accepts.abort_all();
+        if let Some(s) = sys.take() {
+            s.abort();
+        }
+        for tx in txs.iter() {
+            let (reply, done) = oneshot::channel();
+            if tx.send(ToShard::Shutdown(reply)).is_ok() {
+                let _ = done.await;
+            }
+        }
+        let grace = tokio::time::sleep(self.config.shutdown_grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                () = &mut grace => {
+                    connections.abort_all();
+                    break;
+                }
+                r = connections.join_next() => if r.is_none() { break },
+            }
+        }
+        drop(txs);
+        shard_tasks.abort_all();
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Every `every`, sums the shards' counters and has each publish `$SYS`.
+async fn sys_task(txs: Arc<Vec<mpsc::UnboundedSender<ToShard>>>, every: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        let mut total = Stats::default();
+        for tx in txs.iter() {
+            let (reply, stats) = oneshot::channel();
+            if tx.send(ToShard::Stats(reply)).is_err() {
+                return;
+            }
+            if let Ok(s) = stats.await {
+                total = total + s;
+            }
+        }
+        for tx in txs.iter() {
+            let _ = tx.send(ToShard::Sys(total));
+        }
+    }
+}
+
+struct BoxedAuthn(Box<dyn Authenticator>);
+impl Authenticator for BoxedAuthn {
+    fn authenticate(
+        &mut self,
+        c: &tern_broker::policy::Credentials,
+    ) -> tern_broker::policy::Verdict {
+        self.0.authenticate(c)
+    }
+}
+
+struct BoxedAuthz(Box<dyn Authorizer>);
+impl Authorizer for BoxedAuthz {
+    fn publish(
+        &mut self,
+        c: &tern_broker::policy::ClientInfo,
+        t: &tern_codec::TopicName,
+    ) -> tern_broker::policy::Verdict {
+        self.0.publish(c, t)
+    }
+    fn subscribe(
+        &mut self,
+        c: &tern_broker::policy::ClientInfo,
+        f: &tern_codec::TopicFilter,
+    ) -> tern_broker::policy::Verdict {
+        self.0.subscribe(c, f)
+    }
+}
+
+struct ConnConfig {
+    max_packet_size: u32,
+    connect_timeout: Duration,
+    /// Round robin for clients without a client id.
+    next: AtomicUsize,
+}
+
+/// FNV-1a: a stable spread of client ids over shards.
+fn shard_of(client_id: &[u8], shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in client_id {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards as u64) as usize
+}
+
+/// Reads until the first packet is complete; returns its client id if it
+/// is a CONNECT with one.
+async fn first_packet(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut BytesMut,
+    max: u32,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut probe = Decoder::server().with_max_packet_size(max);
+    loop {
+        let mut copy = buf.clone();
+        match probe.decode(&mut copy) {
+            Ok(Some(Packet::Connect(c))) => return Ok(Some(c.client_id.as_bytes().to_vec())),
+            // Not a CONNECT, or malformed: the core answers it.
+            Ok(Some(_)) | Err(_) => return Ok(None),
+            Ok(None) => {}
+        }
+        probe = Decoder::server().with_max_packet_size(max);
+        buf.reserve(READ_CHUNK);
+        if rd.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shards: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
+    cfg: Arc<ConnConfig>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(1024);
+    let placed = tokio::time::timeout(
+        cfg.connect_timeout,
+        first_packet(&mut rd, &mut buf, cfg.max_packet_size),
+    )
+    .await;
+    let shard = match placed {
+        Ok(Ok(Some(id))) if !id.is_empty() => shard_of(&id, shards.len()),
+        Ok(Ok(_)) => cfg.next.fetch_add(1, Ordering::Relaxed) % shards.len(),
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "connection ended before CONNECT");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no CONNECT in time");
+            return;
+        }
+    };
+    let tx = shards[shard].clone();
+    let budget = cfg.max_packet_size as usize + READ_CHUNK;
+    let credit = Arc::new(Semaphore::new(budget));
+    let first = buf.split();
+    credit.forget_permits(first.len());
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let (reply, conn) = oneshot::channel();
+    let accept = ToShard::Accept {
+        out: out_tx,
+        credit: credit.clone(),
+        data: first,
+        peer,
+        reply,
+    };
+    if tx.send(accept).is_err() {
+        return;
+    }
+    let Ok(Some(conn)) = conn.await else {
+        debug!(%peer, "connection limit reached");
+        return;
+    };
+
+    let reader_tx = tx.clone();
+    let reader = tokio::spawn(async move {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            let Ok(permit) = credit.clone().acquire_many_owned(READ_CHUNK as u32).await else {
+                return;
+            };
+            buf.reserve(READ_CHUNK);
+            let n = match rd.read_buf(&mut (&mut buf).limit(READ_CHUNK)).await {
+                Ok(0) | Err(_) => {
+                    let _ = reader_tx.send(ToShard::Closed { conn });
+                    return;
+                }
+                Ok(n) => n,
+            };
+            permit.forget();
+            credit.add_permits(READ_CHUNK - n);
+            if reader_tx
+                .send(ToShard::Read {
+                    conn,
+                    data: buf.split(),
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+
+    let mut w = BufWriter::with_capacity(64 * 1024, wr);
+    let mut closing = false;
+    while !closing {
+        let Some(first) = out_rx.recv().await else {
+            break;
+        };
+        let mut n = 0;
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            match out {
+                Out::Data(b) => {
+                    n += b.len();
+                    if w.write_all(&b).await.is_err() {
+                        closing = true;
+                        break;
+                    }
+                }
+                Out::Close => {
+                    closing = true;
+                    break;
+                }
+            }
+            next = out_rx.try_recv().ok();
+        }
+        if w.flush().await.is_err() {
+            let _ = tx.send(ToShard::Closed { conn });
+            break;
+        }
+        if n > 0 {
+            let _ = tx.send(ToShard::Written { conn, n });
+        }
+    }
+    let _ = w.shutdown().await;
+    reader.abort();
+    let _ = tx.send(ToShard::Closed { conn });
+}
+
+struct Entry {
+    out: mpsc::UnboundedSender<Out>,
+    credit: Arc<Semaphore>,
+    pending: BytesMut,
+}
+
+struct Shard {
+    index: usize,
+    broker: Broker,
+    rx: mpsc::UnboundedReceiver<ToShard>,
+    peers: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
+    conns: HashMap<ConnId, Entry>,
+}
+
+impl Shard {
+    async fn run(mut self) {
+        loop {
+            let deadline = self.broker.poll_timeout();
+            let msg = tokio::select! {
+                m = self.rx.recv() => m,
+                () = sleep_until(deadline) => {
+                    self.broker.handle_timeout(now());
+                    self.drain();
+                    continue;
+                }
+            };
+            let Some(msg) = msg else { return };
+            if self.handle(msg) {
+                self.drain();
+                return;
+            }
+            // Take what else is waiting before writing anything out.
+            for _ in 0..64 {
+                match self.rx.try_recv() {
+                    Ok(m) => {
+                        if self.handle(m) {
+                            self.drain();
+                            return;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.drain();
+        }
+    }
+
+    /// Returns true to stop.
+    fn handle(&mut self, msg: ToShard) -> bool {
+        let now = now();
+        match msg {
+            ToShard::Accept {
+                out,
+                credit,
+                data,
+                peer,
+                reply,
+            } => {
+                let Some(conn) = self.broker.accept(now) else {
+                    let _ = reply.send(None);
+                    return false;
+                };
+                debug!(shard = self.index, conn = conn.get(), %peer, "accepted");
+                self.conns.insert(
+                    conn,
+                    Entry {
+                        out,
+                        credit,
+                        pending: BytesMut::new(),
+                    },
+                );
+                let _ = reply.send(Some(conn));
+                self.read(conn, data, now);
+            }
+            ToShard::Read { conn, data } => self.read(conn, data, now),
+            ToShard::Written { conn, n } => {
+                self.broker.handle_written(conn, n, now);
+                // Input held back while the connection was congested.
+                self.read(conn, BytesMut::new(), now);
+            }
+            ToShard::Closed { conn } => {
+                if self.conns.remove(&conn).is_some() {
+                    self.broker.handle_closed(conn, now);
+                }
+            }
+            ToShard::Forward(msg) => {
+                self.broker.route_foreign(msg, now);
+            }
+            ToShard::Stats(reply) => {
+                let _ = reply.send(self.broker.stats());
+            }
+            ToShard::Sys(stats) => self.broker.publish_sys(&stats, now),
+            ToShard::Shutdown(reply) => {
+                self.broker.shutdown(now);
+                self.drain();
+                let _ = reply.send(());
+                return true;
+            }
+        }
+        false
+    }
+
+    fn read(&mut self, conn: ConnId, data: BytesMut, now: Instant) {
+        let Some(e) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if e.pending.is_empty() {
+            e.pending = data;
+        } else {
+            e.pending.extend_from_slice(&data);
+        }
+        if e.pending.is_empty() {
+            return;
+        }
+        let before = e.pending.len();
+        let mut pending = std::mem::take(&mut e.pending);
+        self.broker.handle_read(conn, &mut pending, now);
+        if let Some(e) = self.conns.get_mut(&conn) {
+            e.credit.add_permits(before - pending.len());
+            e.pending = pending;
+        }
+    }
+
+    fn drain(&mut self) {
+        loop {
+            let mut any = false;
+            while let Some(t) = self.broker.poll_transmit() {
+                any = true;
+                if let Some(e) = self.conns.get(&t.conn) {
+                    let _ = e.out.send(Out::Data(t.data));
+                }
+            }
+            while let Some(ev) = self.broker.poll_event() {
+                any = true;
+                self.event(ev);
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn event(&mut self, ev: Event) {
+        {
+            match ev {
+                Event::Close { conn, reason } => {
+                    info!(shard = self.index, conn = conn.get(), %reason, "closed");
+                    if let Some(e) = self.conns.remove(&conn) {
+                        let _ = e.out.send(Out::Close);
+                    }
+                }
+                Event::Connected {
+                    conn,
+                    client_id,
+                    session_present,
+                } => {
+                    info!(shard = self.index, conn = conn.get(), %client_id, session_present, "connected");
+                }
+                Event::Forward(msg) => {
+                    for (i, p) in self.peers.iter().enumerate() {
+                        if i != self.index {
+                            let _ = p.send(ToShard::Forward(msg.clone()));
+                        }
+                    }
+                }
+                Event::Dropped { client_id, topic } => {
+                    debug!(shard = self.index, %client_id, %topic, "message dropped: queue full or slow consumer");
+                }
+                other => {
+                    // The server's policies answer at once; a policy that
+                    // asks is refused rather than left waiting.
+                    warn!(?other, "request without an answerer: refused");
+                    if let Event::Authenticate { token, .. }
+                    | Event::AuthContinue { token, .. }
+                    | Event::AuthorizePublish { token, .. }
+                    | Event::AuthorizeSubscribe { token, .. } = other
+                    {
+                        self.broker.answer(
+                            token,
+                            Err(tern_codec::ReasonCode::NotAuthorized),
+                            now(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
