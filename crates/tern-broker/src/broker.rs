@@ -17,6 +17,7 @@ use crate::policy::{
     AllowAll, AuthStep, Authenticator, Authorizer, ClientInfo, Credentials, Verdict,
 };
 use crate::session::{Delivery, Message, OutState, Outgoing, Session, Sub};
+use crate::shard::{LocalShared, SharedRouting};
 use crate::store::{ImportError, InflightStage, StoredDelivery, StoredSession, StoredSubscription};
 use crate::{Config, QueueFullPolicy};
 
@@ -125,6 +126,16 @@ pub enum Event {
     /// A message published here, to pass to the other shards'
     /// [`Broker::route_foreign`] (only with [`Config::forward`]).
     Forward(Arc<Message>),
+    /// The number of this instance's members of a shared group changed
+    /// (for [`SharedRouting`](crate::shard::SharedRouting) across shards).
+    SharedMembers {
+        /// The share name.
+        share: String,
+        /// The shared filter.
+        filter: String,
+        /// Members on this instance now.
+        members: usize,
+    },
     /// A message was dropped for a session because its queue was full.
     Dropped {
         /// The session's client id.
@@ -257,6 +268,7 @@ pub struct Broker {
     config: Config,
     authn: Box<dyn Authenticator>,
     authz: Box<dyn Authorizer>,
+    shared_routing: Box<dyn SharedRouting>,
     conns: BTreeMap<ConnId, Conn>,
     sessions: BTreeMap<SessionId, Session>,
     by_client_id: BTreeMap<Bytes, SessionId>,
@@ -290,6 +302,7 @@ impl Broker {
             config,
             authn: Box::new(AllowAll),
             authz: Box::new(AllowAll),
+            shared_routing: Box::new(LocalShared),
             conns: BTreeMap::new(),
             sessions: BTreeMap::new(),
             by_client_id: BTreeMap::new(),
@@ -320,6 +333,11 @@ impl Broker {
     /// Replaces the authorization policy.
     pub fn set_authorizer(&mut self, a: impl Authorizer + 'static) {
         self.authz = Box::new(a);
+    }
+
+    /// Replaces how shared groups are split across broker instances.
+    pub fn set_shared_routing(&mut self, r: impl SharedRouting + 'static) {
+        self.shared_routing = Box::new(r);
     }
 
     /// The configuration.
@@ -751,6 +769,9 @@ impl Broker {
             };
             s.subscriptions.insert(sub.filter.clone(), v);
             self.subs.subscribe(&sub.filter, sid, v);
+        }
+        for sub in &subs {
+            self.shared_changed(&sub.filter);
         }
         self.by_client_id
             .insert(stored.client_id.bytes().clone(), sid);
@@ -1344,6 +1365,13 @@ impl Broker {
             Some(at)
         };
         for &g in scratch.groups() {
+            let group = self.subs.group(g);
+            if !self
+                .shared_routing
+                .delivers(group.name(), group.filter(), msg)
+            {
+                continue;
+            }
             if let Some(&(sid, sub)) = self.subs.pick(g, &mut online_first) {
                 let retain = sub.options.retain_as_published && msg.retain;
                 let ids = sub.id.into_iter().collect();
@@ -1749,6 +1777,9 @@ impl Broker {
         };
         s.subscriptions.insert(f.filter.clone(), sub);
         self.subs.subscribe(&f.filter, sid, sub);
+        if !exists {
+            self.shared_changed(&f.filter);
+        }
         (ReasonCode::granted(options.qos), !exists)
     }
 
@@ -1790,13 +1821,20 @@ impl Broker {
     fn on_unsubscribe(&mut self, conn: ConnId, sid: SessionId, u: Unsubscribe) {
         let s = self.sessions.get_mut(&sid).expect("session exists");
         let mut codes = Vec::with_capacity(u.filters.len());
+        let mut changed = Vec::new();
         for f in &u.filters {
             if s.subscriptions.remove(f).is_some() {
                 self.subs.unsubscribe(f, &sid);
+                if f.is_shared() {
+                    changed.push(f.clone());
+                }
                 codes.push(ReasonCode::Success);
             } else {
                 codes.push(ReasonCode::NoSubscriptionExisted);
             }
+        }
+        for f in &changed {
+            self.shared_changed(f);
         }
         let ack = UnsubAck {
             packet_id: u.packet_id,
@@ -1904,6 +1942,7 @@ impl Broker {
         self.by_client_id.remove(s.client_id.bytes().as_ref());
         for f in s.subscriptions.keys() {
             self.subs.unsubscribe(f, &sid);
+            self.shared_changed(f);
         }
         if let Some(w) = s.will.take() {
             self.publish_will(&w, None, now);
@@ -1983,6 +2022,17 @@ impl Broker {
             if !self.by_client_id.contains_key(id.as_bytes()) {
                 return MqttString::from_str(&id).expect("ascii id");
             }
+        }
+    }
+
+    /// Reports the member count of a shared filter's group.
+    fn shared_changed(&mut self, filter: &TopicFilter) {
+        if let Some(share) = filter.share_group() {
+            self.events.push_back(Event::SharedMembers {
+                share: share.to_owned(),
+                filter: filter.filter().to_owned(),
+                members: self.subs.shared_members(filter),
+            });
         }
     }
 

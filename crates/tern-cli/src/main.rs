@@ -43,6 +43,12 @@ struct BrokerArgs {
     /// Broker shards (one per core by default).
     #[arg(long)]
     shards: Option<usize>,
+    /// Largest packet accepted from a client, in bytes.
+    #[arg(long)]
+    max_packet_size: Option<u32>,
+    /// Seconds between `$SYS` updates; 0 turns them off.
+    #[arg(long)]
+    sys_interval: Option<u64>,
     /// More logging: -v for debug, -vv for trace.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -84,6 +90,12 @@ fn broker(args: BrokerArgs) -> ExitCode {
     };
     if let Some(n) = args.shards {
         config.shards = n;
+    }
+    if let Some(max) = args.max_packet_size {
+        config.broker.max_packet_size = max;
+    }
+    if let Some(secs) = args.sys_interval {
+        config.broker.sys_interval = (secs > 0).then(|| std::time::Duration::from_secs(secs));
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

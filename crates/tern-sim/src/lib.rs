@@ -99,6 +99,7 @@ pub struct Sim {
     dropped: Vec<(String, TopicName)>,
     transcript: Vec<(ClientRef, Bytes)>,
     forwarded: Vec<Arc<Message>>,
+    shared_members: Vec<(String, String, usize)>,
 }
 
 impl Default for Sim {
@@ -128,6 +129,7 @@ impl Sim {
             dropped: Vec::new(),
             transcript: Vec::new(),
             forwarded: Vec::new(),
+            shared_members: Vec::new(),
         }
     }
 
@@ -312,6 +314,12 @@ impl Sim {
         std::mem::take(&mut self.forwarded)
     }
 
+    /// Shared group membership changes the broker reported
+    /// ([`Event::SharedMembers`]): (share, filter, members here).
+    pub fn take_shared_members(&mut self) -> Vec<(String, String, usize)> {
+        std::mem::take(&mut self.shared_members)
+    }
+
     /// Hands the broker a message forwarded by another shard.
     pub fn route_foreign(&mut self, msg: Arc<Message>) -> usize {
         let n = self.broker.route_foreign(msg, self.now);
@@ -456,6 +464,11 @@ impl Sim {
                     Event::Dropped { client_id, topic } => self.dropped.push((client_id, topic)),
                     Event::Forward(msg) => self.forwarded.push(msg),
                     Event::Connected { .. } => {}
+                    Event::SharedMembers {
+                        share,
+                        filter,
+                        members,
+                    } => self.shared_members.push((share, filter, members)),
                     Event::Authenticate { token, .. }
                     | Event::AuthContinue { token, .. }
                     | Event::AuthorizePublish { token, .. }

@@ -22,11 +22,12 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tern_broker::policy::{Authenticator, Authorizer};
+use tern_broker::shard::SharedRouting;
 use tern_broker::{Broker, Config, ConnId, Event, Message, Stats};
 use tern_codec::{Decoder, Packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -157,10 +158,12 @@ impl Server {
     /// accepting, DISCONNECT 0x8B to 5.0 clients, wills published, writes
     /// flushed (up to `shutdown_grace`).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
+        // Shared groups are tracked per shard in a 64-bit mask.
         let n = match self.config.shards {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
-        };
+        }
+        .min(64);
         let mut txs = Vec::with_capacity(n);
         let mut rxs = Vec::with_capacity(n);
         for _ in 0..n {
@@ -170,6 +173,7 @@ impl Server {
         }
         let txs = Arc::new(txs);
         let mut shard_tasks = JoinSet::new();
+        let registry = Registry::default();
         for (i, rx) in rxs.into_iter().enumerate() {
             let mut config = self.config.broker.clone();
             config.shard = i as u16;
@@ -183,12 +187,17 @@ impl Server {
             if let Some(f) = &self.config.authorizer {
                 broker.set_authorizer(BoxedAuthz(f()));
             }
+            broker.set_shared_routing(SpreadShared {
+                me: i,
+                registry: registry.clone(),
+            });
             let shard = Shard {
                 index: i,
                 broker,
                 rx,
                 peers: txs.clone(),
                 conns: HashMap::new(),
+                registry: registry.clone(),
             };
             shard_tasks.spawn(shard.run());
         }
@@ -476,6 +485,40 @@ async fn connection(
     let _ = tx.send(ToShard::Closed { conn });
 }
 
+/// Which shards have members of each shared group.
+type Registry = Arc<RwLock<HashMap<(String, String), u64>>>;
+
+/// Among the shards with members of a group, the message's own identity
+/// (the same `Arc` on every shard) picks the one that delivers it.
+struct SpreadShared {
+    me: usize,
+    registry: Registry,
+}
+
+impl SharedRouting for SpreadShared {
+    fn delivers(&mut self, share: &str, filter: &str, msg: &Arc<Message>) -> bool {
+        let r = self.registry.read().unwrap_or_else(|e| e.into_inner());
+        let mask = r
+            .get(&(share.to_owned(), filter.to_owned()))
+            .copied()
+            .unwrap_or(0);
+        if mask == 0 {
+            return true;
+        }
+        let n = mask.count_ones() as usize;
+        let mut pick = (Arc::as_ptr(msg) as usize >> 4) % n;
+        for shard in 0..64 {
+            if mask & (1 << shard) != 0 {
+                if pick == 0 {
+                    return shard == self.me;
+                }
+                pick -= 1;
+            }
+        }
+        true
+    }
+}
+
 struct Entry {
     out: mpsc::UnboundedSender<Out>,
     credit: Arc<Semaphore>,
@@ -488,6 +531,7 @@ struct Shard {
     rx: mpsc::UnboundedReceiver<ToShard>,
     peers: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
     conns: HashMap<ConnId, Entry>,
+    registry: Registry,
 }
 
 impl Shard {
@@ -639,6 +683,19 @@ impl Shard {
                         if i != self.index {
                             let _ = p.send(ToShard::Forward(msg.clone()));
                         }
+                    }
+                }
+                Event::SharedMembers {
+                    share,
+                    filter,
+                    members,
+                } => {
+                    let mut r = self.registry.write().unwrap_or_else(|e| e.into_inner());
+                    let mask = r.entry((share, filter)).or_insert(0);
+                    if members > 0 {
+                        *mask |= 1 << self.index;
+                    } else {
+                        *mask &= !(1 << self.index);
                     }
                 }
                 Event::Dropped { client_id, topic } => {

@@ -143,7 +143,7 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
         let old = match filter.share_group() {
             None => self.nodes[node].subs.insert(key, value, &self.hasher),
             Some(name) => {
-                let group = self.group_for(node, name);
+                let group = self.group_for(node, name, filter.filter());
                 self.groups[group].insert(key, value)
             }
         };
@@ -234,6 +234,17 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
     pub fn has_match(&self, topic: &TopicName, scratch: &mut Matches<K, V>) -> bool {
         self.matches(topic, scratch);
         !scratch.is_empty()
+    }
+
+    /// How many members the shared group of `filter` (a `$share/...`
+    /// filter) has; 0 for a filter that is not shared or has no group.
+    pub fn shared_members(&self, filter: &TopicFilter) -> usize {
+        let Some(name) = filter.share_group() else {
+            return 0;
+        };
+        self.find(filter)
+            .and_then(|node| self.find_group(node, name))
+            .map_or(0, |g| self.groups[g].members().len())
     }
 
     /// The shared group a match returned.
@@ -358,12 +369,12 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
         None
     }
 
-    fn group_for(&mut self, node: u32, name: &str) -> u32 {
+    fn group_for(&mut self, node: u32, name: &str, filter: &str) -> u32 {
         if let Some(g) = self.find_group(node, name) {
             return g;
         }
         let head = self.nodes[node].shared;
-        let group = SharedGroup::new(name, head);
+        let group = SharedGroup::new(name, filter, head);
         let id = self.groups.alloc(group);
         self.nodes[node].shared = id;
         id
@@ -380,7 +391,7 @@ impl<K: Clone + Ord + Hash, V: Clone> SubscriptionIndex<K, V> {
             }
             self.groups[g].next = next;
         }
-        self.groups.free(group, SharedGroup::new("", NONE));
+        self.groups.free(group, SharedGroup::new("", "", NONE));
     }
 
     #[cfg(test)]

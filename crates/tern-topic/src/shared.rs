@@ -8,6 +8,7 @@ pub struct GroupId(pub(crate) u32);
 /// The members of one shared subscription: a share name and a filter.
 pub struct SharedGroup<K, V> {
     name: Box<str>,
+    filter: Box<str>,
     members: Vec<(K, V)>,
     cursor: usize,
     /// The next group subscribed at the same filter, or `NONE`.
@@ -15,9 +16,10 @@ pub struct SharedGroup<K, V> {
 }
 
 impl<K, V> SharedGroup<K, V> {
-    pub(crate) fn new(name: &str, next: u32) -> Self {
+    pub(crate) fn new(name: &str, filter: &str, next: u32) -> Self {
         SharedGroup {
             name: name.into(),
+            filter: filter.into(),
             members: Vec::new(),
             cursor: 0,
             next,
@@ -27,6 +29,11 @@ impl<K, V> SharedGroup<K, V> {
     /// The share name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The filter the group shares (without `$share/{name}/`).
+    pub fn filter(&self) -> &str {
+        &self.filter
     }
 
     /// The members and their subscription values, in subscription order.

@@ -1,6 +1,10 @@
 //! Multi-core readiness and the storage boundary.
 
-use tern_broker::Config;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use tern_broker::shard::SharedRouting;
+use tern_broker::{Config, Message};
 use tern_codec::{Packet, SubscriptionOptions};
 use tern_sim::Sim;
 
@@ -107,4 +111,75 @@ fn importing_an_existing_client_id_is_refused() {
     let sessions = sim.broker.export_sessions();
     let now = sim.now();
     assert!(sim.broker.import_session(sessions[0].clone(), now).is_err());
+}
+
+/// Where each shared group has members, as a server would keep it.
+type Registry = Arc<Mutex<BTreeMap<(String, String), BTreeSet<usize>>>>;
+
+struct Owner {
+    me: usize,
+    registry: Registry,
+}
+
+impl SharedRouting for Owner {
+    fn delivers(&mut self, share: &str, filter: &str, msg: &Arc<Message>) -> bool {
+        let r = self.registry.lock().expect("registry");
+        let Some(shards) = r.get(&(share.to_owned(), filter.to_owned())) else {
+            return true;
+        };
+        let shards: Vec<_> = shards.iter().copied().collect();
+        if shards.is_empty() {
+            return true;
+        }
+        // The same Arc on every shard: the same choice on every shard.
+        let at = (Arc::as_ptr(msg) as usize >> 4) % shards.len();
+        shards[at] == self.me
+    }
+}
+
+fn record(sim: &mut Sim, me: usize, registry: &Registry) {
+    for (share, filter, members) in sim.take_shared_members() {
+        let mut r = registry.lock().expect("registry");
+        let set = r.entry((share, filter)).or_default();
+        if members > 0 {
+            set.insert(me);
+        } else {
+            set.remove(&me);
+        }
+    }
+}
+
+#[test]
+fn a_shared_group_split_across_shards_gets_each_message_once() {
+    let registry = Registry::default();
+    let mut shards = [shard(0), shard(1)];
+    for (i, s) in shards.iter_mut().enumerate() {
+        s.broker.set_shared_routing(Owner {
+            me: i,
+            registry: registry.clone(),
+        });
+    }
+    let [a, b] = &mut shards;
+    let ma = subscriber(a, V5, "ma", "$share/g/jobs", 1);
+    let mb = subscriber(b, V5, "mb", "$share/g/jobs", 1);
+    record(a, 0, &registry);
+    record(b, 1, &registry);
+    let p = connected(a, V5, "p", true);
+    for i in 1..=20u16 {
+        a.send(p, publish("jobs", 1, i, &i.to_string()));
+        for m in a.take_forwarded() {
+            b.route_foreign(m);
+        }
+    }
+    let mut got: Vec<u32> = payloads(a, ma)
+        .into_iter()
+        .chain(payloads(b, mb))
+        .map(|s| s.parse().expect("number"))
+        .collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (1..=20).collect::<Vec<_>>(),
+        "each message exactly once"
+    );
 }
