@@ -1,19 +1,35 @@
-//! `tern`: the MQTT broker of Tern (`tern broker`), a drop-in for Mosquitto.
+//! `tern`: the MQTT broker of Tern (`tern broker`), a drop-in for Mosquitto,
+//! and `tern passwd` for its password file.
 //!
 //! ```text
-//! tern broker                     127.0.0.1:1883, anonymous clients, safe limits
+//! tern broker                       127.0.0.1:1883, anonymous clients, safe limits
 //! tern broker -p 1884 --bind 0.0.0.0 -v
+//! tern broker -c tern.toml          listeners, limits, passwords, ACL, $SYS, logging
+//! tern passwd -c passwd alice       create the file with user alice (password on stdin)
+//! tern passwd -b passwd bob s3cret  add or replace bob, password on the command line
+//! tern passwd -D passwd bob         delete bob
 //! ```
 //!
-//! Exit codes: 0 after a clean shutdown (SIGINT, SIGTERM), 1 when the broker
-//! cannot start (a port in use, a bad flag), 2 for usage errors.
+//! Exit codes: 0 after a clean shutdown (SIGINT, SIGTERM) or a done
+//! `passwd`; 1 when the broker cannot start or a file cannot be written;
+//! 2 for usage errors and invalid configuration.
 
+mod config;
+mod passwd;
+
+use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, RwLock};
 
 use clap::{Args, Parser, Subcommand};
+use tern_broker::policy::{Acl, AllowAll, Authorizer, ClientInfo, Verdict};
+use tern_codec::{ReasonCode, TopicFilter, TopicName};
 use tern_tokio::{Server, ServerConfig};
+use tracing::{info, warn};
+
+use crate::passwd::PasswordFile;
 
 /// MQTT for Rust, done properly.
 #[derive(Debug, Parser)]
@@ -27,16 +43,18 @@ struct Cli {
 enum Command {
     /// Run the MQTT broker (3.1, 3.1.1 and 5.0).
     Broker(BrokerArgs),
+    /// Create or update a password file (salted Argon2id hashes).
+    Passwd(PasswdArgs),
 }
 
 #[derive(Debug, Args)]
 struct BrokerArgs {
-    /// TCP port to listen on.
-    #[arg(short = 'p', long, default_value_t = 1883)]
-    port: u16,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    bind: IpAddr,
+    /// TCP port to listen on (overrides the file's listeners).
+    #[arg(short = 'p', long)]
+    port: Option<u16>,
+    /// Address to listen on (with -p; 127.0.0.1 by default).
+    #[arg(long)]
+    bind: Option<IpAddr>,
     /// Configuration file (TOML).
     #[arg(short = 'c', long)]
     config: Option<PathBuf>,
@@ -54,21 +72,149 @@ struct BrokerArgs {
     verbose: u8,
 }
 
+#[derive(Debug, Args)]
+struct PasswdArgs {
+    /// Create a new file (replacing an existing one).
+    #[arg(short = 'c')]
+    create: bool,
+    /// Take the password from the command line instead of standard input.
+    #[arg(short = 'b')]
+    batch: bool,
+    /// Delete the user.
+    #[arg(short = 'D', conflicts_with_all = ["create", "batch"])]
+    delete: bool,
+    /// The password file.
+    file: PathBuf,
+    /// The user name.
+    user: String,
+    /// The password (with -b).
+    password: Option<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Broker(args) => broker(args),
+        Command::Passwd(args) => passwd_command(args),
     }
 }
 
+fn passwd_command(a: PasswdArgs) -> ExitCode {
+    let mut file = if a.create {
+        PasswordFile::default()
+    } else {
+        match PasswordFile::load(&a.file) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("tern passwd: {e} (use -c to create it)");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    if a.delete {
+        if !file.delete(&a.user) {
+            eprintln!("tern passwd: no user {:?} in {}", a.user, a.file.display());
+            return ExitCode::FAILURE;
+        }
+    } else {
+        let password = match (a.batch, a.password) {
+            (true, Some(p)) => p,
+            (true, None) => {
+                eprintln!("tern passwd: -b needs the password after the user name");
+                return ExitCode::from(2);
+            }
+            (false, Some(_)) => {
+                eprintln!("tern passwd: a password on the command line needs -b");
+                return ExitCode::from(2);
+            }
+            (false, None) => {
+                let mut line = String::new();
+                if std::io::stdin().lock().read_line(&mut line).is_err() || line.is_empty() {
+                    eprintln!("tern passwd: no password on standard input");
+                    return ExitCode::from(2);
+                }
+                line.trim_end_matches(['\n', '\r']).to_owned()
+            }
+        };
+        if let Err(e) = file.set(&a.user, password.as_bytes()) {
+            eprintln!("tern passwd: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    match file.save(&a.file) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tern passwd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The ACL in force, replaced on SIGHUP.
+#[derive(Clone)]
+struct LiveAcl(Arc<RwLock<Option<Acl>>>);
+
+impl Authorizer for LiveAcl {
+    fn publish(&mut self, c: &ClientInfo, t: &TopicName) -> Verdict {
+        match &mut *self.0.write().unwrap_or_else(|e| e.into_inner()) {
+            Some(acl) => acl.publish(c, t),
+            None => AllowAll.publish(c, t),
+        }
+    }
+    fn subscribe(&mut self, c: &ClientInfo, f: &TopicFilter) -> Verdict {
+        match &mut *self.0.write().unwrap_or_else(|e| e.into_inner()) {
+            Some(acl) => acl.subscribe(c, f),
+            None => AllowAll.subscribe(c, f),
+        }
+    }
+}
+
+/// Passwords in force, replaced on SIGHUP.
+struct Passwords {
+    file: Option<PasswordFile>,
+    allow_anonymous: bool,
+}
+
+fn load_config(path: Option<&Path>) -> Result<config::File, String> {
+    match path {
+        Some(p) => config::load(p),
+        None => Ok(config::File::default()),
+    }
+}
+
+fn load_passwords(file: &config::File) -> Result<Passwords, String> {
+    let pw = match &file.auth.password_file {
+        Some(p) => Some(PasswordFile::load(p)?),
+        None => None,
+    };
+    Ok(Passwords {
+        file: pw,
+        allow_anonymous: file.auth.allow_anonymous,
+    })
+}
+
 fn broker(args: BrokerArgs) -> ExitCode {
+    let file = match load_config(args.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("tern: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let level = match args.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
+        0 => file.log.level.clone().unwrap_or_else(|| "info".into()),
+        1 => "debug".into(),
+        _ => "trace".into(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level));
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("tern: [log] level {level:?}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // Logs go to stderr, like Mosquitto's; colours only on a terminal.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -77,18 +223,25 @@ fn broker(args: BrokerArgs) -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
-    if let Some(path) = &args.config {
-        eprintln!(
-            "tern: {}: configuration files are not supported yet; use the flags",
-            path.display()
-        );
-        return ExitCode::from(2);
-    }
-    let mut config = ServerConfig {
-        tcp: vec![SocketAddr::new(args.bind, args.port)],
-        ..ServerConfig::default()
+    let passwords = match load_passwords(&file) {
+        Ok(p) => Arc::new(RwLock::new(p)),
+        Err(e) => {
+            eprintln!("tern: {e}");
+            return ExitCode::from(2);
+        }
     };
-    if let Some(n) = args.shards {
+    let acl = LiveAcl(Arc::new(RwLock::new(file.acl())));
+
+    let mut config = ServerConfig::default();
+    if !file.listener.is_empty() {
+        config.tcp = file.listener.iter().map(|l| l.bind).collect();
+    }
+    if args.port.is_some() || args.bind.is_some() {
+        let ip = args.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        config.tcp = vec![SocketAddr::new(ip, args.port.unwrap_or(1883))];
+    }
+    file.apply(&mut config.broker);
+    if let Some(n) = args.shards.or(file.shards) {
         config.shards = n;
     }
     if let Some(max) = args.max_packet_size {
@@ -97,6 +250,30 @@ fn broker(args: BrokerArgs) -> ExitCode {
     if let Some(secs) = args.sys_interval {
         config.broker.sys_interval = (secs > 0).then(|| std::time::Duration::from_secs(secs));
     }
+    let check = passwords.clone();
+    config.check_credentials = Some(Arc::new(move |c| {
+        let p = check.read().unwrap_or_else(|e| e.into_inner());
+        if c.method.is_some() {
+            return Err(ReasonCode::BadAuthenticationMethod);
+        }
+        match (&c.username, &p.file) {
+            (None, _) if p.allow_anonymous => Ok(()),
+            (None, _) => Err(ReasonCode::NotAuthorized),
+            (Some(_), None) if p.allow_anonymous => Ok(()),
+            (Some(_), None) => Err(ReasonCode::BadUserNameOrPassword),
+            (Some(u), Some(f)) => {
+                let pw = c.password.as_deref().unwrap_or(&[]);
+                if f.verify(u, pw) {
+                    Ok(())
+                } else {
+                    Err(ReasonCode::BadUserNameOrPassword)
+                }
+            }
+        }
+    }));
+    let acl_factory = acl.clone();
+    config.authorizer = Some(Arc::new(move || Box::new(acl_factory.clone())));
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -107,6 +284,7 @@ fn broker(args: BrokerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let config_path = args.config.clone();
     runtime.block_on(async move {
         let server = match Server::bind(config).await {
             Ok(s) => s,
@@ -115,6 +293,7 @@ fn broker(args: BrokerArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        tokio::spawn(reload_on_sighup(config_path, passwords, acl));
         match server.run(shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -123,6 +302,37 @@ fn broker(args: BrokerArgs) -> ExitCode {
             }
         }
     })
+}
+
+/// On SIGHUP: reread the configuration file's ACL and the password file. A
+/// file that does not load leaves the old settings in force.
+async fn reload_on_sighup(path: Option<PathBuf>, passwords: Arc<RwLock<Passwords>>, acl: LiveAcl) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let loaded = load_config(path.as_deref()).and_then(|f| {
+                let p = load_passwords(&f)?;
+                Ok((f, p))
+            });
+            match loaded {
+                Ok((f, p)) => {
+                    let users = p.file.as_ref().map_or(0, PasswordFile::len);
+                    *passwords.write().unwrap_or_else(|e| e.into_inner()) = p;
+                    *acl.0.write().unwrap_or_else(|e| e.into_inner()) = f.acl();
+                    info!(users, acl_rules = f.acl.len(), "reloaded on SIGHUP");
+                }
+                Err(e) => warn!(error = %e, "reload on SIGHUP failed; keeping the old settings"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, passwords, acl);
+    }
 }
 
 /// SIGINT or SIGTERM.

@@ -131,6 +131,8 @@ fn mosquitto() {
 struct Sub {
     child: Child,
     lines: Receiver<String>,
+    /// The "Subscribed (mid: 1): <granted QoS, or 128>" line.
+    subscribed: String,
     /// Messages that came before "Subscribed" (a resumed session's queue).
     early: std::cell::RefCell<std::collections::VecDeque<String>>,
 }
@@ -167,15 +169,19 @@ impl Sub {
                 let _ = tx.send(line);
             }
         });
-        let sub = Sub {
+        let mut sub = Sub {
             child,
             lines,
+            subscribed: String::new(),
             early: Default::default(),
         };
         // -d prints "Subscribed (mid: 1): ..." once the SUBACK is in.
         loop {
             match sub.lines.recv_timeout(WAIT) {
-                Ok(l) if l.starts_with("Subscribed") => return sub,
+                Ok(l) if l.starts_with("Subscribed") => {
+                    sub.subscribed = l;
+                    return sub;
+                }
                 Ok(l) if !is_debug(&l) => sub.early.borrow_mut().push_back(l),
                 Ok(_) => {}
                 Err(_) => panic!("mosquitto_sub {args:?} did not subscribe"),
@@ -624,4 +630,155 @@ fn sigterm_disconnects_v5_clients_with_0x8b_and_exits_cleanly() {
         )))
     );
     assert!(status.success(), "{status:?}");
+}
+
+/// A scratch directory for this test's files.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tern-interop-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn tern_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(args)
+        .output()
+        .expect("tern runs")
+}
+
+/// mosquitto_pub's exit status and stderr.
+fn try_publish(tern: &Tern, args: &[&str]) -> (bool, String) {
+    mosquitto();
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &tern.port()])
+        .args(args)
+        .output()
+        .expect("mosquitto_pub runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn passwords_from_tern_passwd_are_checked_and_reloaded_on_sighup() {
+    let dir = scratch("passwd");
+    let pw = dir.join("passwd");
+    let pw_s = pw.to_str().expect("utf-8 path");
+    assert!(tern_cmd(&["passwd", "-c", "-b", pw_s, "alice", "s3cret"])
+        .status
+        .success());
+    let text = std::fs::read_to_string(&pw).expect("written");
+    assert!(
+        text.contains("alice:$argon2id$") && !text.contains("s3cret"),
+        "{text}"
+    );
+    let conf = dir.join("tern.toml");
+    std::fs::write(
+        &conf,
+        format!("[auth]\nallow_anonymous = false\npassword_file = {pw_s:?}\n"),
+    )
+    .expect("config written");
+    let mut tern = Tern::start(&["-c", conf.to_str().expect("utf-8")]);
+
+    let (ok, _) = try_publish(
+        &tern,
+        &["-t", "a", "-m", "x", "-u", "alice", "-P", "s3cret"],
+    );
+    assert!(ok, "the right password connects");
+    for v in ["mqttv311", "mqttv5"] {
+        let (ok, err) = try_publish(
+            &tern,
+            &["-V", v, "-t", "a", "-m", "x", "-u", "alice", "-P", "wrong"],
+        );
+        assert!(!ok, "a wrong password is refused ({v})");
+        assert!(
+            err.to_lowercase().contains("refused")
+                || err.to_lowercase().contains("password")
+                || err.to_lowercase().contains("authori"),
+            "{err}"
+        );
+    }
+    let (ok, _) = try_publish(&tern, &["-t", "a", "-m", "x"]);
+    assert!(!ok, "anonymous clients are refused");
+    tern.wait_log("authentication failed");
+
+    // bob is added, then the broker rereads the file on SIGHUP.
+    assert!(tern_cmd(&["passwd", "-b", pw_s, "bob", "hunter2"])
+        .status
+        .success());
+    let (ok, _) = try_publish(&tern, &["-t", "a", "-m", "x", "-u", "bob", "-P", "hunter2"]);
+    assert!(!ok, "not before the reload");
+    let pid = tern.child.as_ref().expect("running").id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    tern.wait_log("reloaded on SIGHUP");
+    let (ok, _) = try_publish(&tern, &["-t", "a", "-m", "x", "-u", "bob", "-P", "hunter2"]);
+    assert!(ok, "bob connects after the reload");
+
+    // Deleting a user.
+    assert!(tern_cmd(&["passwd", "-D", pw_s, "alice"]).status.success());
+    let text = std::fs::read_to_string(&pw).expect("written");
+    assert!(!text.contains("alice") && text.contains("bob"), "{text}");
+}
+
+#[test]
+fn acl_rules_deny_publishes_and_subscriptions() {
+    let dir = scratch("acl");
+    let conf = dir.join("tern.toml");
+    std::fs::write(
+        &conf,
+        r#"
+[[acl]]
+topic = "public/ok"
+access = "readwrite"
+[[acl]]
+topic = "public/#"
+access = "read"
+[[acl]]
+topic = "own/%c/#"
+access = "readwrite"
+"#,
+    )
+    .expect("config written");
+    let tern = Tern::start(&["-c", conf.to_str().expect("utf-8")]);
+    let watcher = Sub::start(&tern, &["-t", "public/#", "-i", "watcher"]);
+    publish(&tern, &["-t", "public/nope", "-m", "denied", "-q", "1"]);
+    publish(&tern, &["-t", "public/ok", "-m", "allowed", "-q", "1"]);
+    assert_eq!(
+        watcher.next(),
+        "public/ok allowed",
+        "the denied publish never arrives"
+    );
+    // A client may subscribe to its own subtree only: SUBACK 0 / 128.
+    let own = Sub::start(&tern, &["-t", "own/me/#", "-i", "me"]);
+    assert!(own.subscribed.ends_with(": 0"), "{}", own.subscribed);
+    let other = Sub::start(&tern, &["-t", "own/me/#", "-i", "intruder"]);
+    assert!(other.subscribed.ends_with(": 128"), "{}", other.subscribed);
+}
+
+#[test]
+fn a_bad_configuration_stops_startup_naming_file_line_and_key() {
+    let dir = scratch("badconf");
+    let conf = dir.join("tern.toml");
+    std::fs::write(
+        &conf,
+        "[limits]\nmax_packet_size = 1024\nmax_pakcet_size = 3\n",
+    )
+    .expect("written");
+    let out = tern_cmd(&["broker", "-c", conf.to_str().expect("utf-8"), "-p", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tern.toml"), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+    assert!(err.contains("max_pakcet_size"), "{err}");
+
+    let missing = dir.join("nope.toml");
+    let out = tern_cmd(&["broker", "-c", missing.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml"));
 }

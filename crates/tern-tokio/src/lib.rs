@@ -26,4 +26,4 @@ mod codec;
 mod server;
 
 pub use codec::{CodecError, MqttCodec};
-pub use server::{PolicyFactory, Server, ServerConfig};
+pub use server::{CredentialCheck, PolicyFactory, Server, ServerConfig};

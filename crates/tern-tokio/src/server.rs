@@ -26,9 +26,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use tern_broker::policy::{AskEmbedding, Credentials};
 use tern_broker::policy::{Authenticator, Authorizer};
 use tern_broker::shard::SharedRouting;
-use tern_broker::{Broker, Config, ConnId, Event, Message, Stats};
+use tern_broker::{Broker, Config, ConnId, Event, Message, Stats, Token};
+use tern_codec::ReasonCode;
 use tern_codec::{Decoder, Packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,7 +61,14 @@ pub struct ServerConfig {
     pub authenticator: Option<PolicyFactory<dyn Authenticator>>,
     /// The authorization policy of each shard (`AllowAll` if `None`).
     pub authorizer: Option<PolicyFactory<dyn Authorizer>>,
+    /// Checks every CONNECT's credentials on a blocking thread, off the
+    /// shards (for slow password hashes, files, databases). Takes the place
+    /// of `authenticator` when set.
+    pub check_credentials: Option<CredentialCheck>,
 }
+
+/// A credentials check run off the shards' threads.
+pub type CredentialCheck = Arc<dyn Fn(&Credentials) -> Result<(), ReasonCode> + Send + Sync>;
 
 impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -82,6 +91,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             authenticator: None,
             authorizer: None,
+            check_credentials: None,
         }
     }
 }
@@ -109,6 +119,10 @@ enum ToShard {
     Stats(oneshot::Sender<Stats>),
     Sys(Stats),
     Shutdown(oneshot::Sender<()>),
+    Answer {
+        token: Token,
+        result: Result<(), ReasonCode>,
+    },
 }
 
 enum Out {
@@ -184,6 +198,9 @@ impl Server {
             if let Some(f) = &self.config.authenticator {
                 broker.set_authenticator(BoxedAuthn(f()));
             }
+            if self.config.check_credentials.is_some() {
+                broker.set_authenticator(AskEmbedding);
+            }
             if let Some(f) = &self.config.authorizer {
                 broker.set_authorizer(BoxedAuthz(f()));
             }
@@ -198,6 +215,7 @@ impl Server {
                 peers: txs.clone(),
                 conns: HashMap::new(),
                 registry: registry.clone(),
+                check: self.config.check_credentials.clone(),
             };
             shard_tasks.spawn(shard.run());
         }
@@ -532,6 +550,7 @@ struct Shard {
     peers: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
     conns: HashMap<ConnId, Entry>,
     registry: Registry,
+    check: Option<CredentialCheck>,
 }
 
 impl Shard {
@@ -612,6 +631,11 @@ impl Shard {
                 let _ = reply.send(self.broker.stats());
             }
             ToShard::Sys(stats) => self.broker.publish_sys(&stats, now),
+            ToShard::Answer { token, result } => {
+                self.broker.answer(token, result, now);
+                // Input that waited for the answer.
+                self.read(token.conn(), BytesMut::new(), now);
+            }
             ToShard::Shutdown(reply) => {
                 self.broker.shutdown(now);
                 self.drain();
@@ -700,6 +724,19 @@ impl Shard {
                 }
                 Event::Dropped { client_id, topic } => {
                     debug!(shard = self.index, %client_id, %topic, "message dropped: queue full or slow consumer");
+                }
+                Event::Authenticate { token, credentials } if self.check.is_some() => {
+                    let check = self.check.clone().expect("checked");
+                    let back = self.peers[self.index].clone();
+                    tokio::spawn(async move {
+                        let result = tokio::task::spawn_blocking(move || check(&credentials))
+                            .await
+                            .unwrap_or(Err(ReasonCode::ServerUnavailable));
+                        if let Err(code) = result {
+                            info!(conn = token.conn().get(), %code, "authentication failed");
+                        }
+                        let _ = back.send(ToShard::Answer { token, result });
+                    });
                 }
                 other => {
                     // The server's policies answer at once; a policy that

@@ -1,0 +1,294 @@
+//! `tern broker --config tern.toml`: the configuration file.
+//!
+//! Every key is optional; an unknown key or a bad value stops startup with
+//! the file, line and key (serde's `deny_unknown_fields`, toml's spans).
+//!
+//! ```toml
+//! [[listener]]
+//! bind = "0.0.0.0:1883"
+//!
+//! [limits]
+//! max_packet_size = 1048576
+//! max_connections = 100000
+//!
+//! [auth]
+//! allow_anonymous = false
+//! password_file = "/etc/tern/passwd"
+//!
+//! [[acl]]
+//! user = "sensor"          # omit for every client
+//! topic = "sensors/%c/#"   # %c: client id, %u: user name
+//! access = "readwrite"     # read | write | readwrite | deny
+//!
+//! [sys]
+//! interval = 10            # seconds; 0 turns $SYS off
+//!
+//! [log]
+//! level = "info"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tern_broker::policy::{Access, Acl};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Listeners; none means the default 127.0.0.1:1883.
+    #[serde(default)]
+    pub listener: Vec<Listener>,
+    /// Limits of the broker core.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Authentication.
+    #[serde(default)]
+    pub auth: Auth,
+    /// Access control rules, first match wins; none means everything is
+    /// allowed.
+    #[serde(default)]
+    pub acl: Vec<AclRule>,
+    /// `$SYS` topics.
+    #[serde(default)]
+    pub sys: Sys,
+    /// Logging.
+    #[serde(default)]
+    pub log: Log,
+    /// Broker shards; 0 or absent means one per core.
+    pub shards: Option<usize>,
+}
+
+/// One listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Address and port.
+    pub bind: SocketAddr,
+}
+
+/// Limits; absent keys keep the safe defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest packet accepted, bytes.
+    pub max_packet_size: Option<u32>,
+    /// Connections open at once.
+    pub max_connections: Option<usize>,
+    /// Sessions kept at once.
+    pub max_sessions: Option<usize>,
+    /// QoS 1/2 messages in flight per client.
+    pub max_inflight: Option<u16>,
+    /// Messages queued per session.
+    pub max_queued_messages: Option<usize>,
+    /// Bytes queued per session.
+    pub max_queued_bytes: Option<usize>,
+    /// Subscriptions per session.
+    pub max_subscriptions: Option<usize>,
+    /// Retained messages kept.
+    pub max_retained_messages: Option<usize>,
+    /// Bytes of retained messages kept.
+    pub max_retained_bytes: Option<usize>,
+    /// Longest a session is kept offline, seconds.
+    pub max_session_expiry: Option<u32>,
+    /// Unreleased inbound QoS 2 messages per client.
+    pub receive_maximum: Option<u16>,
+    /// Topic aliases per 5.0 client.
+    pub topic_alias_maximum: Option<u16>,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout: Option<u64>,
+}
+
+/// Who may connect.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// Whether clients without a user name are accepted.
+    #[serde(default = "yes")]
+    pub allow_anonymous: bool,
+    /// A password file written by `tern passwd`.
+    pub password_file: Option<PathBuf>,
+}
+
+impl Default for Auth {
+    fn default() -> Auth {
+        Auth {
+            allow_anonymous: true,
+            password_file: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One ACL rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// The user it applies to; absent for every client.
+    pub user: Option<String>,
+    /// The topic pattern (`%c` client id, `%u` user name).
+    pub topic: String,
+    /// What it grants.
+    pub access: AccessName,
+}
+
+/// `read`, `write`, `readwrite` or `deny`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessName {
+    /// Subscribe only.
+    Read,
+    /// Publish only.
+    Write,
+    /// Both.
+    Readwrite,
+    /// Neither.
+    Deny,
+}
+
+/// `$SYS` settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sys {
+    /// Seconds between updates; 0 turns them off.
+    pub interval: Option<u64>,
+}
+
+/// Logging settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `error`, `warn`, `info`, `debug` or `trace` (or a tracing filter).
+    pub level: Option<String>,
+}
+
+/// Reads and checks a configuration file. The error names the file and,
+/// from toml, the line, column and key.
+pub fn load(path: &Path) -> Result<File, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Parses a configuration file's text.
+pub fn parse(text: &str) -> Result<File, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
+}
+
+impl File {
+    /// The limits applied to a broker core configuration.
+    pub fn apply(&self, c: &mut tern_broker::Config) {
+        let l = &self.limits;
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = l.$field { c.$field = v; } )* };
+        }
+        set!(
+            max_packet_size,
+            max_connections,
+            max_sessions,
+            max_inflight,
+            max_queued_messages,
+            max_queued_bytes,
+            max_subscriptions,
+            max_retained_messages,
+            max_retained_bytes,
+            max_session_expiry,
+            receive_maximum,
+            topic_alias_maximum
+        );
+        if let Some(s) = l.connect_timeout {
+            c.connect_timeout = Duration::from_secs(s);
+        }
+        if let Some(s) = self.sys.interval {
+            c.sys_interval = (s > 0).then(|| Duration::from_secs(s));
+        }
+    }
+
+    /// The ACL, if the file has rules.
+    pub fn acl(&self) -> Option<Acl> {
+        if self.acl.is_empty() {
+            return None;
+        }
+        let mut acl = Acl::new();
+        for r in &self.acl {
+            let access = match r.access {
+                AccessName::Read => Access::Read,
+                AccessName::Write => Access::Write,
+                AccessName::Readwrite => Access::ReadWrite,
+                AccessName::Deny => Access::Deny,
+            };
+            acl = match &r.user {
+                Some(u) => acl.allow_user(u, &r.topic, access),
+                None => acl.allow_all_users(&r.topic, access),
+            };
+        }
+        Some(acl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        let f = parse("").expect("parses");
+        assert!(f.listener.is_empty());
+        assert!(f.auth.allow_anonymous);
+        assert!(f.acl().is_none());
+    }
+
+    #[test]
+    fn every_section_parses() {
+        let f = parse(
+            r#"
+shards = 2
+[[listener]]
+bind = "127.0.0.1:1884"
+[limits]
+max_packet_size = 4096
+max_inflight = 10
+connect_timeout = 5
+[auth]
+allow_anonymous = false
+password_file = "passwd"
+[[acl]]
+user = "a"
+topic = "x/%c/#"
+access = "readwrite"
+[sys]
+interval = 0
+[log]
+level = "debug"
+"#,
+        )
+        .expect("parses");
+        let mut c = tern_broker::Config::default();
+        f.apply(&mut c);
+        assert_eq!(c.max_packet_size, 4096);
+        assert_eq!(c.max_inflight, 10);
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.sys_interval, None);
+        assert!(f.acl().is_some());
+        assert!(!f.auth.allow_anonymous);
+    }
+
+    #[test]
+    fn an_unknown_key_names_its_line_and_key() {
+        let e = parse("[limits]\nmax_packet_size = 10\nmax_pakcets = 3\n").expect_err("refused");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(e.contains("max_pakcets"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_line_and_key() {
+        let e = parse("[limits]\nmax_inflight = 70000\n").expect_err("refused");
+        assert!(e.contains("line 2"), "{e}");
+        let e = parse("[[acl]]\ntopic = \"a\"\naccess = \"everything\"\n").expect_err("refused");
+        assert!(e.contains("access") || e.contains("everything"), "{e}");
+    }
+}
