@@ -241,6 +241,8 @@ struct Conn {
     unwritten: usize,
     /// An answer exceeded the client's Maximum Packet Size.
     oversize: bool,
+    /// A user name the transport proved (a client certificate).
+    identity: Option<MqttString>,
     /// Authentication Data for the CONNACK that ends an exchange.
     auth_success_data: Option<Bytes>,
 }
@@ -392,11 +394,23 @@ impl Broker {
                 auth_success_data: None,
                 unwritten: 0,
                 oversize: false,
+                identity: None,
             },
         );
         self.timers
             .insert((now + self.config.connect_timeout, Timer::Connect(id)));
         Some(id)
+    }
+
+    /// The transport authenticated the client as `username` (the common
+    /// name of a verified client certificate, say): its CONNECT is accepted
+    /// without asking the authenticator, and `username` replaces whatever
+    /// user name it sends (so ACL rules and `%u` see it). Call it right after
+    /// [`Broker::accept`].
+    pub fn set_identity(&mut self, conn: ConnId, username: &str) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.identity = MqttString::from_str(username).ok();
+        }
     }
 
     /// Bytes arrived on `conn`. Every complete packet is taken from `buf`;
@@ -923,6 +937,11 @@ impl Broker {
             if w.retain && !self.config.retain_available {
                 return self.refuse(conn, ReasonCode::RetainNotSupported, now);
             }
+        }
+        if let Some(id) = self.conns[&conn].identity.clone() {
+            connect.username = Some(id);
+            connect.password = None;
+            return self.connect_decided(conn, connect, assigned, Verdict::Allow, now);
         }
         let credentials = Credentials {
             client_id: connect.client_id.as_str().to_owned(),

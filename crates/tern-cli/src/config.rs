@@ -5,7 +5,20 @@
 //!
 //! ```toml
 //! [[listener]]
-//! bind = "0.0.0.0:1883"
+//! bind = "0.0.0.0:1883"           # type = "tcp" is the default
+//!
+//! [[listener]]
+//! type = "tls"
+//! bind = "0.0.0.0:8883"
+//! cert = "/etc/tern/server.pem"
+//! key = "/etc/tern/server.key"
+//! client_ca = "/etc/tern/ca.pem"  # optional: require client certificates
+//! cn_as_username = true           # the certificate's CN is the user name
+//!
+//! [[listener]]
+//! type = "ws"
+//! bind = "0.0.0.0:8080"
+//! path = "/mqtt"
 //!
 //! [limits]
 //! max_packet_size = 1048576
@@ -67,6 +80,33 @@ pub struct File {
 pub struct Listener {
     /// Address and port.
     pub bind: SocketAddr,
+    /// `tcp` (the default), `tls` or `ws` (WebSocket).
+    #[serde(default, rename = "type")]
+    pub kind: ListenerKind,
+    /// TLS: the certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// TLS: the private key (PEM).
+    pub key: Option<PathBuf>,
+    /// TLS: require client certificates signed by this CA (PEM).
+    pub client_ca: Option<PathBuf>,
+    /// TLS: the client certificate's common name is the user name.
+    #[serde(default)]
+    pub cn_as_username: bool,
+    /// WebSocket: the HTTP path (default `/mqtt`).
+    pub path: Option<String>,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// MQTT over TCP.
+    #[default]
+    Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
 }
 
 /// Limits; absent keys keep the safe defaults.
@@ -99,6 +139,8 @@ pub struct Limits {
     pub topic_alias_maximum: Option<u16>,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout: Option<u64>,
+    /// New connections per second at most.
+    pub max_connection_rate: Option<u32>,
 }
 
 /// Who may connect.
@@ -176,7 +218,40 @@ pub fn load(path: &Path) -> Result<File, String> {
 
 /// Parses a configuration file's text.
 pub fn parse(text: &str) -> Result<File, String> {
-    toml::from_str(text).map_err(|e| e.to_string())
+    let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+    for (i, l) in file.listener.iter().enumerate() {
+        let n = i + 1;
+        match l.kind {
+            ListenerKind::Tls if l.cert.is_none() || l.key.is_none() => {
+                return Err(format!(
+                    "listener {n} ({}): type = \"tls\" needs cert and key",
+                    l.bind
+                ));
+            }
+            ListenerKind::Tcp | ListenerKind::Ws
+                if l.cert.is_some()
+                    || l.key.is_some()
+                    || l.client_ca.is_some()
+                    || l.cn_as_username =>
+            {
+                return Err(format!("listener {n} ({}): cert, key, client_ca and cn_as_username are for type = \"tls\"", l.bind));
+            }
+            ListenerKind::Tcp | ListenerKind::Tls if l.path.is_some() => {
+                return Err(format!(
+                    "listener {n} ({}): path is for type = \"ws\"",
+                    l.bind
+                ));
+            }
+            _ => {}
+        }
+        if l.cn_as_username && l.client_ca.is_none() {
+            return Err(format!(
+                "listener {n} ({}): cn_as_username needs client_ca",
+                l.bind
+            ));
+        }
+    }
+    Ok(file)
 }
 
 impl File {
@@ -275,6 +350,38 @@ level = "debug"
         assert_eq!(c.sys_interval, None);
         assert!(f.acl().is_some());
         assert!(!f.auth.allow_anonymous);
+    }
+
+    #[test]
+    fn listeners_of_each_kind_are_checked() {
+        let f = parse(
+            r#"
+[[listener]]
+bind = "127.0.0.1:1883"
+[[listener]]
+type = "tls"
+bind = "127.0.0.1:8883"
+cert = "server.pem"
+key = "server.key"
+client_ca = "ca.pem"
+cn_as_username = true
+[[listener]]
+type = "ws"
+bind = "127.0.0.1:8080"
+path = "/mqtt"
+"#,
+        )
+        .expect("parses");
+        assert_eq!(f.listener[1].kind, ListenerKind::Tls);
+        let e =
+            parse("[[listener]]\ntype = \"tls\"\nbind = \"127.0.0.1:1\"\n").expect_err("refused");
+        assert!(e.contains("needs cert and key"), "{e}");
+        let e =
+            parse("[[listener]]\nbind = \"127.0.0.1:1\"\npath = \"/x\"\n").expect_err("refused");
+        assert!(e.contains("path is for"), "{e}");
+        let e =
+            parse("[[listener]]\ntype = \"quic\"\nbind = \"127.0.0.1:1\"\n").expect_err("refused");
+        assert!(e.contains("quic"), "{e}");
     }
 
     #[test]

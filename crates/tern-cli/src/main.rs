@@ -26,7 +26,7 @@ use std::sync::{Arc, RwLock};
 use clap::{Args, Parser, Subcommand};
 use tern_broker::policy::{Acl, AllowAll, Authorizer, ClientInfo, Verdict};
 use tern_codec::{ReasonCode, TopicFilter, TopicName};
-use tern_tokio::{Server, ServerConfig};
+use tern_tokio::{Server, ServerConfig, TlsSettings};
 use tracing::{info, warn};
 
 use crate::passwd::PasswordFile;
@@ -233,9 +233,36 @@ fn broker(args: BrokerArgs) -> ExitCode {
     let acl = LiveAcl(Arc::new(RwLock::new(file.acl())));
 
     let mut config = ServerConfig::default();
+    let mut tls_files = Vec::new();
     if !file.listener.is_empty() {
-        config.tcp = file.listener.iter().map(|l| l.bind).collect();
+        config.tcp.clear();
+        for l in &file.listener {
+            match l.kind {
+                config::ListenerKind::Tcp => config.tcp.push(l.bind),
+                config::ListenerKind::Ws => config
+                    .ws
+                    .push((l.bind, l.path.clone().unwrap_or_else(|| "/mqtt".into()))),
+                config::ListenerKind::Tls => {
+                    let (cert, key) = (
+                        l.cert.clone().expect("checked"),
+                        l.key.clone().expect("checked"),
+                    );
+                    let ca = l.client_ca.clone();
+                    match TlsSettings::load(&cert, &key, ca.as_deref(), l.cn_as_username) {
+                        Ok(t) => {
+                            tls_files.push((t.clone(), cert, key, ca));
+                            config.tls.push((l.bind, t));
+                        }
+                        Err(e) => {
+                            eprintln!("tern: listener {}: {e}", l.bind);
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+            }
+        }
     }
+    config.max_connection_rate = file.limits.max_connection_rate;
     if args.port.is_some() || args.bind.is_some() {
         let ip = args.bind.unwrap_or(IpAddr::from([127, 0, 0, 1]));
         config.tcp = vec![SocketAddr::new(ip, args.port.unwrap_or(1883))];
@@ -293,7 +320,7 @@ fn broker(args: BrokerArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tokio::spawn(reload_on_sighup(config_path, passwords, acl));
+        tokio::spawn(reload_on_sighup(config_path, passwords, acl, tls_files));
         match server.run(shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -306,7 +333,14 @@ fn broker(args: BrokerArgs) -> ExitCode {
 
 /// On SIGHUP: reread the configuration file's ACL and the password file. A
 /// file that does not load leaves the old settings in force.
-async fn reload_on_sighup(path: Option<PathBuf>, passwords: Arc<RwLock<Passwords>>, acl: LiveAcl) {
+type TlsFiles = Vec<(TlsSettings, PathBuf, PathBuf, Option<PathBuf>)>;
+
+async fn reload_on_sighup(
+    path: Option<PathBuf>,
+    passwords: Arc<RwLock<Passwords>>,
+    acl: LiveAcl,
+    tls: TlsFiles,
+) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -327,11 +361,17 @@ async fn reload_on_sighup(path: Option<PathBuf>, passwords: Arc<RwLock<Passwords
                 }
                 Err(e) => warn!(error = %e, "reload on SIGHUP failed; keeping the old settings"),
             }
+            for (t, cert, key, ca) in &tls {
+                match t.reload(cert, key, ca.as_deref()) {
+                    Ok(()) => info!(cert = %cert.display(), "TLS certificate reloaded"),
+                    Err(e) => warn!(error = %e, "TLS reload failed; keeping the old certificate"),
+                }
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (path, passwords, acl);
+        let _ = (path, passwords, acl, tls);
     }
 }
 

@@ -232,6 +232,11 @@ fn publish(tern: &Tern, args: &[&str]) {
 }
 
 fn paho(tern: &Tern, script: &str) -> String {
+    paho_on(&tern.port(), script)
+}
+
+/// Runs a paho-mqtt script with the port as its argument.
+fn paho_on(port: &str, script: &str) -> String {
     require("python3", "Python 3");
     let check = Command::new("python3")
         .args(["-c", "import paho.mqtt"])
@@ -242,7 +247,7 @@ fn paho(tern: &Tern, script: &str) -> String {
         "paho-mqtt is missing: install it with scripts/install-peers"
     );
     let out = Command::new("python3")
-        .args(["-c", script, &tern.port()])
+        .args(["-c", script, port])
         .output()
         .expect("python3 runs");
     assert!(
@@ -781,4 +786,270 @@ fn a_bad_configuration_stops_startup_naming_file_line_and_key() {
     let out = tern_cmd(&["broker", "-c", missing.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml"));
+}
+
+/// Runs openssl, failing loudly if it is missing or fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    require("openssl", "the openssl command (Debian package openssl)");
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate
+/// whose common name is `client_cn`, all made now (EC P-256, one day).
+fn make_pki(dir: &std::path::Path, client_cn: &str) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=Tern Test CA",
+    ]);
+    openssl(dir, &ca);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("written");
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("written");
+    for (name, cn) in [("server", "localhost"), ("client", client_cn)] {
+        let mut req = vec!["req"];
+        req.extend(ec);
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let subj = format!("/CN={cn}");
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(dir, &req);
+        let pem = format!("{name}.pem");
+        let ext = format!("{name}.ext");
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+}
+
+/// The ports of the listeners of `kind` ("tcp", "tls", "ws"), in the
+/// configuration's order, from the broker's log.
+fn listener_ports(tern: &Tern, kind: &str) -> Vec<String> {
+    let log = tern.log.lock().expect("log");
+    log.iter()
+        .filter(|l| l.contains(" listener") && l.contains(&format!("kind=\"{kind}\"")))
+        .map(|l| {
+            let at = l.rfind("127.0.0.1:").expect("address") + "127.0.0.1:".len();
+            l[at..].chars().take_while(char::is_ascii_digit).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn tls_with_a_test_ca_and_a_client_certificate_as_user_name() {
+    let dir = scratch("tls");
+    make_pki(&dir, "device-7");
+    let d = dir.to_str().expect("utf-8");
+    let conf = dir.join("tern.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+[[listener]]
+bind = "127.0.0.1:0"
+[[listener]]
+type = "tls"
+bind = "127.0.0.1:0"
+cert = "{d}/server.pem"
+key = "{d}/server.key"
+[[listener]]
+type = "tls"
+bind = "127.0.0.1:0"
+cert = "{d}/server.pem"
+key = "{d}/server.key"
+client_ca = "{d}/ca.pem"
+cn_as_username = true
+[[acl]]
+user = "device-7"
+topic = "devices/device-7/#"
+access = "readwrite"
+[[acl]]
+topic = "devices/#"
+access = "read"
+"#
+        ),
+    )
+    .expect("config written");
+    let tern = Tern::start(&["-c", conf.to_str().expect("utf-8")]);
+    let tls_ports = listener_ports(&tern, "tls");
+    assert_eq!(tls_ports.len(), 2);
+    let sub = Sub::start(&tern, &["-t", "devices/#"]);
+    let ca = format!("{d}/ca.pem");
+    // Server authentication only.
+    let (ok, err) = try_publish_on(
+        &tls_ports[0],
+        &[
+            "--cafile",
+            &ca,
+            "-t",
+            "devices/any",
+            "-m",
+            "over tls",
+            "-q",
+            "1",
+            "-u",
+            "x",
+        ],
+    );
+    // TLS works; the ACL drops the message (x may only read devices/#).
+    assert!(ok, "{err}");
+    // With the client certificate: its CN is the user name the ACL sees.
+    let cert = format!("{d}/client.pem");
+    let key = format!("{d}/client.key");
+    let (ok, err) = try_publish_on(
+        &tls_ports[1],
+        &[
+            "--cafile",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "-t",
+            "devices/device-7/t",
+            "-m",
+            "21",
+            "-q",
+            "1",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(sub.next(), "devices/device-7/t 21", "and not devices/any");
+    // Without a certificate the second listener refuses the handshake.
+    let (ok, _) = try_publish_on(
+        &tls_ports[1],
+        &["--cafile", &ca, "-t", "devices/x", "-m", "no"],
+    );
+    assert!(!ok);
+    // An untrusted CA on the client side fails too.
+    let (ok, _) = try_publish_on(
+        &tls_ports[0],
+        &["--cafile", &cert, "-t", "devices/x", "-m", "no"],
+    );
+    assert!(!ok);
+}
+
+fn try_publish_on(port: &str, args: &[&str]) -> (bool, String) {
+    mosquitto();
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", port])
+        .args(args)
+        .output()
+        .expect("mosquitto_pub runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn paho_over_websocket() {
+    let dir = scratch("ws");
+    let conf = dir.join("tern.toml");
+    std::fs::write(
+        &conf,
+        "[[listener]]\nbind = \"127.0.0.1:0\"\n[[listener]]\ntype = \"ws\"\nbind = \"127.0.0.1:0\"\npath = \"/mqtt\"\n",
+    )
+    .expect("config written");
+    let tern = Tern::start(&["-c", conf.to_str().expect("utf-8")]);
+    let ws_port = listener_ports(&tern, "ws").remove(0);
+    let sub = Sub::start(&tern, &["-t", "ws/#"]);
+    let script = r#"
+import sys, threading
+import paho.mqtt.client as mqtt
+port = int(sys.argv[1])
+got = []
+done = threading.Event()
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-ws", transport="websockets", protocol=mqtt.MQTTv5)
+c.ws_set_options(path="/mqtt")
+subscribed = threading.Event()
+c.on_subscribe = lambda cl, u, mid, rc, p: subscribed.set()
+def on_message(cl, u, m):
+    got.append(m.payload.decode()); done.set()
+c.on_message = on_message
+c.connect("127.0.0.1", port)
+c.loop_start()
+c.subscribe("ws/echo", qos=1)
+assert subscribed.wait(10)
+c.publish("ws/echo", "over websocket", qos=1).wait_for_publish(10)
+assert done.wait(10), got
+print(got[0])
+c.disconnect(); c.loop_stop()
+"#;
+    let out = paho_on(&ws_port, script);
+    assert_eq!(out.trim(), "over websocket");
+    // The TCP subscriber saw it too.
+    assert_eq!(sub.next(), "ws/echo over websocket");
+}
+
+#[test]
+fn the_connection_rate_limit_closes_the_excess() {
+    let dir = scratch("rate");
+    let conf = dir.join("tern.toml");
+    std::fs::write(&conf, "[limits]\nmax_connection_rate = 2\n").expect("written");
+    let tern = Tern::start(&["-c", conf.to_str().expect("utf-8")]);
+    let mut admitted = 0;
+    for i in 0..10 {
+        let mut s = TcpStream::connect(("127.0.0.1", tern.port)).expect("connects");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        let c = Connect::new(
+            ProtocolVersion::V3_1_1,
+            MqttString::from_str(&format!("r{i}")).expect("id"),
+        );
+        let _ = s.write_all(
+            &Packet::from(c)
+                .to_bytes(ProtocolVersion::V3_1_1)
+                .expect("encodes"),
+        );
+        let mut b = [0u8; 4];
+        if matches!(s.read(&mut b), Ok(n) if n > 0) {
+            admitted += 1;
+        }
+    }
+    // Ten connections in well under a second, two per second allowed (at
+    // most two windows touched).
+    assert!((1..=4).contains(&admitted), "{admitted} admitted");
 }

@@ -24,6 +24,8 @@
 
 mod codec;
 mod server;
+mod transport;
 
 pub use codec::{CodecError, MqttCodec};
 pub use server::{CredentialCheck, PolicyFactory, Server, ServerConfig};
+pub use transport::TlsSettings;

@@ -32,11 +32,13 @@ use tern_broker::shard::SharedRouting;
 use tern_broker::{Broker, Config, ConnId, Event, Message, Stats, Token};
 use tern_codec::ReasonCode;
 use tern_codec::{Decoder, Packet};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
+
+use crate::transport::{common_name, websocket, TlsSettings};
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -49,6 +51,13 @@ pub type PolicyFactory<P> = Arc<dyn Fn() -> Box<P> + Send + Sync>;
 pub struct ServerConfig {
     /// TCP listeners.
     pub tcp: Vec<SocketAddr>,
+    /// TLS listeners.
+    pub tls: Vec<(SocketAddr, TlsSettings)>,
+    /// WebSocket listeners: address and path (subprotocol `mqtt`).
+    pub ws: Vec<(SocketAddr, String)>,
+    /// New connections accepted per second at most; more are closed at
+    /// once. `None`: no limit.
+    pub max_connection_rate: Option<u32>,
     /// The broker core's configuration (`shard` and `forward` are set per
     /// shard by the server).
     pub broker: Config,
@@ -74,6 +83,8 @@ impl std::fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerConfig")
             .field("tcp", &self.tcp)
+            .field("tls", &self.tls)
+            .field("ws", &self.ws)
             .field("broker", &self.broker)
             .field("shards", &self.shards)
             .finish_non_exhaustive()
@@ -86,6 +97,9 @@ impl Default for ServerConfig {
     fn default() -> ServerConfig {
         ServerConfig {
             tcp: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            tls: Vec::new(),
+            ws: Vec::new(),
+            max_connection_rate: None,
             broker: Config::default(),
             shards: 0,
             shutdown_grace: Duration::from_secs(5),
@@ -102,6 +116,7 @@ enum ToShard {
         credit: Arc<Semaphore>,
         data: BytesMut,
         peer: SocketAddr,
+        identity: Option<String>,
         reply: oneshot::Sender<Option<ConnId>>,
     },
     Read {
@@ -132,8 +147,26 @@ enum Out {
 
 /// A bound, not yet running, broker server.
 pub struct Server {
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Kind)>,
     config: ServerConfig,
+}
+
+/// What a listener speaks.
+#[derive(Clone)]
+enum Kind {
+    Tcp,
+    Tls(TlsSettings),
+    Ws(String),
+}
+
+impl Kind {
+    fn name(&self) -> &'static str {
+        match self {
+            Kind::Tcp => "tcp",
+            Kind::Tls(_) => "tls",
+            Kind::Ws(_) => "ws",
+        }
+    }
 }
 
 impl std::fmt::Debug for Server {
@@ -154,18 +187,27 @@ impl Server {
     /// Binds every listener of `config`.
     pub async fn bind(config: ServerConfig) -> io::Result<Server> {
         let mut listeners = Vec::new();
-        for addr in &config.tcp {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-            listeners.push(l);
+        let all = config
+            .tcp
+            .iter()
+            .map(|a| (*a, Kind::Tcp))
+            .chain(config.tls.iter().map(|(a, t)| (*a, Kind::Tls(t.clone()))))
+            .chain(config.ws.iter().map(|(a, p)| (*a, Kind::Ws(p.clone()))));
+        for (addr, kind) in all {
+            let l = TcpListener::bind(addr).await.map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr} ({}): {e}", kind.name()),
+                )
+            })?;
+            listeners.push((l, kind));
         }
         Ok(Server { listeners, config })
     }
 
     /// The addresses listened on (with the ports the OS chose for port 0).
     pub fn local_addrs(&self) -> io::Result<Vec<SocketAddr>> {
-        self.listeners.iter().map(|l| l.local_addr()).collect()
+        self.listeners.iter().map(|(l, _)| l.local_addr()).collect()
     }
 
     /// Serves until `shutdown` completes, then shuts down gracefully: stop
@@ -223,6 +265,9 @@ impl Server {
             let txs = txs.clone();
             tokio::spawn(sys_task(txs, every))
         });
+        for (l, kind) in &self.listeners {
+            info!(kind = kind.name(), addr = %l.local_addr()?, "listener");
+        }
         info!(
             addrs = ?self.local_addrs()?,
             shards = n,
@@ -236,14 +281,14 @@ impl Server {
         });
         let mut connections = JoinSet::new();
         let mut accepts = JoinSet::new();
-        let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<(TcpStream, SocketAddr)>();
-        for l in self.listeners {
+        let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<(TcpStream, SocketAddr, Kind)>();
+        for (l, kind) in self.listeners {
             let tx = conn_tx.clone();
             accepts.spawn(async move {
                 loop {
                     match l.accept().await {
-                        Ok(s) => {
-                            if tx.send(s).is_err() {
+                        Ok((s, peer)) => {
+                            if tx.send((s, peer, kind.clone())).is_err() {
                                 return;
                             }
                         }
@@ -258,14 +303,19 @@ impl Server {
         }
         drop(conn_tx);
         tokio::pin!(shutdown);
+        let mut rate = RateLimit::new(self.config.max_connection_rate);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 s = conn_rx.recv() => {
-                    let Some((stream, peer)) = s else { break };
+                    let Some((stream, peer, kind)) = s else { break };
+                    if !rate.admit() {
+                        debug!(%peer, "connection rate limit: closed");
+                        continue;
+                    }
                     let txs = txs.clone();
                     let cfg = conn_cfg.clone();
-                    connections.spawn(connection(stream, peer, txs, cfg));
+                    connections.spawn(transport(stream, peer, kind, txs, cfg));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
@@ -367,8 +417,8 @@ fn shard_of(client_id: &[u8], shards: usize) -> usize {
 
 /// Reads until the first packet is complete; returns its client id if it
 /// is a CONNECT with one.
-async fn first_packet(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+async fn first_packet<R: AsyncRead + Unpin>(
+    rd: &mut R,
     buf: &mut BytesMut,
     max: u32,
 ) -> io::Result<Option<Vec<u8>>> {
@@ -389,14 +439,88 @@ async fn first_packet(
     }
 }
 
-async fn connection(
+/// Completes the transport's handshake (TLS, WebSocket), then runs the
+/// connection.
+async fn transport(
     stream: TcpStream,
     peer: SocketAddr,
+    kind: Kind,
     shards: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
     cfg: Arc<ConnConfig>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut rd, wr) = stream.into_split();
+    let deadline = cfg.connect_timeout;
+    match kind {
+        Kind::Tcp => connection(stream, peer, None, shards, cfg).await,
+        Kind::Tls(tls) => {
+            let accepted = tokio::time::timeout(deadline, tls.acceptor().accept(stream)).await;
+            let stream = match accepted {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    info!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let identity = if tls.cn_as_username {
+                common_name(stream.get_ref().1.peer_certificates())
+            } else {
+                None
+            };
+            connection(stream, peer, identity, shards, cfg).await;
+        }
+        Kind::Ws(path) => {
+            let ws = tokio::time::timeout(deadline, websocket(stream, path)).await;
+            match ws {
+                Ok(Ok(s)) => connection(s, peer, None, shards, cfg).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket handshake failed"),
+                Err(_) => debug!(%peer, "WebSocket handshake timed out"),
+            }
+        }
+    }
+}
+
+/// At most `max` new connections per second.
+struct RateLimit {
+    max: Option<u32>,
+    window: tokio::time::Instant,
+    count: u32,
+}
+
+impl RateLimit {
+    fn new(max: Option<u32>) -> RateLimit {
+        RateLimit {
+            max,
+            window: tokio::time::Instant::now(),
+            count: 0,
+        }
+    }
+
+    fn admit(&mut self) -> bool {
+        let Some(max) = self.max else { return true };
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count <= max
+    }
+}
+
+async fn connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    identity: Option<String>,
+    shards: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
+    cfg: Arc<ConnConfig>,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(stream);
     let mut buf = BytesMut::with_capacity(1024);
     let placed = tokio::time::timeout(
         cfg.connect_timeout,
@@ -427,6 +551,7 @@ async fn connection(
         credit: credit.clone(),
         data: first,
         peer,
+        identity,
         reply,
     };
     if tx.send(accept).is_err() {
@@ -595,12 +720,17 @@ impl Shard {
                 credit,
                 data,
                 peer,
+                identity,
                 reply,
             } => {
                 let Some(conn) = self.broker.accept(now) else {
                     let _ = reply.send(None);
                     return false;
                 };
+                if let Some(id) = &identity {
+                    debug!(conn = conn.get(), identity = %id, "client certificate");
+                    self.broker.set_identity(conn, id);
+                }
                 debug!(shard = self.index, conn = conn.get(), %peer, "accepted");
                 self.conns.insert(
                     conn,

@@ -342,3 +342,30 @@ fn authentication_data_without_a_method_is_not_sent() {
     assert_eq!(a.reason_code, ReasonCode::Success);
     assert_eq!(a.properties.authentication_data, None);
 }
+
+#[test]
+fn a_transport_identity_replaces_the_user_name_and_skips_authentication() {
+    let mut sim = Sim::default();
+    sim.broker
+        .set_authenticator(StaticPasswords::new().user("alice", b"pw"));
+    sim.broker.set_authorizer(Acl::new().allow_user(
+        "device-7",
+        "devices/device-7/#",
+        Access::ReadWrite,
+    ));
+    let c = sim.client(V5);
+    let conn = sim.conn(c).expect("open");
+    sim.broker.set_identity(conn, "device-7");
+    let mut cn = connect(V5, "d7", true);
+    cn.username = Some(MqttString::from_static("someone-else"));
+    let ack = sim.connect_with(c, cn);
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    sim.send(
+        c,
+        subscribe(1, &[("devices/device-7/#", 0), ("devices/other/#", 0)]),
+    );
+    assert_eq!(
+        expect_suback(&mut sim, c),
+        [ReasonCode::Success, ReasonCode::NotAuthorized]
+    );
+}
