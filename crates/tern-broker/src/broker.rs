@@ -188,6 +188,15 @@ impl std::ops::Add for Stats {
     }
 }
 
+/// What makes two QoS 0 deliveries of one message the same bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WireKey {
+    msg: usize,
+    version: ProtocolVersion,
+    retain: bool,
+    expiry: Option<u32>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
     Connect(ConnId),
@@ -280,6 +289,8 @@ pub struct Broker {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     scratch: Matches<SessionId, Sub>,
+    /// Encoded QoS 0 PUBLISH packets of the message being routed.
+    wire_cache: Vec<(WireKey, Bytes)>,
     next_conn: u64,
     next_session: u64,
     next_token: u64,
@@ -314,6 +325,7 @@ impl Broker {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Matches::new(),
+            wire_cache: Vec::new(),
             next_conn: 1,
             next_session: 1,
             next_token: 1,
@@ -1348,6 +1360,13 @@ impl Broker {
 
     /// Delivers `msg` to every matching session; returns how many.
     fn route(&mut self, msg: &Arc<Message>, now: Instant) -> usize {
+        self.wire_cache.clear();
+        let n = self.route_inner(msg, now);
+        self.wire_cache.clear();
+        n
+    }
+
+    fn route_inner(&mut self, msg: &Arc<Message>, now: Instant) -> usize {
         let mut scratch = std::mem::take(&mut self.scratch);
         self.subs.matches(&msg.topic, &mut scratch);
         let mut deliveries = Vec::new();
@@ -1552,8 +1571,42 @@ impl Broker {
         now: Instant,
     ) -> bool {
         let c = self.conns.get_mut(&conn).expect("connection exists");
-        let v5 = c.version.is_v5();
+        let version = c.version;
+        let v5 = version.is_v5();
         let m = &d.msg;
+        let expiry = match m.expires_at {
+            Some(at) if v5 => {
+                // The remaining lifetime is forwarded: [MQTT-3.3.2-6].
+                let left = at.saturating_duration_since(now);
+                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                Some(secs.min(u64::from(u32::MAX)) as u32)
+            }
+            _ => None,
+        };
+        // A QoS 0 PUBLISH without per-subscriber parts is the same bytes for
+        // every subscriber speaking the same version: encoded once per route.
+        let key = (qos == QosPid::AtMostOnce
+            && !dup
+            && d.sub_ids.is_empty()
+            && !(v5 && c.alias_out_max > 0))
+            .then(|| WireKey {
+                msg: Arc::as_ptr(m) as usize,
+                version,
+                retain: d.retain,
+                expiry,
+            });
+        let max = c.max_packet_out as usize;
+        if let Some(k) = &key {
+            if let Some((_, data)) = self.wire_cache.iter().find(|(w, _)| w == k) {
+                if data.len() > max {
+                    return false;
+                }
+                let data = data.clone();
+                self.stats.messages_sent += 1;
+                self.push_transmit(conn, data);
+                return true;
+            }
+        }
         let mut new_alias = None;
         let mut p = Publish {
             dup,
@@ -1566,12 +1619,7 @@ impl Broker {
         if v5 {
             p.properties = m.properties.clone();
             p.properties.subscription_identifiers = d.sub_ids.clone();
-            if let Some(at) = m.expires_at {
-                // The remaining lifetime is forwarded: [MQTT-3.3.2-6].
-                let left = at.saturating_duration_since(now);
-                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-                p.properties.message_expiry_interval = Some(secs.min(u64::from(u32::MAX)) as u32);
-            }
+            p.properties.message_expiry_interval = expiry;
             if c.alias_out_max > 0 {
                 if let Some(&a) = c.aliases_out.get(&m.topic) {
                     p.topic = TopicName::empty();
@@ -1582,16 +1630,21 @@ impl Broker {
                 }
             }
         }
-        let len = p.encoded_len(c.version);
-        if len > c.max_packet_out as usize {
+        if p.encoded_len(version) > max {
             return false;
         }
         // The alias is the client's to know only once the packet is sent.
         if let Some(a) = new_alias {
             c.aliases_out.insert(m.topic.clone(), a);
         }
+        let data = Packet::Publish(p)
+            .to_bytes(version)
+            .expect("broker packets encode");
+        if let Some(k) = key {
+            self.wire_cache.push((k, data.clone()));
+        }
         self.stats.messages_sent += 1;
-        self.send(conn, &Packet::Publish(p));
+        self.push_transmit(conn, data);
         true
     }
 
@@ -2093,6 +2146,10 @@ impl Broker {
     fn send_as(&mut self, conn: ConnId, v: ProtocolVersion, p: &Packet) {
         // Packets the broker builds are valid by construction.
         let data = p.to_bytes(v).expect("broker packets encode");
+        self.push_transmit(conn, data);
+    }
+
+    fn push_transmit(&mut self, conn: ConnId, data: Bytes) {
         self.stats.bytes_sent += data.len() as u64;
         if let Some(c) = self.conns.get_mut(&conn) {
             c.unwritten += data.len();

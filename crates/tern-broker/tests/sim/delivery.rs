@@ -498,3 +498,29 @@ fn a_client_that_sends_without_reading_stops_being_read() {
     assert_eq!(got.len(), 1000);
     assert!(got.iter().all(|p| *p == Packet::PingResp));
 }
+
+#[test]
+fn a_qos0_fan_out_is_encoded_once_per_wire_form() {
+    let mut sim = Sim::default();
+    for i in 0..3 {
+        subscriber(&mut sim, V3, &format!("a{i}"), "t", 0);
+    }
+    subscriber(&mut sim, V5, "b", "t", 0);
+    let c = connected(&mut sim, V5, "c", true);
+    sim.send(c, subscribe_with_id(1, "t", 0, 9));
+    expect_suback(&mut sim, c);
+    let p = connected(&mut sim, V3, "p", true);
+    let before = sim.transcript().len();
+    sim.send(p, publish("t", 0, 0, "same bytes"));
+    let sent: Vec<_> = sim.transcript()[before..]
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert_eq!(sent.len(), 5);
+    // The three 3.1.1 subscribers share one buffer; 5.0 is another form, and
+    // a subscription identifier makes a third.
+    assert!(sent[1].as_ptr() == sent[0].as_ptr() && sent[2].as_ptr() == sent[0].as_ptr());
+    assert!(sent[3].as_ptr() != sent[0].as_ptr());
+    assert!(sent[4].as_ptr() != sent[3].as_ptr());
+    assert_ne!(sent[3], sent[4]);
+}
