@@ -1589,7 +1589,7 @@ impl Broker {
             && !dup
             && d.sub_ids.is_empty()
             && !(v5 && c.alias_out_max > 0))
-            .then(|| WireKey {
+            .then_some(WireKey {
                 msg: Arc::as_ptr(m) as usize,
                 version,
                 retain: d.retain,
