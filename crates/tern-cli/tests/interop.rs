@@ -715,6 +715,7 @@ fn passwords_from_tern_passwd_are_checked_and_reloaded_on_sighup() {
         .success());
     let (ok, _) = try_publish(&tern, &["-t", "a", "-m", "x", "-u", "bob", "-P", "hunter2"]);
     assert!(!ok, "not before the reload");
+    let kept = Sub::start(&tern, &["-t", "kept", "-u", "alice", "-P", "s3cret"]);
     let pid = tern.child.as_ref().expect("running").id().to_string();
     assert!(Command::new("kill")
         .args(["-HUP", &pid])
@@ -724,6 +725,12 @@ fn passwords_from_tern_passwd_are_checked_and_reloaded_on_sighup() {
     tern.wait_log("reloaded on SIGHUP");
     let (ok, _) = try_publish(&tern, &["-t", "a", "-m", "x", "-u", "bob", "-P", "hunter2"]);
     assert!(ok, "bob connects after the reload");
+    // Connections stay up across the reload.
+    publish(
+        &tern,
+        &["-t", "kept", "-m", "still", "-u", "bob", "-P", "hunter2"],
+    );
+    assert_eq!(kept.next(), "kept still");
 
     // Deleting a user.
     assert!(tern_cmd(&["passwd", "-D", pw_s, "alice"]).status.success());
@@ -1052,4 +1059,51 @@ fn the_connection_rate_limit_closes_the_excess() {
     // Ten connections in well under a second, two per second allowed (at
     // most two windows touched).
     assert!((1..=4).contains(&admitted), "{admitted} admitted");
+}
+
+#[test]
+fn a_subscriber_that_never_reads_does_not_stall_anyone() {
+    let tern = Tern::start(&[]);
+    // A raw 3.1.1 client subscribes to everything and then never reads.
+    let mut stuck = Raw::connect(&tern, ProtocolVersion::V3_1_1, "stuck");
+    let sub = tern_codec::Subscribe {
+        packet_id: tern_codec::PacketId::new(1).expect("non-zero"),
+        filters: vec![tern_codec::SubscribeFilter {
+            filter: tern_codec::TopicFilter::new("flood/#").expect("filter"),
+            options: tern_codec::SubscriptionOptions::new(tern_codec::QoS::AtMostOnce),
+        }],
+        properties: Default::default(),
+    };
+    stuck.send(&Packet::Subscribe(sub));
+    assert!(matches!(stuck.recv(), Some(Packet::SubAck(_))));
+    let fast = Sub::start(&tern, &["-t", "flood/#"]);
+    // 4 MB through the broker: far more than the stuck client's socket
+    // buffers and the broker's 1 MiB unwritten limit for it.
+    let payload = "x".repeat(8 * 1024);
+    publish(
+        &tern,
+        &[
+            "-t",
+            "flood/a",
+            "-m",
+            &payload,
+            "-q",
+            "1",
+            "--repeat",
+            "500",
+            "--repeat-delay",
+            "0",
+        ],
+    );
+    publish(&tern, &["-t", "flood/end", "-m", "end", "-q", "1"]);
+    let mut n = 0;
+    loop {
+        let l = fast.next();
+        if l == "flood/end end" {
+            break;
+        }
+        n += 1;
+    }
+    assert_eq!(n, 500, "the reading subscriber got every message");
+    drop(stuck);
 }

@@ -310,7 +310,10 @@ impl Server {
                 s = conn_rx.recv() => {
                     let Some((stream, peer, kind)) = s else { break };
                     if !rate.admit() {
-                        debug!(%peer, "connection rate limit: closed");
+                        // Once per second at most, or the log is the flood.
+                        if rate.first_refusal() {
+                            warn!(%peer, "connection rate limit reached: closing the excess");
+                        }
                         continue;
                     }
                     let txs = txs.clone();
@@ -509,6 +512,11 @@ impl RateLimit {
         self.count += 1;
         self.count <= max
     }
+
+    /// Whether the last refusal was the first of its second.
+    fn first_refusal(&self) -> bool {
+        self.max.is_some_and(|max| self.count == max + 1)
+    }
 }
 
 async fn connection<S>(
@@ -558,7 +566,7 @@ async fn connection<S>(
         return;
     }
     let Ok(Some(conn)) = conn.await else {
-        debug!(%peer, "connection limit reached");
+        warn!(%peer, "connection limit reached: closed");
         return;
     };
 
