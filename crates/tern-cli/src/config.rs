@@ -141,6 +141,9 @@ pub struct Limits {
     pub connect_timeout: Option<u64>,
     /// New connections per second at most.
     pub max_connection_rate: Option<u32>,
+    /// Bytes written to a client and not yet flushed, beyond which it is a
+    /// slow consumer (its QoS 0 messages are dropped).
+    pub max_unwritten_bytes: Option<usize>,
 }
 
 /// Who may connect.
@@ -275,6 +278,9 @@ impl File {
             receive_maximum,
             topic_alias_maximum
         );
+        if let Some(b) = l.max_unwritten_bytes {
+            c.max_unwritten_bytes = Some(b);
+        }
         if let Some(s) = l.connect_timeout {
             c.connect_timeout = Duration::from_secs(s);
         }

@@ -8,12 +8,14 @@
 //! tern passwd -c passwd alice       create the file with user alice (password on stdin)
 //! tern passwd -b passwd bob s3cret  add or replace bob, password on the command line
 //! tern passwd -D passwd bob         delete bob
+//! tern bench fanout -m 100 -d 10    load-test a broker (see `tern bench --help`)
 //! ```
 //!
 //! Exit codes: 0 after a clean shutdown (SIGINT, SIGTERM) or a done
 //! `passwd`; 1 when the broker cannot start or a file cannot be written;
 //! 2 for usage errors and invalid configuration.
 
+mod bench;
 mod config;
 mod passwd;
 
@@ -45,6 +47,8 @@ enum Command {
     Broker(BrokerArgs),
     /// Create or update a password file (salted Argon2id hashes).
     Passwd(PasswdArgs),
+    /// Load-test an MQTT broker: conn, fanin, fanout, p2p, latency.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Broker(args) => broker(args),
         Command::Passwd(args) => passwd_command(args),
+        Command::Bench(args) => ExitCode::from(bench::run(args)),
     }
 }
 
