@@ -1107,3 +1107,48 @@ fn a_subscriber_that_never_reads_does_not_stall_anyone() {
     assert_eq!(n, 500, "the reading subscriber got every message");
     drop(stuck);
 }
+
+/// `tern bench` against `tern broker`: the counts add up.
+fn bench_json(tern: &Tern, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .arg("bench")
+        .args(args)
+        .args(["-p", &tern.port(), "--quiet"])
+        .output()
+        .expect("tern bench runs");
+    assert!(
+        out.status.success(),
+        "tern bench {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no JSON line in {stdout}"))
+        .to_owned()
+}
+
+#[test]
+fn tern_bench_counts_every_message_once() {
+    let tern = Tern::start(&[]);
+    for (args, received) in [
+        (&["p2p", "-n", "3", "-c", "200", "-q", "1"][..], 600),
+        (&["p2p", "-n", "2", "-c", "100", "-q", "2"][..], 200),
+        (&["fanout", "-m", "4", "-c", "50", "-q", "1"][..], 200),
+        (
+            &["fanin", "-n", "4", "-c", "50", "-q", "0", "-V", "5"][..],
+            200,
+        ),
+    ] {
+        let json = bench_json(&tern, args);
+        assert!(
+            json.contains(&format!("\"received\":{received},")),
+            "{args:?}: {json}"
+        );
+        assert!(json.contains("\"loss\":0,"), "{args:?}: {json}");
+        assert!(json.contains("\"duplicates\":0,"), "{args:?}: {json}");
+    }
+    let json = bench_json(&tern, &["conn", "-n", "50", "-d", "0"]);
+    assert!(json.contains("\"connections\":50,"), "{json}");
+}
