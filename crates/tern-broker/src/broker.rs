@@ -1031,9 +1031,9 @@ impl Broker {
             None => {
                 let sid = self.new_session_id();
                 self.sessions
-                    .insert(sid, Session::new(connect.client_id.clone(), version));
+                    .insert(sid, Session::new(compact_str(&connect.client_id), version));
                 self.by_client_id
-                    .insert(connect.client_id.bytes().clone(), sid);
+                    .insert(Bytes::copy_from_slice(connect.client_id.as_bytes()), sid);
                 sid
             }
         };
@@ -1057,7 +1057,7 @@ impl Broker {
         s.expires_at = None;
         // A new connection cancels a pending will: [MQTT-3.1.3-9].
         s.will_at = None;
-        s.will = connect.will.clone();
+        s.will = connect.will.as_ref().map(compact_will);
         s.username = connect.username.as_ref().map(|u| u.as_str().to_owned());
         s.window = client_window.min(self.config.max_inflight).max(1);
 
@@ -1354,7 +1354,7 @@ impl Broker {
             return Err(ReasonCode::QuotaExceeded);
         }
         self.retained
-            .insert(msg.topic.clone(), msg.clone(), msg.weight());
+            .insert(msg.topic.clone(), compact_message(msg), msg.weight());
         Ok(())
     }
 
@@ -1847,7 +1847,9 @@ impl Broker {
             options,
             id: packet.properties.subscription_identifier,
         };
-        s.subscriptions.insert(f.filter.clone(), sub);
+        // Kept for the session's life: its own bytes, not the read buffer's.
+        let filter = TopicFilter::new(f.filter.as_str()).expect("a valid filter stays valid");
+        s.subscriptions.insert(filter, sub);
         self.subs.subscribe(&f.filter, sid, sub);
         if !exists {
             self.shared_changed(&f.filter);
@@ -2163,6 +2165,35 @@ impl Conn {
     fn congested(&self, max: Option<usize>) -> bool {
         max.is_some_and(|max| self.unwritten >= max)
     }
+}
+
+// Values a broker keeps for long (client ids, filters, wills, retained
+// messages) are copied out of the read buffer they were decoded from:
+// a slice would keep the whole buffer alive.
+
+fn compact_str(s: &MqttString) -> MqttString {
+    MqttString::from_str(s.as_str()).expect("a valid string stays valid")
+}
+
+fn compact_topic(t: &TopicName) -> TopicName {
+    TopicName::new(t.as_str()).expect("a valid topic stays valid")
+}
+
+fn compact_will(w: &tern_codec::Will) -> tern_codec::Will {
+    tern_codec::Will {
+        topic: compact_topic(&w.topic),
+        payload: Bytes::copy_from_slice(&w.payload),
+        ..w.clone()
+    }
+}
+
+fn compact_message(m: &Arc<Message>) -> Arc<Message> {
+    Arc::new(Message {
+        topic: compact_topic(&m.topic),
+        payload: Bytes::copy_from_slice(&m.payload),
+        properties: m.properties.clone(),
+        ..Message::clone(m)
+    })
 }
 
 /// `code` if `ty` may carry it, else Unspecified error (0x80): codes can

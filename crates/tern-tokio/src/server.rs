@@ -32,7 +32,7 @@ use tern_broker::shard::SharedRouting;
 use tern_broker::{Broker, Config, ConnId, Event, Message, Stats, Token};
 use tern_codec::ReasonCode;
 use tern_codec::{Decoder, Packet};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
@@ -40,8 +40,11 @@ use tracing::{debug, info, warn};
 
 use crate::transport::{common_name, websocket, TlsSettings};
 
-/// Bytes read from a socket at a time.
+/// Bytes read from a socket at a time, at most.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Bytes read from a socket at a time, at least.
+const MIN_READ: usize = 512;
 
 /// Builds one policy instance per shard.
 pub type PolicyFactory<P> = Arc<dyn Fn() -> Box<P> + Send + Sync>;
@@ -452,37 +455,55 @@ async fn transport(
     cfg: Arc<ConnConfig>,
 ) {
     let _ = stream.set_nodelay(true);
-    let deadline = cfg.connect_timeout;
+    // The TLS and WebSocket paths are boxed: their handshake state is large,
+    // and the task of every plain TCP connection would otherwise be sized
+    // for it.
     match kind {
         Kind::Tcp => connection(stream, peer, None, shards, cfg).await,
-        Kind::Tls(tls) => {
-            let accepted = tokio::time::timeout(deadline, tls.acceptor().accept(stream)).await;
-            let stream = match accepted {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    info!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let identity = if tls.cn_as_username {
-                common_name(stream.get_ref().1.peer_certificates())
-            } else {
-                None
-            };
-            connection(stream, peer, identity, shards, cfg).await;
+        Kind::Tls(tls) => Box::pin(tls_connection(stream, peer, tls, shards, cfg)).await,
+        Kind::Ws(path) => Box::pin(ws_connection(stream, peer, path, shards, cfg)).await,
+    }
+}
+
+async fn tls_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: TlsSettings,
+    shards: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
+    cfg: Arc<ConnConfig>,
+) {
+    let accepted = tokio::time::timeout(cfg.connect_timeout, tls.acceptor().accept(stream)).await;
+    let stream = match accepted {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            info!(%peer, error = %e, "TLS handshake failed");
+            return;
         }
-        Kind::Ws(path) => {
-            let ws = tokio::time::timeout(deadline, websocket(stream, path)).await;
-            match ws {
-                Ok(Ok(s)) => connection(s, peer, None, shards, cfg).await,
-                Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket handshake failed"),
-                Err(_) => debug!(%peer, "WebSocket handshake timed out"),
-            }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            return;
         }
+    };
+    let identity = if tls.cn_as_username {
+        common_name(stream.get_ref().1.peer_certificates())
+    } else {
+        None
+    };
+    connection(stream, peer, identity, shards, cfg).await;
+}
+
+async fn ws_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    path: String,
+    shards: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
+    cfg: Arc<ConnConfig>,
+) {
+    let ws = tokio::time::timeout(cfg.connect_timeout, websocket(stream, path)).await;
+    match ws {
+        Ok(Ok(s)) => connection(s, peer, None, shards, cfg).await,
+        Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket handshake failed"),
+        Err(_) => debug!(%peer, "WebSocket handshake timed out"),
     }
 }
 
@@ -550,7 +571,7 @@ async fn connection<S>(
     let tx = shards[shard].clone();
     let budget = cfg.max_packet_size as usize + READ_CHUNK;
     let credit = Arc::new(Semaphore::new(budget));
-    let first = buf.split();
+    let first = std::mem::take(&mut buf);
     credit.forget_permits(first.len());
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let (reply, conn) = oneshot::channel();
@@ -572,13 +593,15 @@ async fn connection<S>(
 
     let reader_tx = tx.clone();
     let reader = tokio::spawn(async move {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // A fresh buffer per read, small while the client is quiet and
+        // growing while reads fill it: an idle connection holds little.
+        let mut chunk = MIN_READ;
         loop {
             let Ok(permit) = credit.clone().acquire_many_owned(READ_CHUNK as u32).await else {
                 return;
             };
-            buf.reserve(READ_CHUNK);
-            let n = match rd.read_buf(&mut (&mut buf).limit(READ_CHUNK)).await {
+            let mut buf = BytesMut::with_capacity(chunk);
+            let n = match rd.read_buf(&mut (&mut buf).limit(chunk)).await {
                 Ok(0) | Err(_) => {
                     let _ = reader_tx.send(ToShard::Closed { conn });
                     return;
@@ -587,43 +610,56 @@ async fn connection<S>(
             };
             permit.forget();
             credit.add_permits(READ_CHUNK - n);
-            if reader_tx
-                .send(ToShard::Read {
-                    conn,
-                    data: buf.split(),
-                })
-                .is_err()
-            {
+            chunk = if n == chunk {
+                (chunk * 2).min(READ_CHUNK)
+            } else {
+                (chunk / 2).max(MIN_READ)
+            };
+            if reader_tx.send(ToShard::Read { conn, data: buf }).is_err() {
                 return;
             }
         }
     });
 
-    let mut w = BufWriter::with_capacity(64 * 1024, wr);
+    // No resident write buffer: what is queued when the writer wakes is
+    // gathered into one buffer for one write, and the buffer is freed.
+    let mut w = wr;
     let mut closing = false;
     while !closing {
         let Some(first) = out_rx.recv().await else {
             break;
         };
         let mut n = 0;
+        let mut batch: Vec<Bytes> = Vec::new();
         let mut next = Some(first);
         while let Some(out) = next.take() {
             match out {
                 Out::Data(b) => {
                     n += b.len();
-                    if w.write_all(&b).await.is_err() {
-                        closing = true;
-                        break;
-                    }
+                    batch.push(b);
                 }
                 Out::Close => {
                     closing = true;
                     break;
                 }
             }
+            if n >= 256 * 1024 {
+                break;
+            }
             next = out_rx.try_recv().ok();
         }
-        if w.flush().await.is_err() {
+        let written = match batch.len() {
+            0 => Ok(()),
+            1 => w.write_all(&batch[0]).await,
+            _ => {
+                let mut joined = Vec::with_capacity(n);
+                for b in &batch {
+                    joined.extend_from_slice(b);
+                }
+                w.write_all(&joined).await
+            }
+        };
+        if written.is_err() {
             let _ = tx.send(ToShard::Closed { conn });
             break;
         }
@@ -801,7 +837,10 @@ impl Shard {
         self.broker.handle_read(conn, &mut pending, now);
         if let Some(e) = self.conns.get_mut(&conn) {
             e.credit.add_permits(before - pending.len());
-            e.pending = pending;
+            // Keep a partial packet; let go of an emptied buffer.
+            if !pending.is_empty() {
+                e.pending = pending;
+            }
         }
     }
 
