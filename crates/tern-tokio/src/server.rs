@@ -482,16 +482,21 @@ async fn first_packet<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     max: u32,
 ) -> io::Result<Option<Vec<u8>>> {
+    // The probe keeps the fixed header it has read, so the packet is
+    // decoded (from a copy) once it is whole, not again after every read:
+    // a CONNECT trickling in byte by byte costs one copy, not one per byte.
     let mut probe = Decoder::server().with_max_packet_size(max);
     loop {
-        let mut copy = buf.clone();
-        match probe.decode(&mut copy) {
-            Ok(Some(Packet::Connect(c))) => return Ok(Some(c.client_id.as_bytes().to_vec())),
-            // Not a CONNECT, or malformed: the core answers it.
-            Ok(Some(_)) | Err(_) => return Ok(None),
-            Ok(None) => {}
+        let whole = probe.pending_len().is_none_or(|total| buf.len() >= total);
+        if whole {
+            let mut copy = buf.clone();
+            match probe.decode(&mut copy) {
+                Ok(Some(Packet::Connect(c))) => return Ok(Some(c.client_id.as_bytes().to_vec())),
+                // Not a CONNECT, or malformed: the core answers it.
+                Ok(Some(_)) | Err(_) => return Ok(None),
+                Ok(None) => {}
+            }
         }
-        probe = Decoder::server().with_max_packet_size(max);
         buf.reserve(READ_CHUNK);
         if rd.read_buf(buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -553,7 +558,9 @@ async fn ws_connection(
     shards: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
     cfg: Arc<ConnConfig>,
 ) {
-    let ws = tokio::time::timeout(cfg.connect_timeout, websocket(stream, path)).await;
+    // At least 64 KiB: a message may hold several small packets.
+    let max = (cfg.max_packet_size as usize).max(64 * 1024);
+    let ws = tokio::time::timeout(cfg.connect_timeout, websocket(stream, path, max)).await;
     match ws {
         Ok(Ok(s)) => connection(s, peer, None, shards, cfg).await,
         Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket handshake failed"),

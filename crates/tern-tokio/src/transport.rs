@@ -14,6 +14,7 @@ use rustls::server::WebPkiClientVerifier;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// A TLS server configuration that can be replaced while running (SIGHUP).
@@ -116,10 +117,12 @@ pub(crate) fn common_name(certs: Option<&[CertificateDer<'_>]>) -> Option<String
 }
 
 /// Accepts a WebSocket on `stream` at `path` with subprotocol `mqtt`, and
-/// returns a byte stream whose bytes are the binary frames' payloads.
+/// returns a byte stream whose bytes are the binary frames' payloads. No
+/// WebSocket message may be larger than `max` bytes (the broker's maximum
+/// packet size): tungstenite would otherwise buffer up to 64 MiB of one.
 // The handshake callback's error type is tungstenite's.
 #[allow(clippy::result_large_err)]
-pub(crate) async fn websocket<S>(stream: S, path: String) -> io::Result<DuplexStream>
+pub(crate) async fn websocket<S>(stream: S, path: String, max: usize) -> io::Result<DuplexStream>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -145,7 +148,10 @@ where
             .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
         Ok(resp)
     };
-    let ws = tokio_tungstenite::accept_hdr_async(stream, callback)
+    let limits = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(limits))
         .await
         .map_err(io::Error::other)?;
     let (mut sink, mut source) = ws.split();

@@ -162,3 +162,12 @@ pub fn with_will(v: ProtocolVersion, id: &str, will_topic: &str) -> Connect {
     });
     c
 }
+
+/// The next packet is DISCONNECT with `code`, and the connection is closed.
+pub fn expect_disconnect(sim: &mut Sim, c: ClientRef, code: ReasonCode) {
+    match sim.recv(c) {
+        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, code),
+        other => panic!("expected DISCONNECT {code}, got {other:?}"),
+    }
+    assert!(!sim.is_open(c));
+}

@@ -37,10 +37,7 @@ fn second_connect_is_a_protocol_error() {
     let mut sim = Sim::default();
     let c = connected(&mut sim, V5, "a", true);
     sim.send(c, connect(V5, "a", true));
-    match sim.recv(c) {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::ProtocolError),
-        other => panic!("expected DISCONNECT, got {other:?}"),
-    }
+    expect_disconnect(&mut sim, c, ReasonCode::ProtocolError);
     assert_eq!(sim.closed(c), Some(ReasonCode::ProtocolError));
 
     let mut sim = Sim::default();
@@ -118,10 +115,7 @@ fn takeover_disconnects_the_old_connection_with_0x8e_on_v5() {
     let mut sim = Sim::default();
     let old = connected(&mut sim, V5, "dev", true);
     let new = connected(&mut sim, V5, "dev", true);
-    match sim.recv(old) {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::SessionTakenOver),
-        other => panic!("expected DISCONNECT, got {other:?}"),
-    }
+    expect_disconnect(&mut sim, old, ReasonCode::SessionTakenOver);
     assert!(!sim.is_open(old));
     assert!(sim.is_open(new));
 }
@@ -227,10 +221,7 @@ fn disconnect_cannot_turn_session_expiry_on() {
     let mut d = Disconnect::new(ReasonCode::Success);
     d.properties.session_expiry_interval = Some(10);
     sim.send(c, d);
-    match sim.recv(c) {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::ProtocolError),
-        other => panic!("expected DISCONNECT, got {other:?}"),
-    }
+    expect_disconnect(&mut sim, c, ReasonCode::ProtocolError);
 }
 
 #[test]
@@ -250,12 +241,7 @@ fn keep_alive_is_enforced_at_one_and_a_half_times() {
         sim.advance(Duration::from_millis(1));
         assert!(!sim.is_open(c), "{v}");
         if v.is_v5() {
-            match sim.recv(c) {
-                Some(Packet::Disconnect(d)) => {
-                    assert_eq!(d.reason_code, ReasonCode::KeepAliveTimeout)
-                }
-                other => panic!("expected DISCONNECT, got {other:?}"),
-            }
+            expect_disconnect(&mut sim, c, ReasonCode::KeepAliveTimeout);
         }
     }
 }
@@ -295,10 +281,7 @@ fn malformed_packet_closes_with_0x81_on_v5() {
     let c = connected(&mut sim, V5, "dev", true);
     // PUBLISH whose topic length runs past the packet.
     sim.send_bytes(c, &[0x30, 3, 0, 9, b'a']);
-    match sim.recv(c) {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::MalformedPacket),
-        other => panic!("expected DISCONNECT, got {other:?}"),
-    }
+    expect_disconnect(&mut sim, c, ReasonCode::MalformedPacket);
     assert!(!sim.is_open(c));
 }
 
@@ -316,10 +299,7 @@ fn packet_over_the_maximum_size_closes_with_0x95() {
         Some(64)
     );
     sim.send(c, publish("t", 0, 0, &"x".repeat(100)));
-    match sim.recv(c) {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::PacketTooLarge),
-        other => panic!("expected DISCONNECT, got {other:?}"),
-    }
+    expect_disconnect(&mut sim, c, ReasonCode::PacketTooLarge);
 }
 
 #[test]
@@ -442,13 +422,16 @@ fn mqtt_3_1_clients_publish_and_subscribe() {
 #[test]
 fn shutdown_disconnects_everyone_and_publishes_wills() {
     let mut sim = Sim::default();
-    let watcher = subscriber(&mut sim, V3, "watcher", "will/#", 0);
+    // A persistent QoS 1 watcher: the will is queued for it while it is
+    // disconnected too.
+    let watcher = connected(&mut sim, V3, "watcher", false);
+    sim.send(watcher, subscribe(1, &[("will/#", 1)]));
+    expect_suback(&mut sim, watcher);
     let c5 = sim.client(V5);
     sim.connect_with(c5, with_will(V5, "c5", "will/c5"));
     let c3 = connected(&mut sim, V3, "c3", true);
     let now = sim.now();
     sim.broker.shutdown(now);
-    let _ = sim.take_requests();
     sim.advance(Duration::ZERO);
     assert_eq!(
         sim.recv(c5),
@@ -459,4 +442,8 @@ fn shutdown_disconnects_everyone_and_publishes_wills() {
     assert!(!sim.is_open(c5) && !sim.is_open(c3) && !sim.is_open(watcher));
     expect_nothing(&mut sim, c3);
     assert_eq!(sim.broker.stats().clients_connected, 0);
+    // The will was published: the watcher finds it when it comes back.
+    let watcher = sim.client(V3);
+    assert!(sim.connect(watcher, "watcher", false).session_present);
+    assert_eq!(payloads(&mut sim, watcher), ["gone"]);
 }

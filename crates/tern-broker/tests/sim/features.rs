@@ -354,13 +354,7 @@ fn subscription_identifiers_can_be_turned_off() {
         Some(false)
     );
     sim.send(s, subscribe_with_id(1, "a", 0, 7));
-    match sim.recv(s) {
-        Some(Packet::Disconnect(d)) => assert_eq!(
-            d.reason_code,
-            ReasonCode::SubscriptionIdentifiersNotSupported
-        ),
-        other => panic!("expected DISCONNECT, got {other:?}"),
-    }
+    expect_disconnect(&mut sim, s, ReasonCode::SubscriptionIdentifiersNotSupported);
 }
 
 #[test]
@@ -393,10 +387,7 @@ fn topic_alias_above_the_maximum_is_0x94() {
     let mut m = publish("t", 0, 0, "x");
     m.properties.topic_alias = NonZeroU16::new(65);
     sim.send(p, m);
-    match sim.recv(p) {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::TopicAliasInvalid),
-        other => panic!("expected DISCONNECT, got {other:?}"),
-    }
+    expect_disconnect(&mut sim, p, ReasonCode::TopicAliasInvalid);
 }
 
 #[test]
@@ -407,10 +398,7 @@ fn unknown_topic_alias_is_a_protocol_error() {
     m.topic = tern_codec::TopicName::empty();
     m.properties.topic_alias = NonZeroU16::new(1);
     sim.send(p, m);
-    match sim.recv(p) {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::ProtocolError),
-        other => panic!("expected DISCONNECT, got {other:?}"),
-    }
+    expect_disconnect(&mut sim, p, ReasonCode::ProtocolError);
 }
 
 #[test]
@@ -467,14 +455,6 @@ fn restricted() -> Config {
         shared_subscriptions: false,
         ..Config::default()
     }
-}
-
-fn expect_disconnect(sim: &mut Sim, c: tern_sim::ClientRef, code: ReasonCode) {
-    match sim.recv(c) {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, code),
-        other => panic!("expected DISCONNECT {code}, got {other:?}"),
-    }
-    assert!(!sim.is_open(c));
 }
 
 #[test]
@@ -558,10 +538,7 @@ fn publishing_above_maximum_qos_is_0x9b() {
     let mut sim = Sim::new(cfg);
     let c = connected(&mut sim, V5, "c", true);
     sim.send(c, publish("t", 1, 1, "x"));
-    match sim.recv(c) {
-        Some(Packet::Disconnect(d)) => assert_eq!(d.reason_code, ReasonCode::QoSNotSupported),
-        other => panic!("expected DISCONNECT, got {other:?}"),
-    }
+    expect_disconnect(&mut sim, c, ReasonCode::QoSNotSupported);
 }
 
 #[test]

@@ -298,15 +298,30 @@ fn enhanced_authentication_runs_a_challenge_and_response() {
     assert!(!sim.is_open(c));
 }
 
-#[test]
-fn enhanced_authentication_method_cannot_change() {
-    let mut sim = Sim::default();
+/// A 5.0 client in an enhanced authentication: CONNECT with method TEST,
+/// the embedding's challenge sent back; its AUTH is the next step.
+fn challenged(sim: &mut Sim) -> ClientRef {
     sim.broker.set_authenticator(AskEmbedding);
     let c = sim.client(V5);
     sim.send(c, enhanced_connect("TEST", b"1"));
     let token = sim.take_requests()[0].token;
     sim.answer_auth(token, AuthStep::Continue(Bytes::from_static(b"2")));
-    sim.take(c);
+    assert_eq!(
+        sim.take(c),
+        [auth_packet(
+            ReasonCode::ContinueAuthentication,
+            "TEST",
+            b"2"
+        )]
+    );
+    assert!(sim.is_open(c));
+    c
+}
+
+#[test]
+fn enhanced_authentication_method_cannot_change() {
+    let mut sim = Sim::default();
+    let c = challenged(&mut sim);
     sim.send(
         c,
         auth_packet(ReasonCode::ContinueAuthentication, "OTHER", b"3"),
@@ -317,12 +332,10 @@ fn enhanced_authentication_method_cannot_change() {
 #[test]
 fn enhanced_authentication_must_finish_before_the_connect_deadline() {
     let mut sim = Sim::default();
-    sim.broker.set_authenticator(AskEmbedding);
-    let c = sim.client(V5);
-    sim.send(c, enhanced_connect("TEST", b"1"));
-    let token = sim.take_requests()[0].token;
-    sim.answer_auth(token, AuthStep::Continue(Bytes::from_static(b"2")));
-    sim.advance(std::time::Duration::from_secs(10));
+    let c = challenged(&mut sim);
+    sim.advance(std::time::Duration::from_millis(9_999));
+    assert!(sim.is_open(c));
+    sim.advance(std::time::Duration::from_millis(1));
     assert!(!sim.is_open(c));
 }
 
