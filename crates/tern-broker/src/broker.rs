@@ -239,7 +239,7 @@ struct Conn {
     max_packet_out: u32,
     client: ClientInfo,
     /// Awaiting the embedding's answer: input is not read meanwhile.
-    held: Option<(Token, Held)>,
+    held: Option<Box<(Token, Held)>>,
     /// The Authentication Method of an enhanced authentication.
     auth_method: Option<MqttString>,
     /// A CONNECT whose enhanced authentication awaits the client's AUTH.
@@ -280,8 +280,10 @@ pub struct Broker {
     authn: Box<dyn Authenticator>,
     authz: Box<dyn Authorizer>,
     shared_routing: Box<dyn SharedRouting>,
-    conns: BTreeMap<ConnId, Conn>,
-    sessions: BTreeMap<SessionId, Session>,
+    // Boxed values: a tree node moves entries, not whole connections, and
+    // holds no slack the size of one.
+    conns: BTreeMap<ConnId, Box<Conn>>,
+    sessions: BTreeMap<SessionId, Box<Session>>,
     by_client_id: BTreeMap<Bytes, SessionId>,
     subs: SubscriptionIndex<SessionId, Sub>,
     retained: RetainedIndex<Arc<Message>>,
@@ -385,7 +387,7 @@ impl Broker {
         let decoder = Decoder::server().with_max_packet_size(self.config.max_packet_size);
         self.conns.insert(
             id,
-            Conn {
+            Box::new(Conn {
                 decoder,
                 phase: Phase::AwaitConnect,
                 version: ProtocolVersion::V3_1_1,
@@ -407,7 +409,7 @@ impl Broker {
                 unwritten: 0,
                 oversize: false,
                 identity: None,
-            },
+            }),
         );
         self.timers
             .insert((now + self.config.connect_timeout, Timer::Connect(id)));
@@ -588,7 +590,7 @@ impl Broker {
         let Some(c) = self.conns.get_mut(&token.conn) else {
             return;
         };
-        match c.held.take() {
+        match c.held.take().map(|b| *b) {
             Some((t, held)) if t == token => {
                 let v = match &step {
                     AuthStep::Success(_) => Verdict::Allow,
@@ -655,7 +657,7 @@ impl Broker {
                     }
                 }
             }
-            other => c.held = other,
+            other => c.held = other.map(Box::new),
         }
     }
 
@@ -726,7 +728,7 @@ impl Broker {
                         .collect(),
                     queued: s.queue.iter().map(stored).collect(),
                     incoming_qos2: s.incoming_qos2.iter().copied().collect(),
-                    will: s.will.clone(),
+                    will: s.will.as_deref().cloned(),
                 }
             })
             .collect()
@@ -785,7 +787,7 @@ impl Broker {
             s.queue.push_back(d);
         }
         s.incoming_qos2 = stored.incoming_qos2.into_iter().collect();
-        s.will = stored.will;
+        s.will = stored.will.map(Box::new);
         let subs: Vec<_> = stored.subscriptions;
         let sid = self.new_session_id();
         for sub in &subs {
@@ -801,7 +803,7 @@ impl Broker {
         }
         self.by_client_id
             .insert(stored.client_id.bytes().clone(), sid);
-        self.sessions.insert(sid, s);
+        self.sessions.insert(sid, Box::new(s));
         self.go_offline(sid, now);
         Ok(())
     }
@@ -972,7 +974,10 @@ impl Broker {
             Verdict::Ask => {
                 let token = self.token(conn);
                 let c = self.conns.get_mut(&conn).expect("connection exists");
-                c.held = Some((token, Held::Connect(Box::new(connect), assigned)));
+                c.held = Some(Box::new((
+                    token,
+                    Held::Connect(Box::new(connect), assigned),
+                )));
                 self.events
                     .push_back(Event::Authenticate { token, credentials });
             }
@@ -1030,8 +1035,10 @@ impl Broker {
             Some(sid) => sid,
             None => {
                 let sid = self.new_session_id();
-                self.sessions
-                    .insert(sid, Session::new(compact_str(&connect.client_id), version));
+                self.sessions.insert(
+                    sid,
+                    Box::new(Session::new(compact_str(&connect.client_id), version)),
+                );
                 self.by_client_id
                     .insert(Bytes::copy_from_slice(connect.client_id.as_bytes()), sid);
                 sid
@@ -1057,7 +1064,7 @@ impl Broker {
         s.expires_at = None;
         // A new connection cancels a pending will: [MQTT-3.1.3-9].
         s.will_at = None;
-        s.will = connect.will.as_ref().map(compact_will);
+        s.will = connect.will.as_ref().map(|w| Box::new(compact_will(w)));
         s.username = connect.username.as_ref().map(|u| u.as_str().to_owned());
         s.window = client_window.min(self.config.max_inflight).max(1);
 
@@ -1163,7 +1170,7 @@ impl Broker {
         };
         let token = self.token(conn);
         let c = self.conns.get_mut(&conn).expect("connection exists");
-        c.held = Some((token, held));
+        c.held = Some(Box::new((token, held)));
         self.events.push_back(Event::AuthContinue {
             token,
             client_id,
@@ -1255,7 +1262,7 @@ impl Broker {
             Verdict::Ask => {
                 let token = self.token(conn);
                 let c = self.conns.get_mut(&conn).expect("connection exists");
-                c.held = Some((token, Held::Publish(p, topic.clone())));
+                c.held = Some(Box::new((token, Held::Publish(p, topic.clone()))));
                 self.events.push_back(Event::AuthorizePublish {
                     token,
                     client,
@@ -1766,14 +1773,14 @@ impl Broker {
                 let token = self.token(conn);
                 let filter = filter.clone();
                 let c = self.conns.get_mut(&conn).expect("connection exists");
-                c.held = Some((
+                c.held = Some(Box::new((
                     token,
                     Held::Subscribe {
                         packet,
                         next: i,
                         codes,
                     },
-                ));
+                )));
                 self.events.push_back(Event::AuthorizeSubscribe {
                     token,
                     client,

@@ -125,7 +125,7 @@ pub(crate) struct Session {
     /// When the offline session ends.
     pub expires_at: Option<Instant>,
     /// The will of the current (or last) connection.
-    pub will: Option<Will>,
+    pub will: Option<Box<Will>>,
     /// When a delayed will is due.
     pub will_at: Option<Instant>,
     pub inflight: BTreeMap<u16, Outgoing>,

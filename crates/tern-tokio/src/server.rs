@@ -1,40 +1,42 @@
 //! The broker server: listeners, shards (one broker core per core), and one
-//! reader and one writer per connection.
+//! task per connection.
 //!
 //! ```text
-//! listener --accept--> connection: reads until CONNECT, picks the shard
-//!                      by client id, then
-//!   reader task  --Read(bytes)-->   shard task (owns a tern_broker::Broker)
-//!   writer task  <--Data(bytes)--   shard task
-//!                --Written(n)-->
+//! listener --accept--> connection task: reads until CONNECT, picks the
+//!                      shard by client id, then
+//!   connection task  --Read(bytes), Written(n)-->  shard task (owns a
+//!                    <--bytes to write (Link)---   tern_broker::Broker)
 //! shard <--Forward(message)--> other shards
 //! ```
 //!
-//! Backpressure both ways: a reader may have at most
+//! Backpressure both ways: a connection may have at most
 //! `max_packet_size + READ_CHUNK` bytes handed to its shard and not yet
-//! consumed by the core (a semaphore of bytes), so a connection whose input
-//! the core does not read (a slow consumer, a pending decision) stops being
+//! consumed by the core (its read credit), so a connection whose input the
+//! core does not read (a slow consumer, a pending decision) stops being
 //! read; and the core stops producing for a connection whose writes are not
 //! reported done (`Config::max_unwritten_bytes`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tern_broker::policy::{AskEmbedding, Credentials};
 use tern_broker::policy::{Authenticator, Authorizer};
 use tern_broker::shard::SharedRouting;
 use tern_broker::{Broker, Config, ConnId, Event, Message, Stats, Token};
 use tern_codec::ReasonCode;
 use tern_codec::{Decoder, Packet};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -42,9 +44,6 @@ use crate::transport::{common_name, websocket, TlsSettings};
 
 /// Bytes read from a socket at a time, at most.
 const READ_CHUNK: usize = 16 * 1024;
-
-/// Bytes read from a socket at a time, at least.
-const MIN_READ: usize = 512;
 
 /// Builds one policy instance per shard.
 pub type PolicyFactory<P> = Arc<dyn Fn() -> Box<P> + Send + Sync>;
@@ -115,12 +114,10 @@ impl Default for ServerConfig {
 
 enum ToShard {
     Accept {
-        out: Arc<Outbox>,
-        credit: Arc<Semaphore>,
+        link: Arc<Link>,
         data: BytesMut,
         peer: SocketAddr,
         identity: Option<String>,
-        reply: oneshot::Sender<Option<ConnId>>,
     },
     Read {
         conn: ConnId,
@@ -143,62 +140,95 @@ enum ToShard {
     },
 }
 
-/// What the shard has for a connection's writer: bytes, then perhaps the
-/// end. Lighter than a channel (nothing allocated while it is empty).
-#[derive(Default)]
-struct Outbox {
-    state: std::sync::Mutex<(std::collections::VecDeque<Bytes>, bool)>,
-    wake: Notify,
+/// What a connection's task and its shard share: the connection's id once
+/// the core accepted it, the bytes to write, the end, the read credit, and
+/// the task's waker. Nothing is allocated while the queue is empty.
+struct Link {
+    state: std::sync::Mutex<LinkState>,
 }
 
-impl Outbox {
+struct LinkState {
+    /// Set by the shard when the core accepted the connection.
+    conn: Option<ConnId>,
+    out: VecDeque<Bytes>,
+    /// Close once `out` is written.
+    close: bool,
+    /// Bytes the task may still hand to the shard that the core has not
+    /// consumed: the task reads only while it has `READ_CHUNK` of credit.
+    credit: usize,
+    waker: Option<Waker>,
+}
+
+impl Link {
+    fn new(credit: usize) -> Link {
+        Link {
+            state: std::sync::Mutex::new(LinkState {
+                conn: None,
+                out: VecDeque::new(),
+                close: false,
+                credit,
+                waker: None,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies `f`; wakes the task (outside the lock) if `f` says so.
+    fn update(&self, f: impl FnOnce(&mut LinkState) -> bool) {
+        let waker = {
+            let mut st = self.lock();
+            if f(&mut st) {
+                st.waker.take()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn accepted(&self, conn: ConnId) {
+        self.update(|st| {
+            st.conn = Some(conn);
+            true
+        });
+    }
+
+    /// Queues bytes to write. The task is woken only when the queue was
+    /// empty: with bytes already queued, it is either about to take them or
+    /// waiting for the socket to take the ones it has.
     fn push(&self, b: Bytes) {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .push_back(b);
-        self.wake.notify_one();
+        self.update(|st| {
+            st.out.push_back(b);
+            st.out.len() == 1
+        });
     }
 
     fn close(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
-        self.wake.notify_one();
+        self.update(|st| {
+            st.close = true;
+            true
+        });
     }
 
-    /// Waits for bytes or the end; returns up to 256 KiB of bytes and
-    /// whether the connection is to be closed after writing them.
-    async fn take(&self) -> (Vec<Bytes>, bool) {
-        loop {
-            {
-                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                if !st.0.is_empty() || st.1 {
-                    let mut batch = Vec::new();
-                    let mut n = 0;
-                    while let Some(b) = st.0.pop_front() {
-                        n += b.len();
-                        batch.push(b);
-                        if n >= 256 * 1024 {
-                            break;
-                        }
-                    }
-                    if st.0.is_empty() {
-                        // Give the emptied queue's memory back.
-                        st.0 = std::collections::VecDeque::new();
-                    }
-                    let close = st.1 && st.0.is_empty();
-                    return (batch, close);
-                }
-            }
-            self.wake.notified().await;
-        }
+    /// The core consumed `n` bytes: they may be read again.
+    fn give_credit(&self, n: usize) {
+        self.update(|st| {
+            let starved = st.credit < READ_CHUNK;
+            st.credit += n;
+            starved && st.credit >= READ_CHUNK
+        });
     }
 }
 
 impl Drop for Entry {
     /// A connection the shard forgets is closed.
     fn drop(&mut self) {
-        self.out.close();
+        self.link.close();
     }
 }
 
@@ -335,8 +365,9 @@ impl Server {
             max_packet_size: self.config.broker.max_packet_size,
             connect_timeout: self.config.broker.connect_timeout,
             next: AtomicUsize::new(0),
+            close_grace: self.config.shutdown_grace,
         });
-        let mut connections = JoinSet::new();
+        let live = Arc::new(Live::default());
         let mut accepts = JoinSet::new();
         let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<(TcpStream, SocketAddr, Kind)>();
         for (l, kind) in self.listeners {
@@ -375,9 +406,8 @@ impl Server {
                     }
                     let txs = txs.clone();
                     let cfg = conn_cfg.clone();
-                    connections.spawn(transport(stream, peer, kind, txs, cfg));
+                    tokio::spawn(ConnTask::new(stream, peer, kind, txs, cfg, &live));
                 }
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
         info!("shutting down");
@@ -391,17 +421,9 @@ impl Server {
                 let _ = done.await;
             }
         }
-        let grace = tokio::time::sleep(self.config.shutdown_grace);
-        tokio::pin!(grace);
-        loop {
-            tokio::select! {
-                () = &mut grace => {
-                    connections.abort_all();
-                    break;
-                }
-                r = connections.join_next() => if r.is_none() { break },
-            }
-        }
+        // Every connection has `shutdown_grace` to flush; one still at it
+        // then is left to the runtime.
+        let _ = tokio::time::timeout(self.config.shutdown_grace, live.idle()).await;
         drop(txs);
         shard_tasks.abort_all();
         info!("stopped");
@@ -463,6 +485,8 @@ struct ConnConfig {
     connect_timeout: Duration,
     /// Round robin for clients without a client id.
     next: AtomicUsize,
+    /// How long a closed connection's last writes may take.
+    close_grace: Duration,
 }
 
 /// FNV-1a: a stable spread of client ids over shards.
@@ -504,70 +528,6 @@ async fn first_packet<R: AsyncRead + Unpin>(
     }
 }
 
-/// Completes the transport's handshake (TLS, WebSocket), then runs the
-/// connection.
-async fn transport(
-    stream: TcpStream,
-    peer: SocketAddr,
-    kind: Kind,
-    shards: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
-    cfg: Arc<ConnConfig>,
-) {
-    let _ = stream.set_nodelay(true);
-    // The TLS and WebSocket paths are boxed: their handshake state is large,
-    // and the task of every plain TCP connection would otherwise be sized
-    // for it.
-    match kind {
-        Kind::Tcp => connection(stream, peer, None, shards, cfg).await,
-        Kind::Tls(tls) => Box::pin(tls_connection(stream, peer, tls, shards, cfg)).await,
-        Kind::Ws(path) => Box::pin(ws_connection(stream, peer, path, shards, cfg)).await,
-    }
-}
-
-async fn tls_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    tls: TlsSettings,
-    shards: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
-    cfg: Arc<ConnConfig>,
-) {
-    let accepted = tokio::time::timeout(cfg.connect_timeout, tls.acceptor().accept(stream)).await;
-    let stream = match accepted {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            info!(%peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    let identity = if tls.cn_as_username {
-        common_name(stream.get_ref().1.peer_certificates())
-    } else {
-        None
-    };
-    connection(stream, peer, identity, shards, cfg).await;
-}
-
-async fn ws_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    path: String,
-    shards: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
-    cfg: Arc<ConnConfig>,
-) {
-    // At least 64 KiB: a message may hold several small packets.
-    let max = (cfg.max_packet_size as usize).max(64 * 1024);
-    let ws = tokio::time::timeout(cfg.connect_timeout, websocket(stream, path, max)).await;
-    match ws {
-        Ok(Ok(s)) => connection(s, peer, None, shards, cfg).await,
-        Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket handshake failed"),
-        Err(_) => debug!(%peer, "WebSocket handshake timed out"),
-    }
-}
-
 /// At most `max` new connections per second.
 struct RateLimit {
     max: Option<u32>,
@@ -601,20 +561,210 @@ impl RateLimit {
     }
 }
 
-async fn connection<S>(
-    stream: S,
+/// A connection's byte stream: plain TCP inline, TLS and WebSocket boxed
+/// (their state is large, and every plain TCP connection would otherwise
+/// be sized for it).
+enum Io {
+    Tcp(TcpStream),
+    Boxed(Pin<Box<dyn ByteStream>>),
+}
+
+trait ByteStream: AsyncRead + AsyncWrite + Send {}
+impl<T: AsyncRead + AsyncWrite + Send> ByteStream for T {}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Boxed(s) => s.as_mut().poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, b),
+            Io::Boxed(s) => s.as_mut().poll_write(cx, b),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        b: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, b),
+            Io::Boxed(s) => s.as_mut().poll_write_vectored(cx, b),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Tcp(s) => s.is_write_vectored(),
+            Io::Boxed(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Boxed(s) => s.as_mut().poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Boxed(s) => s.as_mut().poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connection tasks alive, so that a shutdown can wait for them.
+#[derive(Default)]
+struct Live {
+    count: AtomicUsize,
+    none: Notify,
+}
+
+/// One per connection task.
+struct LiveGuard(Arc<Live>);
+
+impl LiveGuard {
+    fn new(live: &Arc<Live>) -> LiveGuard {
+        live.count.fetch_add(1, Ordering::Relaxed);
+        LiveGuard(live.clone())
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none.notify_waiters();
+        }
+    }
+}
+
+impl Live {
+    /// Waits until no connection task is left.
+    async fn idle(&self) {
+        loop {
+            let notified = self.none.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A connection's task: its start (handshakes, the first packet, the choice
+/// of shard) is boxed and freed once done; what stays for the connection's
+/// life is a [`Running`] of a few words.
+struct ConnTask {
+    start: Option<Pin<Box<dyn Future<Output = Option<Running>> + Send>>>,
+    running: Option<Running>,
+    _live: LiveGuard,
+}
+
+impl ConnTask {
+    fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        kind: Kind,
+        shards: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
+        cfg: Arc<ConnConfig>,
+        live: &Arc<Live>,
+    ) -> ConnTask {
+        ConnTask {
+            start: Some(Box::pin(start(stream, peer, kind, shards, cfg))),
+            running: None,
+            _live: LiveGuard::new(live),
+        }
+    }
+}
+
+impl Future for ConnTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if let Some(start) = &mut this.start {
+            let running = ready!(start.as_mut().poll(cx));
+            this.start = None;
+            match running {
+                Some(r) => this.running = Some(r),
+                None => return Poll::Ready(()),
+            }
+        }
+        match &mut this.running {
+            Some(r) => Pin::new(r).poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+/// Completes the transport's handshake (TLS, WebSocket), reads the first
+/// packet, and hands the connection to its shard.
+async fn start(
+    stream: TcpStream,
     peer: SocketAddr,
-    identity: Option<String>,
+    kind: Kind,
     shards: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
     cfg: Arc<ConnConfig>,
-) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (mut rd, wr) = tokio::io::split(stream);
-    let mut buf = BytesMut::with_capacity(1024);
+) -> Option<Running> {
+    let _ = stream.set_nodelay(true);
+    let (io, identity) = match kind {
+        Kind::Tcp => (Io::Tcp(stream), None),
+        Kind::Tls(tls) => {
+            let accepted =
+                tokio::time::timeout(cfg.connect_timeout, tls.acceptor().accept(stream)).await;
+            let stream = match accepted {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    info!(%peer, error = %e, "TLS handshake failed");
+                    return None;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake timed out");
+                    return None;
+                }
+            };
+            let identity = if tls.cn_as_username {
+                common_name(stream.get_ref().1.peer_certificates())
+            } else {
+                None
+            };
+            (Io::Boxed(Box::pin(stream)), identity)
+        }
+        Kind::Ws(path) => {
+            // At least 64 KiB: a message may hold several small packets.
+            let max = (cfg.max_packet_size as usize).max(64 * 1024);
+            let ws = tokio::time::timeout(cfg.connect_timeout, websocket(stream, path, max)).await;
+            match ws {
+                Ok(Ok(s)) => (Io::Boxed(Box::pin(s)), None),
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "WebSocket handshake failed");
+                    return None;
+                }
+                Err(_) => {
+                    debug!(%peer, "WebSocket handshake timed out");
+                    return None;
+                }
+            }
+        }
+    };
+    let mut io = io;
+    let mut buf = BytesMut::new();
     let placed = tokio::time::timeout(
         cfg.connect_timeout,
-        first_packet(&mut rd, &mut buf, cfg.max_packet_size),
+        first_packet(&mut io, &mut buf, cfg.max_packet_size),
     )
     .await;
     let shard = match placed {
@@ -622,96 +772,216 @@ async fn connection<S>(
         Ok(Ok(_)) => cfg.next.fetch_add(1, Ordering::Relaxed) % shards.len(),
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "connection ended before CONNECT");
-            return;
+            return None;
         }
         Err(_) => {
             debug!(%peer, "no CONNECT in time");
-            return;
+            return None;
         }
     };
     let tx = shards[shard].clone();
     let budget = cfg.max_packet_size as usize + READ_CHUNK;
-    let credit = Arc::new(Semaphore::new(budget));
-    let first = std::mem::take(&mut buf);
-    credit.forget_permits(first.len());
-    let outbox = Arc::new(Outbox::default());
-    let (reply, conn) = oneshot::channel();
+    let link = Arc::new(Link::new(budget.saturating_sub(buf.len())));
     let accept = ToShard::Accept {
-        out: outbox.clone(),
-        credit: credit.clone(),
-        data: first,
+        link: link.clone(),
+        data: buf,
         peer,
         identity,
-        reply,
     };
-    if tx.send(accept).is_err() {
-        return;
-    }
-    let Ok(Some(conn)) = conn.await else {
-        warn!(%peer, "connection limit reached: closed");
-        return;
-    };
+    tx.send(accept).ok()?;
+    Some(Running {
+        io,
+        link,
+        tx,
+        batch: VecDeque::new(),
+        batch_len: 0,
+        flushing: false,
+        state: RunState::Drive,
+        deadline: None,
+        grace: cfg.close_grace,
+    })
+}
 
-    let reader_tx = tx.clone();
-    let reader = tokio::spawn(async move {
-        // A fresh buffer per read, small while the client is quiet and
-        // growing while reads fill it: an idle connection holds little.
-        let mut chunk = MIN_READ;
+/// A connection in its shard's hands, as one small future: writes what the
+/// shard queued (one vectored write per wake-up where the stream supports
+/// it), reads while the core keeps up, and reports both to the shard. Holds
+/// no buffer between wake-ups: a read goes through the stack and leaves as
+/// a buffer of its exact size.
+struct Running {
+    io: Io,
+    link: Arc<Link>,
+    tx: mpsc::UnboundedSender<ToShard>,
+    batch: VecDeque<Bytes>,
+    batch_len: usize,
+    flushing: bool,
+    state: RunState,
+    /// Once the shard closed the connection: how long the last writes may
+    /// take (a peer that does not read does not keep the task).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    grace: Duration,
+}
+
+enum RunState {
+    Drive,
+    /// Everything queued was written; the stream is being shut down.
+    Shutdown,
+}
+
+impl Future for Running {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if let RunState::Drive = this.state {
+            match ready!(this.poll_drive(cx)) {
+                true => this.state = RunState::Shutdown,
+                false => {
+                    this.closed();
+                    return Poll::Ready(());
+                }
+            }
+        }
+        // Shutting down, within the deadline.
+        let late = this
+            .deadline
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+        if !late {
+            ready!(Pin::new(&mut this.io).poll_shutdown(cx)).ok();
+        }
+        this.closed();
+        Poll::Ready(())
+    }
+}
+
+impl Running {
+    /// Tells the shard the connection is gone (it ignores a connection it
+    /// already forgot).
+    fn closed(&self) {
+        if let Some(conn) = self.link.lock().conn {
+            let _ = self.tx.send(ToShard::Closed { conn });
+        }
+    }
+
+    /// Returns `true` when the shard closed the connection and everything
+    /// queued was written, `false` when the peer or the stream ended it.
+    fn poll_drive(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         loop {
-            let Ok(permit) = credit.clone().acquire_many_owned(READ_CHUNK as u32).await else {
-                return;
-            };
-            let mut buf = BytesMut::with_capacity(chunk);
-            let n = match rd.read_buf(&mut (&mut buf).limit(chunk)).await {
-                Ok(0) | Err(_) => {
-                    let _ = reader_tx.send(ToShard::Closed { conn });
-                    return;
+            let (conn, close, can_read) = {
+                let mut st = self.link.lock();
+                if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    st.waker = Some(cx.waker().clone());
                 }
-                Ok(n) => n,
-            };
-            permit.forget();
-            credit.add_permits(READ_CHUNK - n);
-            chunk = if n == chunk {
-                (chunk * 2).min(READ_CHUNK)
-            } else {
-                (chunk / 2).max(MIN_READ)
-            };
-            if reader_tx.send(ToShard::Read { conn, data: buf }).is_err() {
-                return;
-            }
-        }
-    });
-
-    // No resident write buffer: what is queued when the writer wakes is
-    // gathered into one buffer for one write, and the buffer is freed.
-    let mut w = wr;
-    let mut closing = false;
-    while !closing {
-        let (batch, close) = outbox.take().await;
-        closing = close;
-        let n: usize = batch.iter().map(Bytes::len).sum();
-        let written = match batch.len() {
-            0 => Ok(()),
-            1 => w.write_all(&batch[0]).await,
-            _ => {
-                let mut joined = Vec::with_capacity(n);
-                for b in &batch {
-                    joined.extend_from_slice(b);
+                if self.batch.is_empty() && !self.flushing && !st.out.is_empty() {
+                    self.batch = std::mem::take(&mut st.out);
+                    self.batch_len = self.batch.iter().map(Bytes::len).sum();
                 }
-                w.write_all(&joined).await
+                (st.conn, st.close, st.credit >= READ_CHUNK)
+            };
+            if close {
+                if conn.is_none() {
+                    // Refused by the shard (it said why).
+                    return Poll::Ready(false);
+                }
+                let grace = self.grace;
+                let deadline = self
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
             }
-        };
-        if written.is_err() {
-            let _ = tx.send(ToShard::Closed { conn });
-            break;
-        }
-        if n > 0 {
-            let _ = tx.send(ToShard::Written { conn, n });
+            let mut progress = false;
+            if !self.batch.is_empty() {
+                match poll_write_batch(Pin::new(&mut self.io), cx, &mut self.batch) {
+                    Poll::Ready(Ok(())) => progress = true,
+                    Poll::Ready(Err(_)) => return Poll::Ready(false),
+                    Poll::Pending => {}
+                }
+                self.flushing = self.batch.is_empty();
+            }
+            if self.flushing {
+                match Pin::new(&mut self.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.flushing = false;
+                        progress = true;
+                        if let Some(conn) = conn {
+                            let n = self.batch_len;
+                            let _ = self.tx.send(ToShard::Written { conn, n });
+                        }
+                        // Give the drained queue's memory back.
+                        self.batch = VecDeque::new();
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(false),
+                    Poll::Pending => {}
+                }
+            }
+            let idle = self.batch.is_empty() && !self.flushing;
+            if close && idle && self.link.lock().out.is_empty() {
+                return Poll::Ready(true);
+            }
+            if let (Some(conn), true, false) = (conn, can_read, close) {
+                let mut raw = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                let mut rb = ReadBuf::uninit(&mut raw);
+                match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(false),
+                    Poll::Ready(Ok(())) => {
+                        let data = BytesMut::from(rb.filled());
+                        self.link.lock().credit -= data.len();
+                        if self.tx.send(ToShard::Read { conn, data }).is_err() {
+                            return Poll::Ready(false);
+                        }
+                        progress = true;
+                    }
+                    Poll::Ready(Err(_)) => return Poll::Ready(false),
+                    Poll::Pending => {}
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
         }
     }
-    let _ = w.shutdown().await;
-    reader.abort();
-    let _ = tx.send(ToShard::Closed { conn });
+}
+
+/// Writes some of `batch` (one system call), dropping what was written.
+fn poll_write_batch<S: AsyncWrite>(
+    mut stream: Pin<&mut S>,
+    cx: &mut Context<'_>,
+    batch: &mut VecDeque<Bytes>,
+) -> Poll<io::Result<()>> {
+    if batch.len() > 1 && !stream.is_write_vectored() {
+        // One buffer, one write, rather than a write per packet.
+        let mut joined = BytesMut::with_capacity(batch.iter().map(Bytes::len).sum());
+        for b in batch.drain(..) {
+            joined.extend_from_slice(&b);
+        }
+        batch.push_back(joined.freeze());
+    }
+    let mut n = if batch.len() == 1 {
+        ready!(stream.as_mut().poll_write(cx, &batch[0]))?
+    } else {
+        let mut slices = [IoSlice::new(&[]); 64];
+        let k = batch.len().min(slices.len());
+        for (slice, b) in slices.iter_mut().zip(batch.iter()) {
+            *slice = IoSlice::new(b);
+        }
+        ready!(stream.as_mut().poll_write_vectored(cx, &slices[..k]))?
+    };
+    if n == 0 {
+        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+    }
+    while n > 0 {
+        let front = batch.front_mut().expect("wrote no more than the batch");
+        if n >= front.len() {
+            n -= front.len();
+            batch.pop_front();
+        } else {
+            front.advance(n);
+            n = 0;
+        }
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// Which shards have members of each shared group.
@@ -749,8 +1019,7 @@ impl SharedRouting for SpreadShared {
 }
 
 struct Entry {
-    out: Arc<Outbox>,
-    credit: Arc<Semaphore>,
+    link: Arc<Link>,
     pending: BytesMut,
 }
 
@@ -802,15 +1071,14 @@ impl Shard {
         let now = now();
         match msg {
             ToShard::Accept {
-                out,
-                credit,
+                link,
                 data,
                 peer,
                 identity,
-                reply,
             } => {
                 let Some(conn) = self.broker.accept(now) else {
-                    let _ = reply.send(None);
+                    warn!(%peer, "connection limit reached: closed");
+                    link.close();
                     return false;
                 };
                 if let Some(id) = &identity {
@@ -821,12 +1089,11 @@ impl Shard {
                 self.conns.insert(
                     conn,
                     Entry {
-                        out,
-                        credit,
+                        link: link.clone(),
                         pending: BytesMut::new(),
                     },
                 );
-                let _ = reply.send(Some(conn));
+                link.accepted(conn);
                 self.read(conn, data, now);
             }
             ToShard::Read { conn, data } => self.read(conn, data, now),
@@ -878,7 +1145,7 @@ impl Shard {
         let mut pending = std::mem::take(&mut e.pending);
         self.broker.handle_read(conn, &mut pending, now);
         if let Some(e) = self.conns.get_mut(&conn) {
-            e.credit.add_permits(before - pending.len());
+            e.link.give_credit(before - pending.len());
             // Keep a partial packet; let go of an emptied buffer.
             if !pending.is_empty() {
                 e.pending = pending;
@@ -892,7 +1159,7 @@ impl Shard {
             while let Some(t) = self.broker.poll_transmit() {
                 any = true;
                 if let Some(e) = self.conns.get(&t.conn) {
-                    e.out.push(t.data);
+                    e.link.push(t.data);
                 }
             }
             while let Some(ev) = self.broker.poll_event() {
@@ -910,9 +1177,8 @@ impl Shard {
             match ev {
                 Event::Close { conn, reason } => {
                     info!(shard = self.index, conn = conn.get(), %reason, "closed");
-                    if let Some(e) = self.conns.remove(&conn) {
-                        e.out.close();
-                    }
+                    // Dropping the entry closes the link.
+                    self.conns.remove(&conn);
                 }
                 Event::Connected {
                     conn,
