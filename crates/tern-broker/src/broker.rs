@@ -199,8 +199,8 @@ struct WireKey {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    Connect(ConnId),
-    KeepAlive(ConnId),
+    /// A connection's one timer: its CONNECT deadline, then its keep alive.
+    Conn(ConnId),
     SessionExpiry(SessionId),
     Will(SessionId),
     Sys,
@@ -233,6 +233,8 @@ struct Conn {
     /// 1.5 times the keep alive; `None` when keep alive is off.
     keep_alive: Option<Duration>,
     last_packet: Instant,
+    /// When this connection's entry in the timers is due.
+    timer: Instant,
     aliases_in: Vec<Option<TopicName>>,
     aliases_out: BTreeMap<TopicName, u16>,
     alias_out_max: u16,
@@ -240,20 +242,47 @@ struct Conn {
     client: ClientInfo,
     /// Awaiting the embedding's answer: input is not read meanwhile.
     held: Option<Box<(Token, Held)>>,
-    /// The Authentication Method of an enhanced authentication.
-    auth_method: Option<MqttString>,
-    /// A CONNECT whose enhanced authentication awaits the client's AUTH.
-    auth_connect: Option<(Box<Connect>, bool)>,
-    /// A re-authentication awaits the client's AUTH.
-    reauth_waiting: bool,
+    /// Enhanced authentication and the transport's identity: boxed, as most
+    /// connections have neither.
+    auth: Option<Box<AuthState>>,
     /// Bytes handed out in transmits, not yet reported written.
     unwritten: usize,
     /// An answer exceeded the client's Maximum Packet Size.
     oversize: bool,
+}
+
+/// What few connections have: enhanced authentication, a proven identity.
+#[derive(Debug, Default)]
+struct AuthState {
+    /// The Authentication Method of an enhanced authentication.
+    method: Option<MqttString>,
+    /// A CONNECT whose enhanced authentication awaits the client's AUTH.
+    connect: Option<(Box<Connect>, bool)>,
+    /// A re-authentication awaits the client's AUTH.
+    reauth_waiting: bool,
     /// A user name the transport proved (a client certificate).
     identity: Option<MqttString>,
     /// Authentication Data for the CONNACK that ends an exchange.
-    auth_success_data: Option<Bytes>,
+    success_data: Option<Bytes>,
+}
+
+impl Conn {
+    fn auth_mut(&mut self) -> &mut AuthState {
+        self.auth.get_or_insert_with(Box::default)
+    }
+
+    fn auth_method(&self) -> Option<MqttString> {
+        self.auth.as_ref().and_then(|a| a.method.clone())
+    }
+
+    /// A CONNECT's enhanced authentication is under way.
+    fn auth_exchange(&self) -> bool {
+        self.auth.as_ref().is_some_and(|a| a.connect.is_some())
+    }
+
+    fn reauth_waiting(&self) -> bool {
+        self.auth.as_ref().is_some_and(|a| a.reauth_waiting)
+    }
 }
 
 /// A complete MQTT 3.1 / 3.1.1 / 5.0 broker with no I/O and no clock.
@@ -385,6 +414,7 @@ impl Broker {
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
         let decoder = Decoder::server().with_max_packet_size(self.config.max_packet_size);
+        let timer = now + self.config.connect_timeout;
         self.conns.insert(
             id,
             Box::new(Conn {
@@ -393,6 +423,7 @@ impl Broker {
                 version: ProtocolVersion::V3_1_1,
                 keep_alive: None,
                 last_packet: now,
+                timer,
                 aliases_in: Vec::new(),
                 aliases_out: BTreeMap::new(),
                 alias_out_max: 0,
@@ -402,17 +433,12 @@ impl Broker {
                     username: None,
                 },
                 held: None,
-                auth_method: None,
-                auth_connect: None,
-                reauth_waiting: false,
-                auth_success_data: None,
+                auth: None,
                 unwritten: 0,
                 oversize: false,
-                identity: None,
             }),
         );
-        self.timers
-            .insert((now + self.config.connect_timeout, Timer::Connect(id)));
+        self.timers.insert((timer, Timer::Conn(id)));
         Some(id)
     }
 
@@ -423,7 +449,7 @@ impl Broker {
     /// [`Broker::accept`].
     pub fn set_identity(&mut self, conn: ConnId, username: &str) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.identity = MqttString::from_str(username).ok();
+            c.auth_mut().identity = MqttString::from_str(username).ok();
         }
     }
 
@@ -499,23 +525,21 @@ impl Broker {
             }
             self.timers.pop_first();
             match timer {
-                Timer::Connect(id) => {
-                    if let Some(c) = self.conns.get(&id) {
-                        if matches!(c.phase, Phase::AwaitConnect) {
-                            self.close(id, ReasonCode::MaximumConnectTime, true, now);
-                        }
-                    }
-                }
-                Timer::KeepAlive(id) => {
-                    let Some(c) = self.conns.get(&id) else {
+                Timer::Conn(id) => {
+                    let Some(c) = self.conns.get_mut(&id) else {
                         continue;
                     };
+                    if matches!(c.phase, Phase::AwaitConnect) {
+                        self.close(id, ReasonCode::MaximumConnectTime, true, now);
+                        continue;
+                    }
                     let Some(ka) = c.keep_alive else { continue };
                     let due = c.last_packet + ka;
                     if due <= now {
                         self.disconnect(id, ReasonCode::KeepAliveTimeout, now);
                     } else {
-                        self.timers.insert((due, Timer::KeepAlive(id)));
+                        c.timer = due;
+                        self.timers.insert((due, Timer::Conn(id)));
                     }
                 }
                 Timer::SessionExpiry(sid) => {
@@ -600,12 +624,12 @@ impl Broker {
                 match held {
                     Held::Connect(connect, assigned) => match step {
                         // A challenge needs a method the client chose (5.0).
-                        AuthStep::Continue(_) if c.auth_method.is_none() => {
+                        AuthStep::Continue(_) if c.auth_method().is_none() => {
                             let deny = Verdict::Deny(ReasonCode::BadAuthenticationMethod);
                             self.connect_decided(token.conn, *connect, assigned, deny, now)
                         }
                         AuthStep::Continue(data) => {
-                            c.auth_connect = Some((connect, assigned));
+                            c.auth_mut().connect = Some((connect, assigned));
                             self.send_auth(
                                 token.conn,
                                 ReasonCode::ContinueAuthentication,
@@ -613,7 +637,7 @@ impl Broker {
                             );
                         }
                         AuthStep::Success(data) => {
-                            c.auth_success_data = data;
+                            c.auth_mut().success_data = data;
                             self.connect_decided(token.conn, *connect, assigned, v, now)
                         }
                         AuthStep::Fail(_) => {
@@ -622,7 +646,7 @@ impl Broker {
                     },
                     Held::Reauth => match step {
                         AuthStep::Continue(data) => {
-                            c.reauth_waiting = true;
+                            c.auth_mut().reauth_waiting = true;
                             self.send_auth(
                                 token.conn,
                                 ReasonCode::ContinueAuthentication,
@@ -892,10 +916,10 @@ impl Broker {
         let sid = match c.phase {
             Phase::AwaitConnect => {
                 match p {
-                    Packet::Connect(connect) if c.auth_connect.is_none() => {
+                    Packet::Connect(connect) if !c.auth_exchange() => {
                         self.on_connect(conn, *connect, now)
                     }
-                    Packet::Auth(a) if c.auth_connect.is_some() => self.on_auth(conn, a, now),
+                    Packet::Auth(a) if c.auth_exchange() => self.on_auth(conn, a, now),
                     _ => self.protocol_error(conn, ReasonCode::ProtocolError, now),
                 }
                 return;
@@ -952,7 +976,11 @@ impl Broker {
                 return self.refuse(conn, ReasonCode::RetainNotSupported, now);
             }
         }
-        if let Some(id) = self.conns[&conn].identity.clone() {
+        if let Some(id) = self.conns[&conn]
+            .auth
+            .as_ref()
+            .and_then(|a| a.identity.clone())
+        {
             connect.username = Some(id);
             connect.password = None;
             return self.connect_decided(conn, connect, assigned, Verdict::Allow, now);
@@ -969,7 +997,9 @@ impl Broker {
             data: connect.properties.authentication_data.clone(),
         };
         let c = self.conns.get_mut(&conn).expect("connection exists");
-        c.auth_method = connect.properties.authentication_method.clone();
+        if let Some(m) = &connect.properties.authentication_method {
+            c.auth_mut().method = Some(m.clone());
+        }
         match self.authn.authenticate(&credentials) {
             Verdict::Ask => {
                 let token = self.token(conn);
@@ -1085,8 +1115,11 @@ impl Broker {
             client_id: connect.client_id.as_str().to_owned(),
             username: connect.username.as_ref().map(|u| u.as_str().to_owned()),
         };
-        if let Some(ka) = c.keep_alive {
-            self.timers.insert((now + ka, Timer::KeepAlive(conn)));
+        if let Some(ka) = c.keep_alive.filter(|ka| now + *ka < c.timer) {
+            // Sooner than the CONNECT deadline, whose entry would check it.
+            self.timers.remove(&(c.timer, Timer::Conn(conn)));
+            c.timer = now + ka;
+            self.timers.insert((c.timer, Timer::Conn(conn)));
         }
 
         let mut ack = ConnAck::new(session_present);
@@ -1124,9 +1157,9 @@ impl Broker {
                 p.server_keep_alive = Some(k);
             }
             let c = self.conns.get_mut(&conn).expect("connection exists");
-            p.authentication_method = c.auth_method.clone();
+            p.authentication_method = c.auth_method();
             // Authentication Data only makes sense within a method.
-            let data = c.auth_success_data.take();
+            let data = c.auth.as_mut().and_then(|a| a.success_data.take());
             p.authentication_data = data.filter(|_| p.authentication_method.is_some());
         }
         self.send(conn, &ack.into());
@@ -1145,7 +1178,7 @@ impl Broker {
     /// of a re-authentication ([MQTT-4.12.0-*]).
     fn on_auth(&mut self, conn: ConnId, a: Auth, now: Instant) {
         let c = self.conns.get_mut(&conn).expect("connection exists");
-        let Some(method) = c.auth_method.clone() else {
+        let Some(method) = c.auth_method() else {
             // [MQTT-4.12.0-6]: AUTH without a method at CONNECT.
             return self.protocol_error(conn, ReasonCode::ProtocolError, now);
         };
@@ -1155,12 +1188,14 @@ impl Broker {
         }
         let reauthenticate = match (a.reason_code, &c.phase) {
             (ReasonCode::ContinueAuthentication, Phase::AwaitConnect) => false,
-            (ReasonCode::ContinueAuthentication, Phase::Active(_)) if c.reauth_waiting => false,
-            (ReasonCode::ReAuthenticate, Phase::Active(_)) if !c.reauth_waiting => true,
+            (ReasonCode::ContinueAuthentication, Phase::Active(_)) if c.reauth_waiting() => false,
+            (ReasonCode::ReAuthenticate, Phase::Active(_)) if !c.reauth_waiting() => true,
             _ => return self.protocol_error(conn, ReasonCode::ProtocolError, now),
         };
-        c.reauth_waiting = false;
-        let held = match c.auth_connect.take() {
+        let held = match c.auth.as_mut().and_then(|a| {
+            a.reauth_waiting = false;
+            a.connect.take()
+        }) {
             Some((connect, assigned)) => Held::Connect(connect, assigned),
             None => Held::Reauth,
         };
@@ -1187,7 +1222,7 @@ impl Broker {
         let auth = Auth {
             reason_code: code,
             properties: AuthProperties {
-                authentication_method: c.auth_method.clone(),
+                authentication_method: c.auth_method(),
                 authentication_data: data,
                 ..AuthProperties::default()
             },
@@ -1974,6 +2009,7 @@ impl Broker {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        self.timers.remove(&(c.timer, Timer::Conn(conn)));
         let Phase::Active(sid) = c.phase else { return };
         let s = self.sessions.get_mut(&sid).expect("session exists");
         s.conn = None;

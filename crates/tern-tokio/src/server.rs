@@ -22,7 +22,7 @@ use std::io;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -134,6 +134,15 @@ enum ToShard {
     Stats(oneshot::Sender<Stats>),
     Sys(Stats),
     Shutdown(oneshot::Sender<()>),
+    /// Stop at once (the server is gone).
+    Stop,
+    /// A plain TCP connection, for the shard's own poll, with what was read
+    /// of it so far.
+    AcceptNative {
+        stream: std::net::TcpStream,
+        data: BytesMut,
+        peer: SocketAddr,
+    },
     Answer {
         token: Token,
         result: Result<(), ReasonCode>,
@@ -225,13 +234,6 @@ impl Link {
     }
 }
 
-impl Drop for Entry {
-    /// A connection the shard forgets is closed.
-    fn drop(&mut self) {
-        self.link.close();
-    }
-}
-
 /// A bound, not yet running, broker server.
 pub struct Server {
     listeners: Vec<(TcpListener, Kind)>,
@@ -264,10 +266,21 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// The clock, for the core's `now`. tokio's, so tests with a paused clock
-/// drive it.
+/// The clock, for the core's `now`: the adapter is where it is read.
+#[allow(clippy::disallowed_methods)]
 fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
+    Instant::now()
+}
+
+/// Tells every shard to stop when dropped.
+struct StopShards(Arc<Vec<ShardTx>>);
+
+impl Drop for StopShards {
+    fn drop(&mut self) {
+        for tx in self.0.iter() {
+            let _ = tx.send(ToShard::Stop);
+        }
+    }
 }
 
 impl Server {
@@ -307,17 +320,27 @@ impl Server {
             n => n,
         }
         .min(64);
+        let live = Arc::new(Live::default());
         let mut txs = Vec::with_capacity(n);
-        let mut rxs = Vec::with_capacity(n);
+        let mut inboxes = Vec::with_capacity(n);
         for _ in 0..n {
-            let (tx, rx) = mpsc::unbounded_channel();
-            txs.push(tx);
-            rxs.push(rx);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let poll = mio::Poll::new()?;
+            let waker = Arc::new(mio::Waker::new(poll.registry(), INBOX)?);
+            let notified = Arc::new(AtomicBool::new(false));
+            txs.push(ShardTx {
+                tx,
+                waker,
+                notified: notified.clone(),
+            });
+            inboxes.push((rx, poll, notified));
         }
         let txs = Arc::new(txs);
-        let mut shard_tasks = JoinSet::new();
+        // Shards stop with the server, even when its future is dropped.
+        let _stop = StopShards(txs.clone());
         let registry = Registry::default();
-        for (i, rx) in rxs.into_iter().enumerate() {
+        let runtime = tokio::runtime::Handle::current();
+        for (i, (rx, poll, notified)) in inboxes.into_iter().enumerate() {
             let mut config = self.config.broker.clone();
             config.shard = i as u16;
             config.forward = n > 1;
@@ -341,12 +364,25 @@ impl Server {
                 index: i,
                 broker,
                 rx,
+                notified,
+                poll,
                 peers: txs.clone(),
                 conns: HashMap::new(),
+                native: slab::Slab::new(),
+                dirty: Vec::new(),
+                again: Vec::new(),
+                scratch: vec![0; 4 * READ_CHUNK],
+                budget: self.config.broker.max_packet_size as usize + READ_CHUNK,
+                grace: self.config.shutdown_grace,
                 registry: registry.clone(),
                 check: self.config.check_credentials.clone(),
+                runtime: runtime.clone(),
+                stopping: None,
+                _live: LiveGuard::new(&live),
             };
-            shard_tasks.spawn(shard.run());
+            std::thread::Builder::new()
+                .name(format!("tern-shard-{i}"))
+                .spawn(move || shard.run())?;
         }
         let mut sys = self.config.broker.sys_interval.map(|every| {
             let txs = txs.clone();
@@ -367,7 +403,6 @@ impl Server {
             next: AtomicUsize::new(0),
             close_grace: self.config.shutdown_grace,
         });
-        let live = Arc::new(Live::default());
         let mut accepts = JoinSet::new();
         let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<(TcpStream, SocketAddr, Kind)>();
         for (l, kind) in self.listeners {
@@ -425,14 +460,13 @@ impl Server {
         // then is left to the runtime.
         let _ = tokio::time::timeout(self.config.shutdown_grace, live.idle()).await;
         drop(txs);
-        shard_tasks.abort_all();
         info!("stopped");
         Ok(())
     }
 }
 
 /// Every `every`, sums the shards' counters and has each publish `$SYS`.
-async fn sys_task(txs: Arc<Vec<mpsc::UnboundedSender<ToShard>>>, every: Duration) {
+async fn sys_task(txs: Arc<Vec<ShardTx>>, every: Duration) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tick.tick().await;
@@ -521,7 +555,12 @@ async fn first_packet<R: AsyncRead + Unpin>(
                 Ok(None) => {}
             }
         }
-        buf.reserve(READ_CHUNK);
+        // Small reads until the packet's length is known: most CONNECTs are
+        // a few dozen bytes, and every connection passes through here.
+        let want = probe
+            .pending_len()
+            .map_or(512, |total| total.saturating_sub(buf.len()));
+        buf.reserve(want.clamp(64, READ_CHUNK));
         if rd.read_buf(buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -678,7 +717,7 @@ impl ConnTask {
         stream: TcpStream,
         peer: SocketAddr,
         kind: Kind,
-        shards: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
+        shards: Arc<Vec<ShardTx>>,
         cfg: Arc<ConnConfig>,
         live: &Arc<Live>,
     ) -> ConnTask {
@@ -716,7 +755,7 @@ async fn start(
     stream: TcpStream,
     peer: SocketAddr,
     kind: Kind,
-    shards: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
+    shards: Arc<Vec<ShardTx>>,
     cfg: Arc<ConnConfig>,
 ) -> Option<Running> {
     let _ = stream.set_nodelay(true);
@@ -780,6 +819,19 @@ async fn start(
         }
     };
     let tx = shards[shard].clone();
+    let io = match io {
+        Io::Tcp(tcp) => {
+            // Plain TCP goes to the shard's own poll.
+            let stream = tcp.into_std().ok()?;
+            let _ = tx.send(ToShard::AcceptNative {
+                stream,
+                data: buf,
+                peer,
+            });
+            return None;
+        }
+        other => other,
+    };
     let budget = cfg.max_packet_size as usize + READ_CHUNK;
     let link = Arc::new(Link::new(budget.saturating_sub(buf.len())));
     let accept = ToShard::Accept {
@@ -810,7 +862,7 @@ async fn start(
 struct Running {
     io: Io,
     link: Arc<Link>,
-    tx: mpsc::UnboundedSender<ToShard>,
+    tx: ShardTx,
     batch: VecDeque<Bytes>,
     batch_len: usize,
     flushing: bool,
@@ -1018,58 +1070,173 @@ impl SharedRouting for SpreadShared {
     }
 }
 
-struct Entry {
+/// The sending side of a shard's inbox: a channel, and a wake-up of the
+/// shard's poll when the shard may be asleep (one per drain, not one per
+/// message).
+#[derive(Clone)]
+struct ShardTx {
+    tx: std::sync::mpsc::Sender<ToShard>,
+    waker: Arc<mio::Waker>,
+    notified: Arc<AtomicBool>,
+}
+
+impl ShardTx {
+    fn send(&self, msg: ToShard) -> Result<(), ()> {
+        self.tx.send(msg).map_err(|_| ())?;
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
+        Ok(())
+    }
+}
+
+/// The poll token of a shard's inbox.
+const INBOX: mio::Token = mio::Token(usize::MAX);
+
+/// Reads of one connection per readiness event before the others get a
+/// turn.
+const READS_PER_TURN: usize = 4;
+
+/// How a shard reaches a connection.
+enum Endpoint {
+    /// Plain TCP, in this shard's poll: the key in `native`.
+    Native(usize),
+    /// TLS and WebSocket, run by a tokio task.
+    Linked(Box<Linked>),
+}
+
+struct Linked {
     link: Arc<Link>,
     pending: BytesMut,
+}
+
+impl Drop for Linked {
+    /// A connection the shard forgets is closed.
+    fn drop(&mut self) {
+        self.link.close();
+    }
+}
+
+/// A plain TCP connection owned by a shard.
+struct Native {
+    stream: mio::net::TcpStream,
+    conn: ConnId,
+    /// Input the core has not consumed (a partial packet, or input held
+    /// while the core waits).
+    pending: BytesMut,
+    out: VecDeque<Bytes>,
+    /// Reading stopped with input perhaps left in the socket: the core did
+    /// not keep up, or the connection had its turn.
+    unread: bool,
+    /// Closed by the core: the last bytes are being written, then the
+    /// peer's are drained until it closes too, or until this instant.
+    closing: Option<Instant>,
 }
 
 struct Shard {
     index: usize,
     broker: Broker,
-    rx: mpsc::UnboundedReceiver<ToShard>,
-    peers: Arc<Vec<mpsc::UnboundedSender<ToShard>>>,
-    conns: HashMap<ConnId, Entry>,
+    rx: std::sync::mpsc::Receiver<ToShard>,
+    notified: Arc<AtomicBool>,
+    poll: mio::Poll,
+    peers: Arc<Vec<ShardTx>>,
+    conns: HashMap<ConnId, Endpoint>,
+    native: slab::Slab<Native>,
+    /// Native connections with output to write.
+    dirty: Vec<usize>,
+    /// Native connections to read again without waiting for readiness.
+    again: Vec<usize>,
+    scratch: Vec<u8>,
+    budget: usize,
+    grace: Duration,
     registry: Registry,
     check: Option<CredentialCheck>,
+    runtime: tokio::runtime::Handle,
+    /// After shutdown: when to stop waiting for the last writes.
+    stopping: Option<Instant>,
+    _live: LiveGuard,
 }
 
 impl Shard {
-    async fn run(mut self) {
+    /// The shard's thread: one poll for its plain TCP connections and its
+    /// inbox, one broker core.
+    fn run(mut self) {
+        let mut events = mio::Events::with_capacity(1024);
         loop {
-            let deadline = self.broker.poll_timeout();
-            let msg = tokio::select! {
-                m = self.rx.recv() => m,
-                () = sleep_until(deadline) => {
-                    self.broker.handle_timeout(now());
-                    self.drain();
+            let t = now();
+            if let Some(until) = self.stopping {
+                // Stopping: done once every last write went out.
+                if t >= until || self.native.iter().all(|(_, n)| n.out.is_empty()) {
+                    return;
+                }
+            }
+            let timeout = if self.again.is_empty() {
+                let mut deadline = self.broker.poll_timeout();
+                for (_, n) in &self.native {
+                    if let Some(c) = n.closing {
+                        deadline = Some(deadline.map_or(c, |d| d.min(c)));
+                    }
+                }
+                if let Some(s) = self.stopping {
+                    deadline = Some(deadline.map_or(s, |d| d.min(s)));
+                }
+                deadline.map(|d| d.saturating_duration_since(t))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-            };
-            let Some(msg) = msg else { return };
-            if self.handle(msg) {
-                self.drain();
+                warn!(shard = self.index, error = %e, "poll failed: shard stopped");
                 return;
             }
-            // Take what else is waiting before writing anything out.
-            for _ in 0..64 {
-                match self.rx.try_recv() {
-                    Ok(m) => {
-                        if self.handle(m) {
-                            self.drain();
-                            return;
-                        }
-                    }
-                    Err(_) => break,
+            let now = now();
+            let mut inbox = false;
+            for ev in events.iter() {
+                if ev.token() == INBOX {
+                    inbox = true;
+                    continue;
+                }
+                let k = ev.token().0;
+                if ev.is_writable() {
+                    self.flush(k, now);
+                }
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    self.read_native(k, now);
                 }
             }
-            self.drain();
+            for k in std::mem::take(&mut self.again) {
+                self.read_native(k, now);
+            }
+            if inbox {
+                self.notified.store(false, Ordering::SeqCst);
+                loop {
+                    match self.rx.try_recv() {
+                        Ok(msg) => {
+                            if self.handle(msg, now) {
+                                return;
+                            }
+                        }
+                        Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                    }
+                }
+            }
+            if self.broker.poll_timeout().is_some_and(|t| t <= now) {
+                self.broker.handle_timeout(now);
+            }
+            self.drain(now);
+            self.linger(now);
         }
     }
 
-    /// Returns true to stop.
-    fn handle(&mut self, msg: ToShard) -> bool {
-        let now = now();
+    /// Returns true to stop at once.
+    fn handle(&mut self, msg: ToShard, now: Instant) -> bool {
         match msg {
+            ToShard::AcceptNative { stream, data, peer } => {
+                self.accept_native(stream, data, peer, now);
+            }
             ToShard::Accept {
                 link,
                 data,
@@ -1086,24 +1253,22 @@ impl Shard {
                     self.broker.set_identity(conn, id);
                 }
                 debug!(shard = self.index, conn = conn.get(), %peer, "accepted");
-                self.conns.insert(
-                    conn,
-                    Entry {
-                        link: link.clone(),
-                        pending: BytesMut::new(),
-                    },
-                );
+                let linked = Linked {
+                    link: link.clone(),
+                    pending: BytesMut::new(),
+                };
+                self.conns.insert(conn, Endpoint::Linked(Box::new(linked)));
                 link.accepted(conn);
-                self.read(conn, data, now);
+                self.read_linked(conn, data, now);
             }
-            ToShard::Read { conn, data } => self.read(conn, data, now),
+            ToShard::Read { conn, data } => self.read_linked(conn, data, now),
             ToShard::Written { conn, n } => {
                 self.broker.handle_written(conn, n, now);
-                // Input held back while the connection was congested.
-                self.read(conn, BytesMut::new(), now);
+                self.resume(conn, now);
             }
             ToShard::Closed { conn } => {
-                if self.conns.remove(&conn).is_some() {
+                if let Some(Endpoint::Linked(_)) = self.conns.get(&conn) {
+                    self.conns.remove(&conn);
                     self.broker.handle_closed(conn, now);
                 }
             }
@@ -1117,20 +1282,226 @@ impl Shard {
             ToShard::Answer { token, result } => {
                 self.broker.answer(token, result, now);
                 // Input that waited for the answer.
-                self.read(token.conn(), BytesMut::new(), now);
+                self.resume(token.conn(), now);
             }
             ToShard::Shutdown(reply) => {
                 self.broker.shutdown(now);
-                self.drain();
+                self.drain(now);
+                // TLS and WebSocket connections flush on their own.
+                self.conns.clear();
+                self.stopping = Some(now + self.grace);
                 let _ = reply.send(());
-                return true;
             }
+            ToShard::Stop => return true,
         }
         false
     }
 
-    fn read(&mut self, conn: ConnId, data: BytesMut, now: Instant) {
-        let Some(e) = self.conns.get_mut(&conn) else {
+    fn accept_native(
+        &mut self,
+        stream: std::net::TcpStream,
+        data: BytesMut,
+        peer: SocketAddr,
+        now: Instant,
+    ) {
+        let Some(conn) = self.broker.accept(now) else {
+            warn!(%peer, "connection limit reached: closed");
+            return;
+        };
+        let mut stream = mio::net::TcpStream::from_std(stream);
+        let entry = self.native.vacant_entry();
+        let k = entry.key();
+        let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut stream, mio::Token(k), interest)
+        {
+            warn!(%peer, error = %e, "cannot poll the connection: closed");
+            self.broker.handle_closed(conn, now);
+            return;
+        }
+        debug!(shard = self.index, conn = conn.get(), %peer, "accepted");
+        entry.insert(Native {
+            stream,
+            conn,
+            pending: data,
+            out: VecDeque::new(),
+            unread: false,
+            closing: None,
+        });
+        self.conns.insert(conn, Endpoint::Native(k));
+        self.consume(k, now);
+        // Bytes that came after the first read wait in the socket.
+        self.again.push(k);
+    }
+
+    /// Has the core read a native connection's pending input.
+    fn consume(&mut self, k: usize, now: Instant) {
+        let Some(n) = self.native.get_mut(k) else {
+            return;
+        };
+        if n.pending.is_empty() || n.closing.is_some() {
+            return;
+        }
+        let conn = n.conn;
+        let mut pending = std::mem::take(&mut n.pending);
+        self.broker.handle_read(conn, &mut pending, now);
+        if let Some(n) = self.native.get_mut(k) {
+            // Keep a partial packet; let go of an emptied buffer.
+            if !pending.is_empty() && n.conn == conn {
+                n.pending = pending;
+            }
+        }
+    }
+
+    /// Reads a native connection until the socket is empty, the core stops
+    /// keeping up, or the connection had its turn.
+    fn read_native(&mut self, k: usize, now: Instant) {
+        for _ in 0..READS_PER_TURN {
+            let Some(n) = self.native.get_mut(k) else {
+                return;
+            };
+            if n.closing.is_none() && n.pending.len() >= self.budget {
+                // The core holds this input back; it says when to go on.
+                n.unread = true;
+                return;
+            }
+            n.unread = false;
+            let read = std::io::Read::read(&mut n.stream, &mut self.scratch);
+            match read {
+                Ok(0) => return self.drop_native(k, now),
+                Ok(len) => {
+                    if n.closing.is_some() {
+                        // Drained while closing: the peer's last words.
+                        continue;
+                    }
+                    n.pending.extend_from_slice(&self.scratch[..len]);
+                    self.consume(k, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.drop_native(k, now),
+            }
+        }
+        if let Some(n) = self.native.get_mut(k) {
+            n.unread = true;
+            self.again.push(k);
+        }
+    }
+
+    /// The socket is gone (closed by the peer, or failed).
+    fn drop_native(&mut self, k: usize, now: Instant) {
+        let mut n = self.native.remove(k);
+        let _ = self.poll.registry().deregister(&mut n.stream);
+        if n.closing.is_none() {
+            self.conns.remove(&n.conn);
+            self.broker.handle_closed(n.conn, now);
+        }
+    }
+
+    /// Writes what a native connection has queued, as far as the socket
+    /// takes it, and tells the core.
+    fn flush(&mut self, k: usize, now: Instant) {
+        let Some(n) = self.native.get_mut(k) else {
+            return;
+        };
+        let mut written = 0;
+        let mut failed = false;
+        while !n.out.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let count = n.out.len().min(slices.len());
+            for (slice, b) in slices.iter_mut().zip(n.out.iter()) {
+                *slice = IoSlice::new(b);
+            }
+            match std::io::Write::write_vectored(&mut n.stream, &slices[..count]) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(mut len) => {
+                    written += len;
+                    while len > 0 {
+                        let front = n.out.front_mut().expect("wrote no more than queued");
+                        if len >= front.len() {
+                            len -= front.len();
+                            n.out.pop_front();
+                        } else {
+                            front.advance(len);
+                            len = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if n.out.is_empty() {
+            // Give the drained queue's memory back.
+            n.out = VecDeque::new();
+        }
+        let (conn, closing, done) = (n.conn, n.closing.is_some(), n.out.is_empty());
+        if failed {
+            return self.drop_native(k, now);
+        }
+        if closing {
+            if done {
+                let _ = n.stream.shutdown(std::net::Shutdown::Write);
+            }
+            return;
+        }
+        if written > 0 {
+            self.broker.handle_written(conn, written, now);
+            self.resume(conn, now);
+        }
+    }
+
+    /// The core may read a connection's held input again (after an answer,
+    /// or after its writes caught up).
+    fn resume(&mut self, conn: ConnId, now: Instant) {
+        match self.conns.get(&conn) {
+            Some(Endpoint::Native(k)) => {
+                let k = *k;
+                self.consume(k, now);
+                if self.native.get(k).is_some_and(|n| n.unread) {
+                    self.again.push(k);
+                }
+            }
+            Some(Endpoint::Linked(_)) => self.read_linked(conn, BytesMut::new(), now),
+            None => {}
+        }
+    }
+
+    /// Closed by the core: write what is left, then wait (briefly) for the
+    /// peer to close, so that unread input does not turn the close into a
+    /// reset that loses the last packet.
+    fn close_native(&mut self, k: usize, now: Instant) {
+        if let Some(n) = self.native.get_mut(k) {
+            n.closing = Some(now + self.grace.min(Duration::from_secs(5)));
+            n.pending = BytesMut::new();
+        }
+        self.flush(k, now);
+    }
+
+    /// Lets go of closing connections whose time is up.
+    fn linger(&mut self, now: Instant) {
+        let expired: Vec<usize> = self
+            .native
+            .iter()
+            .filter(|(_, n)| n.closing.is_some_and(|c| c <= now))
+            .map(|(k, _)| k)
+            .collect();
+        for k in expired {
+            self.drop_native(k, now);
+        }
+    }
+
+    fn read_linked(&mut self, conn: ConnId, data: BytesMut, now: Instant) {
+        let Some(Endpoint::Linked(e)) = self.conns.get_mut(&conn) else {
             return;
         };
         if e.pending.is_empty() {
@@ -1144,7 +1515,7 @@ impl Shard {
         let before = e.pending.len();
         let mut pending = std::mem::take(&mut e.pending);
         self.broker.handle_read(conn, &mut pending, now);
-        if let Some(e) = self.conns.get_mut(&conn) {
+        if let Some(Endpoint::Linked(e)) = self.conns.get_mut(&conn) {
             e.link.give_credit(before - pending.len());
             // Keep a partial packet; let go of an emptied buffer.
             if !pending.is_empty() {
@@ -1153,18 +1524,30 @@ impl Shard {
         }
     }
 
-    fn drain(&mut self) {
+    fn drain(&mut self, now: Instant) {
         loop {
             let mut any = false;
             while let Some(t) = self.broker.poll_transmit() {
                 any = true;
-                if let Some(e) = self.conns.get(&t.conn) {
-                    e.link.push(t.data);
+                match self.conns.get(&t.conn) {
+                    Some(Endpoint::Native(k)) => {
+                        let n = &mut self.native[*k];
+                        if n.out.is_empty() {
+                            self.dirty.push(*k);
+                        }
+                        n.out.push_back(t.data);
+                    }
+                    Some(Endpoint::Linked(e)) => e.link.push(t.data),
+                    None => {}
                 }
             }
             while let Some(ev) = self.broker.poll_event() {
                 any = true;
-                self.event(ev);
+                self.event(ev, now);
+            }
+            for k in std::mem::take(&mut self.dirty) {
+                any = true;
+                self.flush(k, now);
             }
             if !any {
                 return;
@@ -1172,81 +1555,69 @@ impl Shard {
         }
     }
 
-    fn event(&mut self, ev: Event) {
-        {
-            match ev {
-                Event::Close { conn, reason } => {
-                    info!(shard = self.index, conn = conn.get(), %reason, "closed");
-                    // Dropping the entry closes the link.
-                    self.conns.remove(&conn);
+    fn event(&mut self, ev: Event, now: Instant) {
+        match ev {
+            Event::Close { conn, reason } => {
+                info!(shard = self.index, conn = conn.get(), %reason, "closed");
+                // Dropping a linked entry closes its link.
+                if let Some(Endpoint::Native(k)) = self.conns.remove(&conn) {
+                    self.close_native(k, now);
                 }
-                Event::Connected {
-                    conn,
-                    client_id,
-                    session_present,
-                } => {
-                    info!(shard = self.index, conn = conn.get(), %client_id, session_present, "connected");
-                }
-                Event::Forward(msg) => {
-                    for (i, p) in self.peers.iter().enumerate() {
-                        if i != self.index {
-                            let _ = p.send(ToShard::Forward(msg.clone()));
-                        }
-                    }
-                }
-                Event::SharedMembers {
-                    share,
-                    filter,
-                    members,
-                } => {
-                    let mut r = self.registry.write().unwrap_or_else(|e| e.into_inner());
-                    let mask = r.entry((share, filter)).or_insert(0);
-                    if members > 0 {
-                        *mask |= 1 << self.index;
-                    } else {
-                        *mask &= !(1 << self.index);
-                    }
-                }
-                Event::Dropped { client_id, topic } => {
-                    debug!(shard = self.index, %client_id, %topic, "message dropped: queue full or slow consumer");
-                }
-                Event::Authenticate { token, credentials } if self.check.is_some() => {
-                    let check = self.check.clone().expect("checked");
-                    let back = self.peers[self.index].clone();
-                    tokio::spawn(async move {
-                        let result = tokio::task::spawn_blocking(move || check(&credentials))
-                            .await
-                            .unwrap_or(Err(ReasonCode::ServerUnavailable));
-                        if let Err(code) = result {
-                            info!(conn = token.conn().get(), %code, "authentication failed");
-                        }
-                        let _ = back.send(ToShard::Answer { token, result });
-                    });
-                }
-                other => {
-                    // The server's policies answer at once; a policy that
-                    // asks is refused rather than left waiting.
-                    warn!(?other, "request without an answerer: refused");
-                    if let Event::Authenticate { token, .. }
-                    | Event::AuthContinue { token, .. }
-                    | Event::AuthorizePublish { token, .. }
-                    | Event::AuthorizeSubscribe { token, .. } = other
-                    {
-                        self.broker.answer(
-                            token,
-                            Err(tern_codec::ReasonCode::NotAuthorized),
-                            now(),
-                        );
+            }
+            Event::Connected {
+                conn,
+                client_id,
+                session_present,
+            } => {
+                info!(shard = self.index, conn = conn.get(), %client_id, session_present, "connected");
+            }
+            Event::Forward(msg) => {
+                for (i, p) in self.peers.iter().enumerate() {
+                    if i != self.index {
+                        let _ = p.send(ToShard::Forward(msg.clone()));
                     }
                 }
             }
+            Event::SharedMembers {
+                share,
+                filter,
+                members,
+            } => {
+                let mut r = self.registry.write().unwrap_or_else(|e| e.into_inner());
+                let mask = r.entry((share, filter)).or_insert(0);
+                if members > 0 {
+                    *mask |= 1 << self.index;
+                } else {
+                    *mask &= !(1 << self.index);
+                }
+            }
+            Event::Dropped { client_id, topic } => {
+                debug!(shard = self.index, %client_id, %topic, "message dropped: queue full or slow consumer");
+            }
+            Event::Authenticate { token, credentials } if self.check.is_some() => {
+                let check = self.check.clone().expect("checked");
+                let back = self.peers[self.index].clone();
+                self.runtime.spawn_blocking(move || {
+                    let result = check(&credentials);
+                    if let Err(code) = result {
+                        info!(conn = token.conn().get(), %code, "authentication failed");
+                    }
+                    let _ = back.send(ToShard::Answer { token, result });
+                });
+            }
+            other => {
+                // The server's policies answer at once; a policy that asks
+                // is refused rather than left waiting.
+                warn!(?other, "request without an answerer: refused");
+                if let Event::Authenticate { token, .. }
+                | Event::AuthContinue { token, .. }
+                | Event::AuthorizePublish { token, .. }
+                | Event::AuthorizeSubscribe { token, .. } = other
+                {
+                    self.broker
+                        .answer(token, Err(ReasonCode::NotAuthorized), now);
+                }
+            }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d.into()).await,
-        None => std::future::pending().await,
     }
 }
