@@ -26,7 +26,9 @@ use std::process::ExitCode;
 use std::sync::{Arc, RwLock};
 
 use clap::{Args, Parser, Subcommand};
-use tern_broker::policy::{Acl, AllowAll, Authorizer, ClientInfo, Verdict};
+use tern_broker::policy::{
+    Acl, AllowAll, Authenticator, Authorizer, ClientInfo, Credentials, Verdict,
+};
 use tern_codec::{ReasonCode, TopicFilter, TopicName};
 use tern_tokio::{Server, ServerConfig, TlsSettings};
 use tracing::{info, warn};
@@ -175,9 +177,35 @@ impl Authorizer for LiveAcl {
 }
 
 /// Passwords in force, replaced on SIGHUP.
+/// Answers what needs no password hash at once, and asks for the rest
+/// (`check_credentials` verifies it off the shard).
+struct QuickAuth(Arc<RwLock<Passwords>>);
+
+impl Authenticator for QuickAuth {
+    fn authenticate(&mut self, c: &Credentials) -> Verdict {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).quick(c)
+    }
+}
+
 struct Passwords {
     file: Option<PasswordFile>,
     allow_anonymous: bool,
+}
+
+impl Passwords {
+    /// The verdict when no password hash is needed; `Ask` when one is.
+    fn quick(&self, c: &Credentials) -> Verdict {
+        if c.method.is_some() {
+            return Verdict::Deny(ReasonCode::BadAuthenticationMethod);
+        }
+        match (&c.username, &self.file) {
+            (None, _) if self.allow_anonymous => Verdict::Allow,
+            (None, _) => Verdict::Deny(ReasonCode::NotAuthorized),
+            (Some(_), None) if self.allow_anonymous => Verdict::Allow,
+            (Some(_), None) => Verdict::Deny(ReasonCode::BadUserNameOrPassword),
+            (Some(_), Some(_)) => Verdict::Ask,
+        }
+    }
 }
 
 fn load_config(path: Option<&Path>) -> Result<config::File, String> {
@@ -285,24 +313,19 @@ fn broker(args: BrokerArgs) -> ExitCode {
     let check = passwords.clone();
     config.check_credentials = Some(Arc::new(move |c| {
         let p = check.read().unwrap_or_else(|e| e.into_inner());
-        if c.method.is_some() {
-            return Err(ReasonCode::BadAuthenticationMethod);
-        }
-        match (&c.username, &p.file) {
-            (None, _) if p.allow_anonymous => Ok(()),
-            (None, _) => Err(ReasonCode::NotAuthorized),
-            (Some(_), None) if p.allow_anonymous => Ok(()),
-            (Some(_), None) => Err(ReasonCode::BadUserNameOrPassword),
-            (Some(u), Some(f)) => {
-                let pw = c.password.as_deref().unwrap_or(&[]);
-                if f.verify(u, pw) {
-                    Ok(())
-                } else {
-                    Err(ReasonCode::BadUserNameOrPassword)
-                }
-            }
+        match p.quick(c) {
+            Verdict::Allow => Ok(()),
+            Verdict::Deny(code) => Err(code),
+            Verdict::Ask => match (&c.username, &p.file) {
+                (Some(u), Some(f)) if f.verify(u, c.password.as_deref().unwrap_or(&[])) => Ok(()),
+                _ => Err(ReasonCode::BadUserNameOrPassword),
+            },
         }
     }));
+    // The cases without a password hash are answered on the shard; only a
+    // hash to verify goes to a blocking thread.
+    let quick = passwords.clone();
+    config.authenticator = Some(Arc::new(move || Box::new(QuickAuth(quick.clone()))));
     let acl_factory = acl.clone();
     config.authorizer = Some(Arc::new(move || Box::new(acl_factory.clone())));
 

@@ -72,9 +72,11 @@ pub struct ServerConfig {
     pub authenticator: Option<PolicyFactory<dyn Authenticator>>,
     /// The authorization policy of each shard (`AllowAll` if `None`).
     pub authorizer: Option<PolicyFactory<dyn Authorizer>>,
-    /// Checks every CONNECT's credentials on a blocking thread, off the
-    /// shards (for slow password hashes, files, databases). Takes the place
-    /// of `authenticator` when set.
+    /// Checks credentials on a blocking thread, off the shards (for slow
+    /// password hashes, files, databases): those of every CONNECT the
+    /// `authenticator` answers with `Verdict::Ask`, or of every CONNECT
+    /// when there is no `authenticator`. A quick `authenticator` in front
+    /// keeps the cheap cases (anonymous clients, say) off that round trip.
     pub check_credentials: Option<CredentialCheck>,
 }
 
@@ -139,7 +141,7 @@ enum ToShard {
     /// A plain TCP connection, for the shard's own poll, with what was read
     /// of it so far.
     AcceptNative {
-        stream: std::net::TcpStream,
+        stream: mio::net::TcpStream,
         data: BytesMut,
         peer: SocketAddr,
     },
@@ -338,6 +340,31 @@ impl Server {
         let txs = Arc::new(txs);
         // Shards stop with the server, even when its future is dropped.
         let _stop = StopShards(txs.clone());
+        let conn_cfg = Arc::new(ConnConfig {
+            max_packet_size: self.config.broker.max_packet_size,
+            connect_timeout: self.config.broker.connect_timeout,
+            next: AtomicUsize::new(0),
+            close_grace: self.config.shutdown_grace,
+            rate: std::sync::Mutex::new(RateLimit::new(self.config.max_connection_rate)),
+        });
+        for (l, kind) in &self.listeners {
+            info!(kind = kind.name(), addr = %l.local_addr()?, "listener");
+        }
+        info!(
+            addrs = ?self.local_addrs()?,
+            shards = n,
+            "tern broker listening"
+        );
+        // Plain TCP listeners are polled by every shard; the others are
+        // accepted by tokio tasks.
+        let mut tcp_listeners = Vec::new();
+        let mut tokio_listeners = Vec::new();
+        for (l, kind) in self.listeners {
+            match kind {
+                Kind::Tcp => tcp_listeners.push(l.into_std()?),
+                other => tokio_listeners.push((l, other)),
+            }
+        }
         let registry = Registry::default();
         let runtime = tokio::runtime::Handle::current();
         for (i, (rx, poll, notified)) in inboxes.into_iter().enumerate() {
@@ -350,7 +377,7 @@ impl Server {
             if let Some(f) = &self.config.authenticator {
                 broker.set_authenticator(BoxedAuthn(f()));
             }
-            if self.config.check_credentials.is_some() {
+            if self.config.check_credentials.is_some() && self.config.authenticator.is_none() {
                 broker.set_authenticator(AskEmbedding);
             }
             if let Some(f) = &self.config.authorizer {
@@ -360,8 +387,23 @@ impl Server {
                 me: i,
                 registry: registry.clone(),
             });
+            let mut listeners = Vec::new();
+            for (j, l) in tcp_listeners.iter().enumerate() {
+                let mut l = mio::net::TcpListener::from_std(l.try_clone()?);
+                poll.registry().register(
+                    &mut l,
+                    mio::Token(LISTENERS - j),
+                    mio::Interest::READABLE,
+                )?;
+                listeners.push(l);
+            }
             let shard = Shard {
                 index: i,
+                cfg: conn_cfg.clone(),
+                listeners,
+                probes: slab::Slab::new(),
+                probe_deadlines: VecDeque::new(),
+                probe_serial: 0,
                 broker,
                 rx,
                 notified,
@@ -371,6 +413,7 @@ impl Server {
                 native: slab::Slab::new(),
                 dirty: Vec::new(),
                 again: Vec::new(),
+                lingering: VecDeque::new(),
                 scratch: vec![0; 4 * READ_CHUNK],
                 budget: self.config.broker.max_packet_size as usize + READ_CHUNK,
                 grace: self.config.shutdown_grace,
@@ -388,24 +431,10 @@ impl Server {
             let txs = txs.clone();
             tokio::spawn(sys_task(txs, every))
         });
-        for (l, kind) in &self.listeners {
-            info!(kind = kind.name(), addr = %l.local_addr()?, "listener");
-        }
-        info!(
-            addrs = ?self.local_addrs()?,
-            shards = n,
-            "tern broker listening"
-        );
 
-        let conn_cfg = Arc::new(ConnConfig {
-            max_packet_size: self.config.broker.max_packet_size,
-            connect_timeout: self.config.broker.connect_timeout,
-            next: AtomicUsize::new(0),
-            close_grace: self.config.shutdown_grace,
-        });
         let mut accepts = JoinSet::new();
         let (conn_tx, mut conn_rx) = mpsc::unbounded_channel::<(TcpStream, SocketAddr, Kind)>();
-        for (l, kind) in self.listeners {
+        for (l, kind) in tokio_listeners {
             let tx = conn_tx.clone();
             accepts.spawn(async move {
                 loop {
@@ -426,17 +455,13 @@ impl Server {
         }
         drop(conn_tx);
         tokio::pin!(shutdown);
-        let mut rate = RateLimit::new(self.config.max_connection_rate);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                s = conn_rx.recv() => {
-                    let Some((stream, peer, kind)) = s else { break };
-                    if !rate.admit() {
-                        // Once per second at most, or the log is the flood.
-                        if rate.first_refusal() {
-                            warn!(%peer, "connection rate limit reached: closing the excess");
-                        }
+                // No tokio listeners: the channel is closed at once, and
+                // this branch is disabled.
+                Some((stream, peer, kind)) = conn_rx.recv() => {
+                    if !conn_cfg.admit(&peer) {
                         continue;
                     }
                     let txs = txs.clone();
@@ -521,6 +546,25 @@ struct ConnConfig {
     next: AtomicUsize,
     /// How long a closed connection's last writes may take.
     close_grace: Duration,
+    /// New connections per second, over every listener and shard.
+    rate: std::sync::Mutex<RateLimit>,
+}
+
+impl ConnConfig {
+    fn admit(&self, peer: &SocketAddr) -> bool {
+        self.rate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(peer)
+    }
+
+    /// The shard of a client id (round robin without one).
+    fn shard(&self, client_id: Option<&[u8]>, shards: usize) -> usize {
+        match client_id {
+            Some(id) if !id.is_empty() => shard_of(id, shards),
+            _ => self.next.fetch_add(1, Ordering::Relaxed) % shards,
+        }
+    }
 }
 
 /// FNV-1a: a stable spread of client ids over shards.
@@ -570,7 +614,7 @@ async fn first_packet<R: AsyncRead + Unpin>(
 /// At most `max` new connections per second.
 struct RateLimit {
     max: Option<u32>,
-    window: tokio::time::Instant,
+    window: Instant,
     count: u32,
 }
 
@@ -578,92 +622,33 @@ impl RateLimit {
     fn new(max: Option<u32>) -> RateLimit {
         RateLimit {
             max,
-            window: tokio::time::Instant::now(),
+            window: now(),
             count: 0,
         }
     }
 
-    fn admit(&mut self) -> bool {
+    /// Whether a connection from `peer` may stay; logs the first refusal
+    /// of each second (or the log would be the flood).
+    fn admit(&mut self, peer: &SocketAddr) -> bool {
         let Some(max) = self.max else { return true };
-        let now = tokio::time::Instant::now();
+        let now = now();
         if now.duration_since(self.window) >= Duration::from_secs(1) {
             self.window = now;
             self.count = 0;
         }
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
+        if self.count == max + 1 {
+            warn!(%peer, "connection rate limit reached: closing the excess");
+        }
         self.count <= max
     }
-
-    /// Whether the last refusal was the first of its second.
-    fn first_refusal(&self) -> bool {
-        self.max.is_some_and(|max| self.count == max + 1)
-    }
 }
 
-/// A connection's byte stream: plain TCP inline, TLS and WebSocket boxed
-/// (their state is large, and every plain TCP connection would otherwise
-/// be sized for it).
-enum Io {
-    Tcp(TcpStream),
-    Boxed(Pin<Box<dyn ByteStream>>),
-}
+/// A TLS or WebSocket connection's byte stream, boxed: its state is large.
+type Io = Pin<Box<dyn ByteStream>>;
 
 trait ByteStream: AsyncRead + AsyncWrite + Send {}
 impl<T: AsyncRead + AsyncWrite + Send> ByteStream for T {}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Boxed(s) => s.as_mut().poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_write(cx, b),
-            Io::Boxed(s) => s.as_mut().poll_write(cx, b),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        b: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_write_vectored(cx, b),
-            Io::Boxed(s) => s.as_mut().poll_write_vectored(cx, b),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Io::Tcp(s) => s.is_write_vectored(),
-            Io::Boxed(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Io::Boxed(s) => s.as_mut().poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Boxed(s) => s.as_mut().poll_shutdown(cx),
-        }
-    }
-}
 
 /// Connection tasks alive, so that a shutdown can wait for them.
 #[derive(Default)]
@@ -759,8 +744,9 @@ async fn start(
     cfg: Arc<ConnConfig>,
 ) -> Option<Running> {
     let _ = stream.set_nodelay(true);
-    let (io, identity) = match kind {
-        Kind::Tcp => (Io::Tcp(stream), None),
+    let (io, identity): (Io, _) = match kind {
+        // Plain TCP is accepted by the shards.
+        Kind::Tcp => return None,
         Kind::Tls(tls) => {
             let accepted =
                 tokio::time::timeout(cfg.connect_timeout, tls.acceptor().accept(stream)).await;
@@ -780,14 +766,14 @@ async fn start(
             } else {
                 None
             };
-            (Io::Boxed(Box::pin(stream)), identity)
+            (Box::pin(stream), identity)
         }
         Kind::Ws(path) => {
             // At least 64 KiB: a message may hold several small packets.
             let max = (cfg.max_packet_size as usize).max(64 * 1024);
             let ws = tokio::time::timeout(cfg.connect_timeout, websocket(stream, path, max)).await;
             match ws {
-                Ok(Ok(s)) => (Io::Boxed(Box::pin(s)), None),
+                Ok(Ok(s)) => (Box::pin(s), None),
                 Ok(Err(e)) => {
                     debug!(%peer, error = %e, "WebSocket handshake failed");
                     return None;
@@ -807,8 +793,7 @@ async fn start(
     )
     .await;
     let shard = match placed {
-        Ok(Ok(Some(id))) if !id.is_empty() => shard_of(&id, shards.len()),
-        Ok(Ok(_)) => cfg.next.fetch_add(1, Ordering::Relaxed) % shards.len(),
+        Ok(Ok(id)) => cfg.shard(id.as_deref(), shards.len()),
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "connection ended before CONNECT");
             return None;
@@ -819,19 +804,6 @@ async fn start(
         }
     };
     let tx = shards[shard].clone();
-    let io = match io {
-        Io::Tcp(tcp) => {
-            // Plain TCP goes to the shard's own poll.
-            let stream = tcp.into_std().ok()?;
-            let _ = tx.send(ToShard::AcceptNative {
-                stream,
-                data: buf,
-                peer,
-            });
-            return None;
-        }
-        other => other,
-    };
     let budget = cfg.max_packet_size as usize + READ_CHUNK;
     let link = Arc::new(Link::new(budget.saturating_sub(buf.len())));
     let accept = ToShard::Accept {
@@ -945,7 +917,7 @@ impl Running {
             }
             let mut progress = false;
             if !self.batch.is_empty() {
-                match poll_write_batch(Pin::new(&mut self.io), cx, &mut self.batch) {
+                match poll_write_batch(self.io.as_mut(), cx, &mut self.batch) {
                     Poll::Ready(Ok(())) => progress = true,
                     Poll::Ready(Err(_)) => return Poll::Ready(false),
                     Poll::Pending => {}
@@ -953,7 +925,7 @@ impl Running {
                 self.flushing = self.batch.is_empty();
             }
             if self.flushing {
-                match Pin::new(&mut self.io).poll_flush(cx) {
+                match self.io.as_mut().poll_flush(cx) {
                     Poll::Ready(Ok(())) => {
                         self.flushing = false;
                         progress = true;
@@ -975,7 +947,7 @@ impl Running {
             if let (Some(conn), true, false) = (conn, can_read, close) {
                 let mut raw = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
                 let mut rb = ReadBuf::uninit(&mut raw);
-                match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                match self.io.as_mut().poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(false),
                     Poll::Ready(Ok(())) => {
                         let data = BytesMut::from(rb.filled());
@@ -997,7 +969,7 @@ impl Running {
 }
 
 /// Writes some of `batch` (one system call), dropping what was written.
-fn poll_write_batch<S: AsyncWrite>(
+fn poll_write_batch<S: AsyncWrite + ?Sized>(
     mut stream: Pin<&mut S>,
     cx: &mut Context<'_>,
     batch: &mut VecDeque<Bytes>,
@@ -1093,6 +1065,22 @@ impl ShardTx {
 /// The poll token of a shard's inbox.
 const INBOX: mio::Token = mio::Token(usize::MAX);
 
+/// Poll tokens: listener `i` is `LISTENERS - i`; new connections awaiting
+/// their first packet are `PROBES + key`; the others are their key.
+const LISTENERS: usize = usize::MAX - 1;
+const PROBES: usize = 1 << 40;
+
+/// A new plain TCP connection whose first packet is not whole yet.
+struct Probe {
+    stream: mio::net::TcpStream,
+    peer: SocketAddr,
+    buf: BytesMut,
+    /// Keeps the fixed header it read, so the packet is decoded once.
+    decoder: Decoder,
+    /// Tells this probe from a later one with the same key.
+    serial: u64,
+}
+
 /// Reads of one connection per readiness event before the others get a
 /// turn.
 const READS_PER_TURN: usize = 4;
@@ -1135,6 +1123,13 @@ struct Native {
 
 struct Shard {
     index: usize,
+    cfg: Arc<ConnConfig>,
+    /// The plain TCP listeners, shared by every shard.
+    listeners: Vec<mio::net::TcpListener>,
+    probes: slab::Slab<Probe>,
+    /// New connections' CONNECT deadlines, in order: key and serial.
+    probe_deadlines: VecDeque<(Instant, usize, u64)>,
+    probe_serial: u64,
     broker: Broker,
     rx: std::sync::mpsc::Receiver<ToShard>,
     notified: Arc<AtomicBool>,
@@ -1144,8 +1139,10 @@ struct Shard {
     native: slab::Slab<Native>,
     /// Native connections with output to write.
     dirty: Vec<usize>,
-    /// Native connections to read again without waiting for readiness.
+    /// Tokens to read again without waiting for readiness.
     again: Vec<usize>,
+    /// Closing native connections, by deadline: key and connection.
+    lingering: VecDeque<(Instant, usize, ConnId)>,
     scratch: Vec<u8>,
     budget: usize,
     grace: Duration,
@@ -1172,10 +1169,11 @@ impl Shard {
             }
             let timeout = if self.again.is_empty() {
                 let mut deadline = self.broker.poll_timeout();
-                for (_, n) in &self.native {
-                    if let Some(c) = n.closing {
-                        deadline = Some(deadline.map_or(c, |d| d.min(c)));
-                    }
+                if let Some(&(c, _, _)) = self.lingering.front() {
+                    deadline = Some(deadline.map_or(c, |d| d.min(c)));
+                }
+                if let Some(&(c, _, _)) = self.probe_deadlines.front() {
+                    deadline = Some(deadline.map_or(c, |d| d.min(c)));
                 }
                 if let Some(s) = self.stopping {
                     deadline = Some(deadline.map_or(s, |d| d.min(s)));
@@ -1198,16 +1196,11 @@ impl Shard {
                     inbox = true;
                     continue;
                 }
-                let k = ev.token().0;
-                if ev.is_writable() {
-                    self.flush(k, now);
-                }
-                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    self.read_native(k, now);
-                }
+                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                self.ready(ev.token().0, readable, ev.is_writable(), now);
             }
-            for k in std::mem::take(&mut self.again) {
-                self.read_native(k, now);
+            for token in std::mem::take(&mut self.again) {
+                self.ready(token, true, false, now);
             }
             if inbox {
                 self.notified.store(false, Ordering::SeqCst);
@@ -1228,6 +1221,22 @@ impl Shard {
             }
             self.drain(now);
             self.linger(now);
+            self.expire_probes(now);
+        }
+    }
+
+    fn ready(&mut self, token: usize, readable: bool, writable: bool, now: Instant) {
+        if token > LISTENERS - self.listeners.len() {
+            self.accept(LISTENERS - token, now);
+        } else if token >= PROBES {
+            self.read_probe(token - PROBES, now);
+        } else {
+            if writable {
+                self.flush(token, now);
+            }
+            if readable {
+                self.read_native(token, now);
+            }
         }
     }
 
@@ -1285,6 +1294,10 @@ impl Shard {
                 self.resume(token.conn(), now);
             }
             ToShard::Shutdown(reply) => {
+                for mut l in std::mem::take(&mut self.listeners) {
+                    let _ = self.poll.registry().deregister(&mut l);
+                }
+                self.probes.clear();
                 self.broker.shutdown(now);
                 self.drain(now);
                 // TLS and WebSocket connections flush on their own.
@@ -1297,26 +1310,153 @@ impl Shard {
         false
     }
 
+    /// Accepts what the listeners have, up to a turn's worth.
+    fn accept(&mut self, i: usize, now: Instant) {
+        for _ in 0..64 {
+            let Some(l) = self.listeners.get(i) else {
+                return;
+            };
+            match l.accept() {
+                Ok((stream, peer)) => {
+                    if !self.cfg.admit(&peer) {
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    self.probe(stream, peer, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of file descriptors and the like: the next
+                    // readiness (or the next connection's) tries again.
+                    warn!(error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+        // More may wait: the listener is edge-triggered.
+        self.again.push(LISTENERS - i);
+    }
+
+    /// Waits for a new connection's first packet, to know its shard.
+    fn probe(&mut self, mut stream: mio::net::TcpStream, peer: SocketAddr, now: Instant) {
+        let entry = self.probes.vacant_entry();
+        let k = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            mio::Token(PROBES + k),
+            mio::Interest::READABLE,
+        ) {
+            warn!(%peer, error = %e, "cannot poll the connection: closed");
+            return;
+        }
+        self.probe_serial += 1;
+        let until = now + self.cfg.connect_timeout;
+        entry.insert(Probe {
+            stream,
+            peer,
+            buf: BytesMut::new(),
+            decoder: Decoder::server().with_max_packet_size(self.cfg.max_packet_size),
+            serial: self.probe_serial,
+        });
+        self.probe_deadlines
+            .push_back((until, k, self.probe_serial));
+        // The CONNECT may be there already.
+        self.again.push(PROBES + k);
+    }
+
+    /// Reads a new connection until its first packet is whole, then hands
+    /// it to its shard (perhaps this one).
+    fn read_probe(&mut self, k: usize, now: Instant) {
+        loop {
+            let Some(p) = self.probes.get_mut(k) else {
+                return;
+            };
+            match std::io::Read::read(&mut p.stream, &mut self.scratch) {
+                Ok(0) => {
+                    debug!(peer = %p.peer, "connection ended before CONNECT");
+                    let mut p = self.probes.remove(k);
+                    let _ = self.poll.registry().deregister(&mut p.stream);
+                    return;
+                }
+                Ok(len) => p.buf.extend_from_slice(&self.scratch[..len]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!(peer = %p.peer, error = %e, "connection ended before CONNECT");
+                    let mut p = self.probes.remove(k);
+                    let _ = self.poll.registry().deregister(&mut p.stream);
+                    return;
+                }
+            }
+            // Decoded (from a copy) once it is whole, not after every read.
+            let whole = p
+                .decoder
+                .pending_len()
+                .is_none_or(|total| p.buf.len() >= total);
+            if !whole {
+                continue;
+            }
+            let mut copy = p.buf.clone();
+            let id = match p.decoder.decode(&mut copy) {
+                Ok(Some(Packet::Connect(c))) => Some(c.client_id.as_bytes().to_vec()),
+                // Not a CONNECT, or malformed: the core answers it.
+                Ok(Some(_)) | Err(_) => None,
+                Ok(None) => continue,
+            };
+            let shard = self.cfg.shard(id.as_deref(), self.peers.len());
+            let mut p = self.probes.remove(k);
+            if shard == self.index {
+                self.accept_native(p.stream, p.buf, p.peer, now);
+            } else {
+                let _ = self.poll.registry().deregister(&mut p.stream);
+                let _ = self.peers[shard].send(ToShard::AcceptNative {
+                    stream: p.stream,
+                    data: p.buf,
+                    peer: p.peer,
+                });
+            }
+            return;
+        }
+    }
+
+    /// Lets go of new connections that sent no CONNECT in time.
+    fn expire_probes(&mut self, now: Instant) {
+        while let Some(&(until, k, serial)) = self.probe_deadlines.front() {
+            if until > now {
+                return;
+            }
+            self.probe_deadlines.pop_front();
+            if self.probes.get(k).is_some_and(|p| p.serial == serial) {
+                let mut p = self.probes.remove(k);
+                debug!(peer = %p.peer, "no CONNECT in time");
+                let _ = self.poll.registry().deregister(&mut p.stream);
+            }
+        }
+    }
+
+    /// Takes a connection into this shard's core and poll (it may be
+    /// registered already, as this shard's probe).
     fn accept_native(
         &mut self,
-        stream: std::net::TcpStream,
+        mut stream: mio::net::TcpStream,
         data: BytesMut,
         peer: SocketAddr,
         now: Instant,
     ) {
         let Some(conn) = self.broker.accept(now) else {
             warn!(%peer, "connection limit reached: closed");
+            let _ = self.poll.registry().deregister(&mut stream);
             return;
         };
-        let mut stream = mio::net::TcpStream::from_std(stream);
         let entry = self.native.vacant_entry();
         let k = entry.key();
         let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut stream, mio::Token(k), interest)
-        {
+        let registry = self.poll.registry();
+        let registered = registry
+            .reregister(&mut stream, mio::Token(k), interest)
+            .or_else(|_| registry.register(&mut stream, mio::Token(k), interest));
+        if let Err(e) = registered {
             warn!(%peer, error = %e, "cannot poll the connection: closed");
             self.broker.handle_closed(conn, now);
             return;
@@ -1481,22 +1621,30 @@ impl Shard {
     /// reset that loses the last packet.
     fn close_native(&mut self, k: usize, now: Instant) {
         if let Some(n) = self.native.get_mut(k) {
-            n.closing = Some(now + self.grace.min(Duration::from_secs(5)));
+            let until = now + self.grace.min(Duration::from_secs(5));
+            n.closing = Some(until);
             n.pending = BytesMut::new();
+            // The same delay for all: the queue stays in deadline order.
+            self.lingering.push_back((until, k, n.conn));
         }
         self.flush(k, now);
     }
 
     /// Lets go of closing connections whose time is up.
     fn linger(&mut self, now: Instant) {
-        let expired: Vec<usize> = self
-            .native
-            .iter()
-            .filter(|(_, n)| n.closing.is_some_and(|c| c <= now))
-            .map(|(k, _)| k)
-            .collect();
-        for k in expired {
-            self.drop_native(k, now);
+        while let Some(&(until, k, conn)) = self.lingering.front() {
+            if until > now {
+                return;
+            }
+            self.lingering.pop_front();
+            // The key may have gone, or been reused by a new connection.
+            if self
+                .native
+                .get(k)
+                .is_some_and(|n| n.conn == conn && n.closing.is_some())
+            {
+                self.drop_native(k, now);
+            }
         }
     }
 
