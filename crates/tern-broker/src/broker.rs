@@ -235,8 +235,8 @@ struct Conn {
     last_packet: Instant,
     /// When this connection's entry in the timers is due.
     timer: Instant,
-    aliases_in: Vec<Option<TopicName>>,
-    aliases_out: BTreeMap<TopicName, u16>,
+    /// Topic aliases, both ways: boxed, as most connections use none.
+    aliases: Option<Box<Aliases>>,
     alias_out_max: u16,
     max_packet_out: u32,
     client: ClientInfo,
@@ -249,6 +249,15 @@ struct Conn {
     unwritten: usize,
     /// An answer exceeded the client's Maximum Packet Size.
     oversize: bool,
+}
+
+/// A connection's topic aliases.
+#[derive(Debug, Default)]
+struct Aliases {
+    /// The client's aliases: topic of alias `i + 1`.
+    incoming: Vec<Option<TopicName>>,
+    /// Ours, as sent to the client.
+    outgoing: BTreeMap<TopicName, u16>,
 }
 
 /// What few connections have: enhanced authentication, a proven identity.
@@ -424,8 +433,7 @@ impl Broker {
                 keep_alive: None,
                 last_packet: now,
                 timer,
-                aliases_in: Vec::new(),
-                aliases_out: BTreeMap::new(),
+                aliases: None,
                 alias_out_max: 0,
                 max_packet_out: u32::MAX,
                 client: ClientInfo {
@@ -1244,16 +1252,17 @@ impl Broker {
             if i > usize::from(self.config.topic_alias_maximum) {
                 return self.disconnect(conn, ReasonCode::TopicAliasInvalid, now);
             }
-            if c.aliases_in.len() < i {
-                c.aliases_in.resize(i, None);
+            let aliases_in = &mut c.aliases.get_or_insert_with(Box::default).incoming;
+            if aliases_in.len() < i {
+                aliases_in.resize(i, None);
             }
             if p.topic.is_empty() {
-                match &c.aliases_in[i - 1] {
+                match &aliases_in[i - 1] {
                     Some(t) => p.topic = t.clone(),
                     None => return self.disconnect(conn, ReasonCode::ProtocolError, now),
                 }
             } else {
-                c.aliases_in[i - 1] = Some(p.topic.clone());
+                aliases_in[i - 1] = Some(p.topic.clone());
             }
         }
         if p.topic.is_empty() {
@@ -1663,11 +1672,12 @@ impl Broker {
             p.properties.subscription_identifiers = d.sub_ids.clone();
             p.properties.message_expiry_interval = expiry;
             if c.alias_out_max > 0 {
-                if let Some(&a) = c.aliases_out.get(&m.topic) {
+                let out = &c.aliases.get_or_insert_with(Box::default).outgoing;
+                if let Some(&a) = out.get(&m.topic) {
                     p.topic = TopicName::empty();
                     p.properties.topic_alias = NonZeroU16::new(a);
-                } else if c.aliases_out.len() < usize::from(c.alias_out_max) {
-                    new_alias = Some(c.aliases_out.len() as u16 + 1);
+                } else if out.len() < usize::from(c.alias_out_max) {
+                    new_alias = Some(out.len() as u16 + 1);
                     p.properties.topic_alias = new_alias.and_then(NonZeroU16::new);
                 }
             }
@@ -1677,7 +1687,10 @@ impl Broker {
         }
         // The alias is the client's to know only once the packet is sent.
         if let Some(a) = new_alias {
-            c.aliases_out.insert(m.topic.clone(), a);
+            c.aliases
+                .get_or_insert_with(Box::default)
+                .outgoing
+                .insert(m.topic.clone(), a);
         }
         let data = Packet::Publish(p)
             .to_bytes(version)

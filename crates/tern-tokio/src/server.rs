@@ -1117,8 +1117,8 @@ struct Native {
     /// not keep up, or the connection had its turn.
     unread: bool,
     /// Closed by the core: the last bytes are being written, then the
-    /// peer's are drained until it closes too, or until this instant.
-    closing: Option<Instant>,
+    /// peer's are drained until it closes too, or until its deadline.
+    closing: bool,
 }
 
 struct Shard {
@@ -1468,7 +1468,7 @@ impl Shard {
             pending: data,
             out: VecDeque::new(),
             unread: false,
-            closing: None,
+            closing: false,
         });
         self.conns.insert(conn, Endpoint::Native(k));
         self.consume(k, now);
@@ -1481,7 +1481,7 @@ impl Shard {
         let Some(n) = self.native.get_mut(k) else {
             return;
         };
-        if n.pending.is_empty() || n.closing.is_some() {
+        if n.pending.is_empty() || n.closing {
             return;
         }
         let conn = n.conn;
@@ -1502,7 +1502,7 @@ impl Shard {
             let Some(n) = self.native.get_mut(k) else {
                 return;
             };
-            if n.closing.is_none() && n.pending.len() >= self.budget {
+            if !n.closing && n.pending.len() >= self.budget {
                 // The core holds this input back; it says when to go on.
                 n.unread = true;
                 return;
@@ -1512,7 +1512,7 @@ impl Shard {
             match read {
                 Ok(0) => return self.drop_native(k, now),
                 Ok(len) => {
-                    if n.closing.is_some() {
+                    if n.closing {
                         // Drained while closing: the peer's last words.
                         continue;
                     }
@@ -1534,7 +1534,7 @@ impl Shard {
     fn drop_native(&mut self, k: usize, now: Instant) {
         let mut n = self.native.remove(k);
         let _ = self.poll.registry().deregister(&mut n.stream);
-        if n.closing.is_none() {
+        if !n.closing {
             self.conns.remove(&n.conn);
             self.broker.handle_closed(n.conn, now);
         }
@@ -1584,7 +1584,7 @@ impl Shard {
             // Give the drained queue's memory back.
             n.out = VecDeque::new();
         }
-        let (conn, closing, done) = (n.conn, n.closing.is_some(), n.out.is_empty());
+        let (conn, closing, done) = (n.conn, n.closing, n.out.is_empty());
         if failed {
             return self.drop_native(k, now);
         }
@@ -1622,7 +1622,7 @@ impl Shard {
     fn close_native(&mut self, k: usize, now: Instant) {
         if let Some(n) = self.native.get_mut(k) {
             let until = now + self.grace.min(Duration::from_secs(5));
-            n.closing = Some(until);
+            n.closing = true;
             n.pending = BytesMut::new();
             // The same delay for all: the queue stays in deadline order.
             self.lingering.push_back((until, k, n.conn));
@@ -1641,7 +1641,7 @@ impl Shard {
             if self
                 .native
                 .get(k)
-                .is_some_and(|n| n.conn == conn && n.closing.is_some())
+                .is_some_and(|n| n.conn == conn && n.closing)
             {
                 self.drop_native(k, now);
             }
