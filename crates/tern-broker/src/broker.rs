@@ -251,6 +251,53 @@ struct Conn {
     oversize: bool,
 }
 
+/// Sessions by client id, without a copy of the id: a table of session
+/// ids, hashed by their session's client id.
+struct ClientIds {
+    table: hashbrown::HashTable<SessionId>,
+    hasher: foldhash::fast::FixedState,
+}
+
+type Sessions = BTreeMap<SessionId, Box<Session>>;
+
+impl ClientIds {
+    fn new(seed: u64) -> ClientIds {
+        ClientIds {
+            table: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::FixedState::with_seed(seed),
+        }
+    }
+
+    fn hash(&self, id: &[u8]) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, id)
+    }
+
+    fn get(&self, id: &[u8], sessions: &Sessions) -> Option<SessionId> {
+        self.table
+            .find(self.hash(id), |sid| {
+                sessions
+                    .get(sid)
+                    .is_some_and(|s| s.client_id.as_bytes() == id)
+            })
+            .copied()
+    }
+
+    /// Indexes `sid`, which `sessions` holds already.
+    fn insert(&mut self, sid: SessionId, sessions: &Sessions) {
+        let hash = self.hash(sessions[&sid].client_id.as_bytes());
+        let hasher = &self.hasher;
+        self.table.insert_unique(hash, sid, |other| {
+            std::hash::BuildHasher::hash_one(hasher, sessions[other].client_id.as_bytes())
+        });
+    }
+
+    fn remove(&mut self, id: &[u8], sid: SessionId) {
+        if let Ok(entry) = self.table.find_entry(self.hash(id), |other| *other == sid) {
+            entry.remove();
+        }
+    }
+}
+
 /// A connection's topic aliases.
 #[derive(Debug, Default)]
 struct Aliases {
@@ -322,7 +369,7 @@ pub struct Broker {
     // holds no slack the size of one.
     conns: BTreeMap<ConnId, Box<Conn>>,
     sessions: BTreeMap<SessionId, Box<Session>>,
-    by_client_id: BTreeMap<Bytes, SessionId>,
+    by_client_id: ClientIds,
     subs: SubscriptionIndex<SessionId, Sub>,
     retained: RetainedIndex<Arc<Message>>,
     timers: BTreeSet<(Instant, Timer)>,
@@ -351,6 +398,7 @@ impl std::fmt::Debug for Broker {
 impl Broker {
     /// A broker with `config` that accepts everyone ([`AllowAll`]).
     pub fn new(config: Config, now: Instant) -> Broker {
+        let seed = config.hash_seed;
         let mut b = Broker {
             config,
             authn: Box::new(AllowAll),
@@ -358,9 +406,9 @@ impl Broker {
             shared_routing: Box::new(LocalShared),
             conns: BTreeMap::new(),
             sessions: BTreeMap::new(),
-            by_client_id: BTreeMap::new(),
-            subs: SubscriptionIndex::new(),
-            retained: RetainedIndex::new(),
+            by_client_id: ClientIds::new(seed),
+            subs: SubscriptionIndex::with_seed(seed),
+            retained: RetainedIndex::with_seed(seed),
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -783,7 +831,8 @@ impl Broker {
     ) -> Result<(), ImportError> {
         if self
             .by_client_id
-            .contains_key(stored.client_id.bytes().as_ref())
+            .get(stored.client_id.as_bytes(), &self.sessions)
+            .is_some()
         {
             return Err(ImportError::Exists(stored.client_id.as_str().to_owned()));
         }
@@ -833,9 +882,8 @@ impl Broker {
         for sub in &subs {
             self.shared_changed(&sub.filter);
         }
-        self.by_client_id
-            .insert(stored.client_id.bytes().clone(), sid);
         self.sessions.insert(sid, Box::new(s));
+        self.by_client_id.insert(sid, &self.sessions);
         self.go_offline(sid, now);
         Ok(())
     }
@@ -872,7 +920,11 @@ impl Broker {
             if s.subscriptions.len() > cfg.max_subscriptions {
                 return Err(format!("{who}: {} subscriptions", s.subscriptions.len()));
             }
-            if self.by_client_id.get(s.client_id.bytes().as_ref()) != Some(&sid) {
+            if self
+                .by_client_id
+                .get(s.client_id.as_bytes(), &self.sessions)
+                != Some(sid)
+            {
                 return Err(format!("{who}: not indexed by client id"));
             }
             if let Some(conn) = s.conn {
@@ -1049,8 +1101,7 @@ impl Broker {
         // Takeover: [MQTT-3.1.4-3].
         let existing = self
             .by_client_id
-            .get(connect.client_id.bytes().as_ref())
-            .copied();
+            .get(connect.client_id.as_bytes(), &self.sessions);
         if let Some(sid) = existing {
             if let Some(old) = self.sessions[&sid].conn {
                 self.disconnect(old, ReasonCode::SessionTakenOver, now);
@@ -1059,8 +1110,7 @@ impl Broker {
         // The takeover may have ended the old session (expiry 0).
         let existing = self
             .by_client_id
-            .get(connect.client_id.bytes().as_ref())
-            .copied();
+            .get(connect.client_id.as_bytes(), &self.sessions);
         let resume = existing.filter(|_| !connect.clean_start);
         if let (Some(sid), None) = (existing, resume) {
             self.end_session(sid, now);
@@ -1077,8 +1127,7 @@ impl Broker {
                     sid,
                     Box::new(Session::new(compact_str(&connect.client_id), version)),
                 );
-                self.by_client_id
-                    .insert(Bytes::copy_from_slice(connect.client_id.as_bytes()), sid);
+                self.by_client_id.insert(sid, &self.sessions);
                 sid
             }
         };
@@ -2069,7 +2118,7 @@ impl Broker {
         let Some(mut s) = self.sessions.remove(&sid) else {
             return;
         };
-        self.by_client_id.remove(s.client_id.bytes().as_ref());
+        self.by_client_id.remove(s.client_id.as_bytes(), sid);
         for f in s.subscriptions.keys() {
             self.subs.unsubscribe(f, &sid);
             self.shared_changed(f);
@@ -2149,7 +2198,11 @@ impl Broker {
             let n = self.next_assigned_id;
             self.next_assigned_id += 1;
             let id = format!("tern-{:04x}{:012x}", self.config.shard, n);
-            if !self.by_client_id.contains_key(id.as_bytes()) {
+            if self
+                .by_client_id
+                .get(id.as_bytes(), &self.sessions)
+                .is_none()
+            {
                 return MqttString::from_str(&id).expect("ascii id");
             }
         }

@@ -100,6 +100,11 @@ pub struct Config {
     /// message this instance's clients publish (wills included), for the
     /// embedding to pass to the other shards' [`route_foreign`](crate::Broker::route_foreign).
     pub forward: bool,
+    /// Seeds the hash tables keyed by what clients choose (client ids,
+    /// topic levels). Fixed by default, so that runs repeat; a broker
+    /// facing the network should use a random seed, so that nobody can
+    /// pick keys that collide.
+    pub hash_seed: u64,
 }
 
 impl Default for Config {
@@ -134,6 +139,7 @@ impl Default for Config {
             version: concat!("tern ", env!("CARGO_PKG_VERSION")),
             shard: 0,
             forward: false,
+            hash_seed: 0,
         }
     }
 }

@@ -35,6 +35,12 @@ use tracing::{info, warn};
 
 use crate::passwd::PasswordFile;
 
+/// mimalloc: shard threads free what other shards allocated (a message is
+/// read on one and delivered by another), which glibc malloc serializes on
+/// its arena locks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// MQTT for Rust, done properly.
 #[derive(Debug, Parser)]
 #[command(name = "tern", version, about)]

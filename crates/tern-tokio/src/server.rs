@@ -371,6 +371,13 @@ impl Server {
             let mut config = self.config.broker.clone();
             config.shard = i as u16;
             config.forward = n > 1;
+            if config.hash_seed == 0 {
+                // Facing the network: keys nobody can make collide.
+                config.hash_seed = std::hash::BuildHasher::hash_one(
+                    &std::collections::hash_map::RandomState::new(),
+                    i,
+                );
+            }
             // `$SYS` is published by the server with every shard's counters.
             config.sys_interval = None;
             let mut broker = Broker::new(config, now());
@@ -1110,8 +1117,8 @@ struct Native {
     stream: mio::net::TcpStream,
     conn: ConnId,
     /// Input the core has not consumed (a partial packet, or input held
-    /// while the core waits).
-    pending: BytesMut,
+    /// while the core waits): boxed, as it is usually empty.
+    pending: Option<Box<BytesMut>>,
     out: VecDeque<Bytes>,
     /// Reading stopped with input perhaps left in the socket: the core did
     /// not keep up, or the connection had its turn.
@@ -1119,6 +1126,13 @@ struct Native {
     /// Closed by the core: the last bytes are being written, then the
     /// peer's are drained until it closes too, or until its deadline.
     closing: bool,
+}
+
+impl Native {
+    /// Keeps what the core left unread; nothing is kept for nothing.
+    fn keep(&mut self, pending: BytesMut) {
+        self.pending = (!pending.is_empty()).then(|| Box::new(pending));
+    }
 }
 
 struct Shard {
@@ -1465,12 +1479,13 @@ impl Shard {
         entry.insert(Native {
             stream,
             conn,
-            pending: data,
+            pending: None,
             out: VecDeque::new(),
             unread: false,
             closing: false,
         });
         self.conns.insert(conn, Endpoint::Native(k));
+        self.native[k].keep(data);
         self.consume(k, now);
         // Bytes that came after the first read wait in the socket.
         self.again.push(k);
@@ -1481,16 +1496,25 @@ impl Shard {
         let Some(n) = self.native.get_mut(k) else {
             return;
         };
-        if n.pending.is_empty() || n.closing {
+        if n.closing {
             return;
         }
-        let conn = n.conn;
-        let mut pending = std::mem::take(&mut n.pending);
+        let Some(pending) = n.pending.take() else {
+            return;
+        };
+        self.consume_buf(k, *pending, now);
+    }
+
+    /// Has the core read `pending`, a native connection's unread input.
+    fn consume_buf(&mut self, k: usize, mut pending: BytesMut, now: Instant) {
+        let Some(conn) = self.native.get(k).map(|n| n.conn) else {
+            return;
+        };
         self.broker.handle_read(conn, &mut pending, now);
         if let Some(n) = self.native.get_mut(k) {
             // Keep a partial packet; let go of an emptied buffer.
-            if !pending.is_empty() && n.conn == conn {
-                n.pending = pending;
+            if n.conn == conn {
+                n.keep(pending);
             }
         }
     }
@@ -1502,7 +1526,7 @@ impl Shard {
             let Some(n) = self.native.get_mut(k) else {
                 return;
             };
-            if !n.closing && n.pending.len() >= self.budget {
+            if !n.closing && n.pending.as_ref().is_some_and(|p| p.len() >= self.budget) {
                 // The core holds this input back; it says when to go on.
                 n.unread = true;
                 return;
@@ -1516,8 +1540,15 @@ impl Shard {
                         // Drained while closing: the peer's last words.
                         continue;
                     }
-                    n.pending.extend_from_slice(&self.scratch[..len]);
-                    self.consume(k, now);
+                    let data = &self.scratch[..len];
+                    let buf = match n.pending.take() {
+                        Some(mut p) => {
+                            p.extend_from_slice(data);
+                            *p
+                        }
+                        None => BytesMut::from(data),
+                    };
+                    self.consume_buf(k, buf, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1623,7 +1654,7 @@ impl Shard {
         if let Some(n) = self.native.get_mut(k) {
             let until = now + self.grace.min(Duration::from_secs(5));
             n.closing = true;
-            n.pending = BytesMut::new();
+            n.pending = None;
             // The same delay for all: the queue stays in deadline order.
             self.lingering.push_back((until, k, n.conn));
         }
