@@ -1536,8 +1536,14 @@ impl Shard {
             match read {
                 Ok(0) => return self.drop_native(k, now),
                 Ok(len) => {
+                    // A short read emptied the socket: no read to learn
+                    // that it would block (the next bytes raise a new edge).
+                    let drained = len < self.scratch.len();
                     if n.closing {
-                        // Drained while closing: the peer's last words.
+                        // The peer's last words, dropped.
+                        if drained {
+                            return;
+                        }
                         continue;
                     }
                     let data = &self.scratch[..len];
@@ -1549,6 +1555,9 @@ impl Shard {
                         None => BytesMut::from(data),
                     };
                     self.consume_buf(k, buf, now);
+                    if drained {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1585,6 +1594,7 @@ impl Shard {
             for (slice, b) in slices.iter_mut().zip(n.out.iter()) {
                 *slice = IoSlice::new(b);
             }
+            let offered: usize = slices[..count].iter().map(|s| s.len()).sum();
             match std::io::Write::write_vectored(&mut n.stream, &slices[..count]) {
                 Ok(0) => {
                     failed = true;
@@ -1592,6 +1602,9 @@ impl Shard {
                 }
                 Ok(mut len) => {
                     written += len;
+                    // A short write filled the socket: wait for it to drain
+                    // rather than learn again that it would block.
+                    let full = len < offered;
                     while len > 0 {
                         let front = n.out.front_mut().expect("wrote no more than queued");
                         if len >= front.len() {
@@ -1601,6 +1614,9 @@ impl Shard {
                             front.advance(len);
                             len = 0;
                         }
+                    }
+                    if full {
+                        break;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
