@@ -370,6 +370,9 @@ pub struct Broker {
     conns: BTreeMap<ConnId, Box<Conn>>,
     sessions: BTreeMap<SessionId, Box<Session>>,
     by_client_id: ClientIds,
+    /// With `forward`: how many local subscriptions each (inner) filter
+    /// has, to tell the shared routing when one is first made or last goes.
+    interest: BTreeMap<String, u32>,
     subs: SubscriptionIndex<SessionId, Sub>,
     retained: RetainedIndex<Arc<Message>>,
     timers: BTreeSet<(Instant, Timer)>,
@@ -407,6 +410,7 @@ impl Broker {
             conns: BTreeMap::new(),
             sessions: BTreeMap::new(),
             by_client_id: ClientIds::new(seed),
+            interest: BTreeMap::new(),
             subs: SubscriptionIndex::with_seed(seed),
             retained: RetainedIndex::with_seed(seed),
             timers: BTreeSet::new(),
@@ -876,7 +880,9 @@ impl Broker {
                 options: sub.options,
                 id: sub.id,
             };
-            s.subscriptions.insert(sub.filter.clone(), v);
+            if s.subscriptions.insert(sub.filter.clone(), v).is_none() {
+                self.interest_changed(&sub.filter, true);
+            }
             self.subs.subscribe(&sub.filter, sid, v);
         }
         for sub in &subs {
@@ -899,6 +905,17 @@ impl Broker {
     #[doc(hidden)]
     pub fn check_invariants(&self) -> Result<(), String> {
         let cfg = &self.config;
+        if cfg.forward {
+            let mut counted: BTreeMap<String, u32> = BTreeMap::new();
+            for s in self.sessions.values() {
+                for f in s.subscriptions.keys() {
+                    *counted.entry(f.filter().to_owned()).or_insert(0) += 1;
+                }
+            }
+            if counted != self.interest {
+                return Err("interest counts differ from the subscriptions".into());
+            }
+        }
         for (&sid, s) in &self.sessions {
             let who = s.client_id.as_str();
             if s.inflight.len() > usize::from(cfg.max_inflight) {
@@ -1956,6 +1973,7 @@ impl Broker {
         s.subscriptions.insert(filter, sub);
         self.subs.subscribe(&f.filter, sid, sub);
         if !exists {
+            self.interest_changed(&f.filter, true);
             self.shared_changed(&f.filter);
         }
         (ReasonCode::granted(options.qos), !exists)
@@ -2003,6 +2021,13 @@ impl Broker {
         for f in &u.filters {
             if s.subscriptions.remove(f).is_some() {
                 self.subs.unsubscribe(f, &sid);
+                Self::count_interest(
+                    &mut self.interest,
+                    &mut *self.shared_routing,
+                    self.config.forward,
+                    f,
+                    false,
+                );
                 if f.is_shared() {
                     changed.push(f.clone());
                 }
@@ -2121,6 +2146,7 @@ impl Broker {
         self.by_client_id.remove(s.client_id.as_bytes(), sid);
         for f in s.subscriptions.keys() {
             self.subs.unsubscribe(f, &sid);
+            self.interest_changed(f, false);
             self.shared_changed(f);
         }
         if let Some(w) = s.will.take() {
@@ -2204,6 +2230,44 @@ impl Broker {
                 .is_none()
             {
                 return MqttString::from_str(&id).expect("ascii id");
+            }
+        }
+    }
+
+    /// Counts a local subscription to `filter` made or gone, and tells the
+    /// shared routing when the first is made or the last goes.
+    fn interest_changed(&mut self, filter: &TopicFilter, subscribed: bool) {
+        Self::count_interest(
+            &mut self.interest,
+            &mut *self.shared_routing,
+            self.config.forward,
+            filter,
+            subscribed,
+        );
+    }
+
+    fn count_interest(
+        interest: &mut BTreeMap<String, u32>,
+        routing: &mut dyn SharedRouting,
+        forward: bool,
+        filter: &TopicFilter,
+        subscribed: bool,
+    ) {
+        if !forward {
+            return;
+        }
+        let inner = filter.filter();
+        if subscribed {
+            let n = interest.entry(inner.to_owned()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                routing.interest(inner, true);
+            }
+        } else if let Some(n) = interest.get_mut(inner) {
+            *n -= 1;
+            if *n == 0 {
+                interest.remove(inner);
+                routing.interest(inner, false);
             }
         }
     }

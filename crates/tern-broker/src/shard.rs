@@ -1,8 +1,9 @@
 //! Shared subscriptions across broker instances.
 //!
 //! A server that runs several [`Broker`](crate::Broker) shards forwards
-//! every message to every shard, and each shard has its own members of a
-//! shared group. So that each message goes to one member of the whole
+//! messages to the shards that have matching subscriptions (learnt from
+//! [`SharedRouting::interest`]; retained messages to every shard), and each
+//! shard has its own members of a shared group. So that each message goes to one member of the whole
 //! group, not one per shard, every shard asks a [`SharedRouting`] whether it
 //! is the shard that delivers this message to this group. The embedding
 //! learns where members are from [`Event::SharedMembers`](crate::Event::SharedMembers)
@@ -18,6 +19,18 @@ pub trait SharedRouting: Send {
     /// Whether this instance delivers `msg` to its members of the group
     /// `$share/{share}/{filter}`.
     fn delivers(&mut self, share: &str, filter: &str, msg: &Arc<Message>) -> bool;
+
+    /// This instance's first subscription to `filter` was made
+    /// (`subscribed`), or its last one went; a shared subscription counts
+    /// for its inner filter. Called only with
+    /// [`Config::forward`](crate::Config::forward), before the SUBACK is
+    /// queued: an embedding that forwards a message only to the instances
+    /// with a matching filter learns of a subscription before its client
+    /// can know it was made. Retained messages must still go everywhere
+    /// (every instance keeps the retained set).
+    fn interest(&mut self, filter: &str, subscribed: bool) {
+        let _ = (filter, subscribed);
+    }
 }
 
 /// A single broker instance: it always delivers to its members.

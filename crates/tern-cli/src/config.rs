@@ -70,7 +70,7 @@ pub struct File {
     /// Logging.
     #[serde(default)]
     pub log: Log,
-    /// Broker shards; 0 or absent means one per core.
+    /// Broker shards; 0 or absent means one per core but one (at least one).
     pub shards: Option<usize>,
 }
 

@@ -70,7 +70,7 @@ struct BrokerArgs {
     /// Configuration file (TOML).
     #[arg(short = 'c', long)]
     config: Option<PathBuf>,
-    /// Broker shards (one per core by default).
+    /// Broker shards (by default one per core but one, at least one).
     #[arg(long)]
     shards: Option<usize>,
     /// Largest packet accepted from a client, in bytes.

@@ -1,4 +1,4 @@
-//! The broker server: listeners, shards (one broker core per core), and one
+//! The broker server: listeners, shards (one broker core per core but one), and one
 //! task per connection.
 //!
 //! ```text
@@ -63,8 +63,8 @@ pub struct ServerConfig {
     /// The broker core's configuration (`shard` and `forward` are set per
     /// shard by the server).
     pub broker: Config,
-    /// Broker shards, one per core by default (`0` means one per available
-    /// core).
+    /// Broker shards (`0`: one per available core but one, and at least
+    /// one).
     pub shards: usize,
     /// How long a graceful shutdown waits for connections to flush.
     pub shutdown_grace: Duration,
@@ -97,7 +97,7 @@ impl std::fmt::Debug for ServerConfig {
 
 impl Default for ServerConfig {
     /// Zero configuration: 127.0.0.1:1883, anonymous clients, the core's
-    /// safe limits, a shard per core.
+    /// safe limits, a shard per core but one.
     fn default() -> ServerConfig {
         ServerConfig {
             tcp: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
@@ -268,6 +268,14 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// One shard per core but one: the kernel's network processing (half the
+/// work of a broker, in the profiles) and the rest of the machine keep a
+/// core, and a shard that forwards to another pays a thread wake-up per
+/// message when load is light.
+fn default_shards() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
 /// The clock, for the core's `now`: the adapter is where it is read.
 #[allow(clippy::disallowed_methods)]
 fn now() -> Instant {
@@ -318,7 +326,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
         // Shared groups are tracked per shard in a 64-bit mask.
         let n = match self.config.shards {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => default_shards(),
             n => n,
         }
         .min(64);
@@ -366,6 +374,7 @@ impl Server {
             }
         }
         let registry = Registry::default();
+        let interest = Interest::default();
         let runtime = tokio::runtime::Handle::current();
         for (i, (rx, poll, notified)) in inboxes.into_iter().enumerate() {
             let mut config = self.config.broker.clone();
@@ -393,6 +402,7 @@ impl Server {
             broker.set_shared_routing(SpreadShared {
                 me: i,
                 registry: registry.clone(),
+                interest: interest.clone(),
             });
             let mut listeners = Vec::new();
             for (j, l) in tcp_listeners.iter().enumerate() {
@@ -425,6 +435,8 @@ impl Server {
                 budget: self.config.broker.max_packet_size as usize + READ_CHUNK,
                 grace: self.config.shutdown_grace,
                 registry: registry.clone(),
+                interest: interest.clone(),
+                matches: tern_topic::Matches::new(),
                 check: self.config.check_credentials.clone(),
                 runtime: runtime.clone(),
                 stopping: None,
@@ -1023,7 +1035,14 @@ type Registry = Arc<RwLock<HashMap<(String, String), u64>>>;
 struct SpreadShared {
     me: usize,
     registry: Registry,
+    interest: Interest,
 }
+
+/// Which shards have subscriptions to which filters: kept by every shard's
+/// core (through [`SharedRouting::interest`], before the SUBACK goes out),
+/// read when a message is forwarded, so that it goes only to the shards
+/// that want it.
+type Interest = Arc<RwLock<tern_topic::SubscriptionIndex<usize, ()>>>;
 
 impl SharedRouting for SpreadShared {
     fn delivers(&mut self, share: &str, filter: &str, msg: &Arc<Message>) -> bool {
@@ -1046,6 +1065,18 @@ impl SharedRouting for SpreadShared {
             }
         }
         true
+    }
+
+    fn interest(&mut self, filter: &str, subscribed: bool) {
+        let Ok(filter) = tern_codec::TopicFilter::new(filter) else {
+            return;
+        };
+        let mut index = self.interest.write().unwrap_or_else(|e| e.into_inner());
+        if subscribed {
+            index.subscribe(&filter, self.me, ());
+        } else {
+            index.unsubscribe(&filter, &self.me);
+        }
     }
 }
 
@@ -1161,6 +1192,8 @@ struct Shard {
     budget: usize,
     grace: Duration,
     registry: Registry,
+    interest: Interest,
+    matches: tern_topic::Matches<usize, ()>,
     check: Option<CredentialCheck>,
     runtime: tokio::runtime::Handle,
     /// After shutdown: when to stop waiting for the last writes.
@@ -1767,8 +1800,20 @@ impl Shard {
                 info!(shard = self.index, conn = conn.get(), %client_id, session_present, "connected");
             }
             Event::Forward(msg) => {
+                // Retained messages go everywhere (every shard keeps the
+                // retained set); the others where a subscription matches.
+                let mut to: u64 = 0;
+                if msg.retain {
+                    to = u64::MAX;
+                } else {
+                    let index = self.interest.read().unwrap_or_else(|e| e.into_inner());
+                    index.matches(&msg.topic, &mut self.matches);
+                    for &(shard, ()) in self.matches.subscriptions() {
+                        to |= 1 << shard;
+                    }
+                }
                 for (i, p) in self.peers.iter().enumerate() {
-                    if i != self.index {
+                    if i != self.index && to & (1 << i) != 0 {
                         let _ = p.send(ToShard::Forward(msg.clone()));
                     }
                 }

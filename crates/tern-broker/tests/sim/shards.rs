@@ -183,3 +183,47 @@ fn a_shared_group_split_across_shards_gets_each_message_once() {
         "each message exactly once"
     );
 }
+
+/// Records what the core reports of its subscriptions' filters.
+struct Interest(Arc<Mutex<Vec<(String, bool)>>>);
+
+impl SharedRouting for Interest {
+    fn delivers(&mut self, _: &str, _: &str, _: &Arc<Message>) -> bool {
+        true
+    }
+
+    fn interest(&mut self, filter: &str, subscribed: bool) {
+        self.0
+            .lock()
+            .expect("log")
+            .push((filter.to_owned(), subscribed));
+    }
+}
+
+#[test]
+fn a_filters_first_subscription_and_its_last_are_reported() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut a = shard(0);
+    a.broker.set_shared_routing(Interest(log.clone()));
+    let taken = |log: &Arc<Mutex<Vec<(String, bool)>>>| std::mem::take(&mut *log.lock().expect("log"));
+    let s1 = subscriber(&mut a, V5, "s1", "t/+", 1);
+    assert_eq!(taken(&log), [("t/+".to_owned(), true)]);
+    // More subscriptions to the same inner filter say nothing new.
+    let s2 = subscriber(&mut a, V5, "s2", "t/+", 0);
+    a.send(s1, subscribe(2, &[("$share/g/t/+", 1)]));
+    expect_suback(&mut a, s1);
+    assert_eq!(taken(&log), []);
+    a.send(s2, unsubscribe(3, &["t/+"]));
+    a.send(s1, unsubscribe(4, &["t/+"]));
+    assert_eq!(taken(&log), []);
+    // The last one, a shared subscription, goes.
+    a.send(s1, unsubscribe(5, &["$share/g/t/+"]));
+    assert_eq!(taken(&log), [("t/+".to_owned(), false)]);
+    // A clean session's subscriptions go with it.
+    let s3 = subscriber(&mut a, V3, "s3", "x/#", 0);
+    a.send(s3, Packet::Disconnect(tern_codec::Disconnect::new(tern_codec::ReasonCode::Success)));
+    assert_eq!(
+        taken(&log),
+        [("x/#".to_owned(), true), ("x/#".to_owned(), false)]
+    );
+}
