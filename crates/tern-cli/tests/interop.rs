@@ -1144,3 +1144,76 @@ fn tern_bench_counts_every_message_once() {
     let json = bench_json(&tern, &["conn", "-n", "50", "-d", "0"]);
     assert!(json.contains("\"connections\":50,"), "{json}");
 }
+
+#[test]
+fn the_last_packet_survives_input_the_broker_never_read() {
+    // Closing a socket with unread input sends a reset, which can destroy
+    // the DISCONNECT still on its way: the broker shuts down its side and
+    // drains the peer's before it lets go.
+    let tern = Tern::start(&["--max-packet-size", "1024"]);
+    let mut raw = Raw::connect(&tern, ProtocolVersion::V5, "flood");
+    let mut bytes = vec![0x30, 0xc0, 0x84, 0x3d]; // PUBLISH, 1,000,000 bytes
+    bytes.extend(std::iter::repeat_n(b'x', 256 * 1024));
+    raw.send_bytes(&bytes);
+    assert_eq!(
+        raw.recv(),
+        Some(Packet::Disconnect(Disconnect::new(
+            ReasonCode::PacketTooLarge
+        )))
+    );
+    assert_eq!(raw.recv(), None, "closed");
+}
+
+#[test]
+fn the_connection_limit_refuses_the_excess_and_frees_slots_on_close() {
+    let dir = scratch("limit");
+    let conf = dir.join("tern.toml");
+    // Over both shards: client ids land on either.
+    std::fs::write(&conf, "[limits]\nmax_connections = 2\n").expect("written");
+    let mut tern = Tern::start(&["-c", conf.to_str().expect("utf-8")]);
+    let first = Raw::connect(&tern, ProtocolVersion::V3_1_1, "l1");
+    let _second = Raw::connect(&tern, ProtocolVersion::V3_1_1, "l2");
+    let mut third = TcpStream::connect(("127.0.0.1", tern.port)).expect("connects");
+    third.set_read_timeout(Some(WAIT)).expect("timeout");
+    let c = Connect::new(
+        ProtocolVersion::V3_1_1,
+        MqttString::from_str("l3").expect("id"),
+    );
+    let _ = third.write_all(
+        &Packet::from(c)
+            .to_bytes(ProtocolVersion::V3_1_1)
+            .expect("encodes"),
+    );
+    let mut b = [0u8; 4];
+    assert!(
+        matches!(third.read(&mut b), Ok(0) | Err(_)),
+        "the third is closed without a CONNACK"
+    );
+    tern.wait_log("connection limit reached");
+    // A closed connection gives its slot back.
+    drop(first);
+    tern.wait_log("the client closed the connection");
+    let _fourth = Raw::connect(&tern, ProtocolVersion::V3_1_1, "l4");
+}
+
+#[test]
+fn a_connection_without_connect_is_closed_at_the_deadline() {
+    let dir = scratch("deadline");
+    let conf = dir.join("tern.toml");
+    std::fs::write(&conf, "[limits]\nconnect_timeout = 1\n").expect("written");
+    let tern = Tern::start(&["-c", conf.to_str().expect("utf-8")]);
+    // Nothing at all, and half a CONNECT: both are closed.
+    let mut silent = TcpStream::connect(("127.0.0.1", tern.port)).expect("connects");
+    let mut half = TcpStream::connect(("127.0.0.1", tern.port)).expect("connects");
+    half.write_all(&[0x10, 0x20, 0x00]).expect("writes");
+    for s in [&mut silent, &mut half] {
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        let mut b = [0u8; 4];
+        assert!(
+            matches!(s.read(&mut b), Ok(0) | Err(_)),
+            "closed at the deadline"
+        );
+    }
+    // Others are served as usual.
+    let _ok = Raw::connect(&tern, ProtocolVersion::V5, "punctual");
+}

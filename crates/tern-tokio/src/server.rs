@@ -354,6 +354,8 @@ impl Server {
             next: AtomicUsize::new(0),
             close_grace: self.config.shutdown_grace,
             rate: std::sync::Mutex::new(RateLimit::new(self.config.max_connection_rate)),
+            max_connections: self.config.broker.max_connections,
+            connections: AtomicUsize::new(0),
         });
         for (l, kind) in &self.listeners {
             info!(kind = kind.name(), addr = %l.local_addr()?, "listener");
@@ -567,6 +569,11 @@ struct ConnConfig {
     close_grace: Duration,
     /// New connections per second, over every listener and shard.
     rate: std::sync::Mutex<RateLimit>,
+    /// Connections at most, over every shard (each core has the same
+    /// limit, which alone would allow one per shard).
+    max_connections: usize,
+    /// Connections the shards hold.
+    connections: AtomicUsize,
 }
 
 impl ConnConfig {
@@ -1299,7 +1306,7 @@ impl Shard {
                 peer,
                 identity,
             } => {
-                let Some(conn) = self.broker.accept(now) else {
+                let Some(conn) = self.admit(now) else {
                     warn!(%peer, "connection limit reached: closed");
                     link.close();
                     return false;
@@ -1324,7 +1331,7 @@ impl Shard {
             }
             ToShard::Closed { conn } => {
                 if let Some(Endpoint::Linked(_)) = self.conns.get(&conn) {
-                    self.conns.remove(&conn);
+                    self.forget(conn);
                     self.broker.handle_closed(conn, now);
                 }
             }
@@ -1348,7 +1355,10 @@ impl Shard {
                 self.broker.shutdown(now);
                 self.drain(now);
                 // TLS and WebSocket connections flush on their own.
-                self.conns.clear();
+                let all: Vec<ConnId> = self.conns.keys().copied().collect();
+                for conn in all {
+                    self.forget(conn);
+                }
                 self.stopping = Some(now + self.grace);
                 let _ = reply.send(());
             }
@@ -1491,7 +1501,7 @@ impl Shard {
         peer: SocketAddr,
         now: Instant,
     ) {
-        let Some(conn) = self.broker.accept(now) else {
+        let Some(conn) = self.admit(now) else {
             warn!(%peer, "connection limit reached: closed");
             let _ = self.poll.registry().deregister(&mut stream);
             return;
@@ -1522,6 +1532,28 @@ impl Shard {
         self.consume(k, now);
         // Bytes that came after the first read wait in the socket.
         self.again.push(k);
+    }
+
+    /// A connection for the core, within the server's limit (every
+    /// shard's connections count).
+    fn admit(&mut self, now: Instant) -> Option<ConnId> {
+        let live = &self.cfg.connections;
+        if live.fetch_add(1, Ordering::AcqRel) >= self.cfg.max_connections {
+            live.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let conn = self.broker.accept(now);
+        if conn.is_none() {
+            live.fetch_sub(1, Ordering::AcqRel);
+        }
+        conn
+    }
+
+    /// Forgets a connection (dropping a linked one closes it).
+    fn forget(&mut self, conn: ConnId) -> Option<Endpoint> {
+        let e = self.conns.remove(&conn)?;
+        self.cfg.connections.fetch_sub(1, Ordering::AcqRel);
+        Some(e)
     }
 
     /// Has the core read a native connection's pending input.
@@ -1608,7 +1640,12 @@ impl Shard {
         let mut n = self.native.remove(k);
         let _ = self.poll.registry().deregister(&mut n.stream);
         if !n.closing {
-            self.conns.remove(&n.conn);
+            debug!(
+                shard = self.index,
+                conn = n.conn.get(),
+                "the client closed the connection"
+            );
+            self.forget(n.conn);
             self.broker.handle_closed(n.conn, now);
         }
     }
@@ -1788,7 +1825,7 @@ impl Shard {
             Event::Close { conn, reason } => {
                 info!(shard = self.index, conn = conn.get(), %reason, "closed");
                 // Dropping a linked entry closes its link.
-                if let Some(Endpoint::Native(k)) = self.conns.remove(&conn) {
+                if let Some(Endpoint::Native(k)) = self.forget(conn) {
                     self.close_native(k, now);
                 }
             }

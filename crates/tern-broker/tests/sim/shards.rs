@@ -205,7 +205,8 @@ fn a_filters_first_subscription_and_its_last_are_reported() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let mut a = shard(0);
     a.broker.set_shared_routing(Interest(log.clone()));
-    let taken = |log: &Arc<Mutex<Vec<(String, bool)>>>| std::mem::take(&mut *log.lock().expect("log"));
+    let taken =
+        |log: &Arc<Mutex<Vec<(String, bool)>>>| std::mem::take(&mut *log.lock().expect("log"));
     let s1 = subscriber(&mut a, V5, "s1", "t/+", 1);
     assert_eq!(taken(&log), [("t/+".to_owned(), true)]);
     // More subscriptions to the same inner filter say nothing new.
@@ -221,7 +222,10 @@ fn a_filters_first_subscription_and_its_last_are_reported() {
     assert_eq!(taken(&log), [("t/+".to_owned(), false)]);
     // A clean session's subscriptions go with it.
     let s3 = subscriber(&mut a, V3, "s3", "x/#", 0);
-    a.send(s3, Packet::Disconnect(tern_codec::Disconnect::new(tern_codec::ReasonCode::Success)));
+    a.send(
+        s3,
+        Packet::Disconnect(tern_codec::Disconnect::new(tern_codec::ReasonCode::Success)),
+    );
     assert_eq!(
         taken(&log),
         [("x/#".to_owned(), true), ("x/#".to_owned(), false)]
