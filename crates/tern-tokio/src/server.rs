@@ -1107,6 +1107,9 @@ impl ShardTx {
     }
 }
 
+/// Connections served between two drains of the core's output.
+const FLUSH_EVERY: usize = 4;
+
 /// The poll token of a shard's inbox.
 const INBOX: mio::Token = mio::Token(usize::MAX);
 
@@ -1245,6 +1248,7 @@ impl Shard {
             }
             let now = now();
             let mut inbox = false;
+            let mut handled = 0;
             for ev in events.iter() {
                 if ev.token() == INBOX {
                     inbox = true;
@@ -1252,6 +1256,13 @@ impl Shard {
                 }
                 let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
                 self.ready(ev.token().0, readable, ev.is_writable(), now);
+                // Answers go out every few connections, not after all of
+                // them: a client waiting for its acknowledgements waits
+                // less, and writes still carry several packets.
+                handled += 1;
+                if handled % FLUSH_EVERY == 0 {
+                    self.drain(now);
+                }
             }
             for token in std::mem::take(&mut self.again) {
                 self.ready(token, true, false, now);
