@@ -770,7 +770,7 @@ async fn start(
     cfg: Arc<ConnConfig>,
 ) -> Option<Running> {
     let _ = stream.set_nodelay(true);
-    let (io, identity): (Io, _) = match kind {
+    let (mut io, identity): (Io, _) = match kind {
         // Plain TCP is accepted by the shards.
         Kind::Tcp => return None,
         Kind::Tls(tls) => {
@@ -811,7 +811,6 @@ async fn start(
             }
         }
     };
-    let mut io = io;
     let mut buf = BytesMut::new();
     let placed = tokio::time::timeout(
         cfg.connect_timeout,
