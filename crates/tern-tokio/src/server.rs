@@ -1650,13 +1650,14 @@ impl Shard {
         let mut n = self.native.remove(k);
         let _ = self.poll.registry().deregister(&mut n.stream);
         if !n.closing {
+            self.forget(n.conn);
+            self.broker.handle_closed(n.conn, now);
+            // After the slot is given back (a test waits for this line).
             debug!(
                 shard = self.index,
                 conn = n.conn.get(),
                 "the client closed the connection"
             );
-            self.forget(n.conn);
-            self.broker.handle_closed(n.conn, now);
         }
     }
 
