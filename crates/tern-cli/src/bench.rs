@@ -199,6 +199,9 @@ struct Conn {
     decoder: Decoder,
     buf: BytesMut,
     version: ProtocolVersion,
+    /// Acknowledgements queued, written before the next wait for input:
+    /// one system call for a batch, not one per message.
+    out: BytesMut,
 }
 
 impl Conn {
@@ -222,6 +225,7 @@ impl Conn {
             decoder: Decoder::client(v).with_max_packet_size(u32::MAX),
             buf: BytesMut::with_capacity(64 * 1024),
             version: v,
+            out: BytesMut::new(),
         };
         let mut connect = Connect::new(v, MqttString::from_str(id).map_err(|e| e.to_string())?);
         connect.keep_alive = 600;
@@ -240,6 +244,12 @@ impl Conn {
         self.stream.write_all(&b).await.map_err(|e| e.to_string())
     }
 
+    /// Queues `p`; it is written before the next wait for input.
+    fn queue(&mut self, p: &Packet) -> Result<(), String> {
+        p.encode(self.version, &mut self.out)
+            .map_err(|e| e.to_string())
+    }
+
     async fn recv(&mut self) -> Result<Option<Packet>, String> {
         loop {
             if let Some(p) = self
@@ -248,6 +258,13 @@ impl Conn {
                 .map_err(|e| e.to_string())?
             {
                 return Ok(Some(p));
+            }
+            if !self.out.is_empty() {
+                self.stream
+                    .write_all(&self.out)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.out.clear();
             }
             self.buf.reserve(64 * 1024);
             let n = self
@@ -568,11 +585,11 @@ async fn subscriber(
                     .fetch_add(m.payload.len() as u64, Ordering::Relaxed);
                 match m.qos {
                     QosPid::AtMostOnce => {}
-                    QosPid::AtLeastOnce(id) => c.send(&Packet::PubAck(Ack::new(id))).await?,
-                    QosPid::ExactlyOnce(id) => c.send(&Packet::PubRec(Ack::new(id))).await?,
+                    QosPid::AtLeastOnce(id) => c.queue(&Packet::PubAck(Ack::new(id)))?,
+                    QosPid::ExactlyOnce(id) => c.queue(&Packet::PubRec(Ack::new(id)))?,
                 }
             }
-            Packet::PubRel(a) => c.send(&Packet::PubComp(Ack::new(a.packet_id))).await?,
+            Packet::PubRel(a) => c.queue(&Packet::PubComp(Ack::new(a.packet_id)))?,
             _ => {}
         }
         // Record in batches, when nothing more is waiting.
@@ -629,7 +646,13 @@ async fn publisher(
             tokio::time::sleep_until(due.into()).await;
         }
         // Wait for room: the global bound on running ahead, and the window.
-        if per_msg > 0 {
+        // What is encoded goes out before any wait.
+        let room = per_msg == 0 || ahead.try_acquire().map(|p| p.forget()).is_ok();
+        if !room && !out.is_empty() {
+            wr.write_all(&out).await.map_err(|e| e.to_string())?;
+            out.clear();
+        }
+        if !room {
             // Lost messages never come back as deliveries: give up waiting
             // after a while rather than hang.
             let wait = tokio::time::timeout(Duration::from_secs(5), ahead.acquire());
@@ -667,11 +690,14 @@ async fn publisher(
         p.encode(version, &mut out).map_err(|e| e.to_string())?;
         seq += 1;
         counters.sent.fetch_add(1, Ordering::Relaxed);
-        if out.len() >= 16 * 1024 || interval.is_some() || qos != QoS::AtMostOnce {
+        // QoS 1/2: written when the window is full (or 16 KiB are ready),
+        // several publishes per system call.
+        let window_full = qos != QoS::AtMostOnce && inflight >= args.inflight;
+        if out.len() >= 16 * 1024 || interval.is_some() || window_full {
             wr.write_all(&out).await.map_err(|e| e.to_string())?;
             out.clear();
         }
-        if qos != QoS::AtMostOnce {
+        if qos != QoS::AtMostOnce && out.is_empty() {
             // Take whatever acknowledgements are already in.
             inflight -= read_acks(&mut rd, &mut decoder, &mut buf, &mut wr, version, true).await?;
         }
@@ -694,18 +720,21 @@ async fn read_acks(
     nowait: bool,
 ) -> Result<usize, String> {
     let mut done = 0;
+    let mut rels = BytesMut::new();
     loop {
         while let Some(p) = decoder.decode(buf).map_err(|e| e.to_string())? {
             match p {
                 Packet::PubAck(_) | Packet::PubComp(_) => done += 1,
-                Packet::PubRec(a) => {
-                    let rel = Packet::PubRel(Ack::new(a.packet_id))
-                        .to_bytes(version)
-                        .map_err(|e| e.to_string())?;
-                    wr.write_all(&rel).await.map_err(|e| e.to_string())?;
-                }
+                Packet::PubRec(a) => Packet::PubRel(Ack::new(a.packet_id))
+                    .encode(version, &mut rels)
+                    .map_err(|e| e.to_string())?,
                 _ => {}
             }
+        }
+        // The PUBRELs of what was read, in one write, before any wait.
+        if !rels.is_empty() {
+            wr.write_all(&rels).await.map_err(|e| e.to_string())?;
+            rels.clear();
         }
         if done > 0 {
             return Ok(done);
