@@ -880,13 +880,11 @@ impl Broker {
                 options: sub.options,
                 id: sub.id,
             };
-            if s.subscriptions.insert(sub.filter.clone(), v).is_none() {
-                self.interest_changed(&sub.filter, true);
-            }
+            let new = s.subscriptions.insert(sub.filter.clone(), v).is_none();
             self.subs.subscribe(&sub.filter, sid, v);
-        }
-        for sub in &subs {
-            self.shared_changed(&sub.filter);
+            if new {
+                self.subscription_changed(&sub.filter, true);
+            }
         }
         self.sessions.insert(sid, Box::new(s));
         self.by_client_id.insert(sid, &self.sessions);
@@ -914,6 +912,22 @@ impl Broker {
             }
             if counted != self.interest {
                 return Err("interest counts differ from the subscriptions".into());
+            }
+        }
+        // One timer entry per connection at most, due when it says.
+        let mut timed = BTreeSet::new();
+        for &(at, timer) in &self.timers {
+            if let Timer::Conn(id) = timer {
+                match self.conns.get(&id) {
+                    None => return Err(format!("conn {}: a timer outlives it", id.0)),
+                    Some(c) if c.timer != at => {
+                        return Err(format!("conn {}: its timer is not where it says", id.0))
+                    }
+                    Some(_) => {}
+                }
+                if !timed.insert(id) {
+                    return Err(format!("conn {}: two timers", id.0));
+                }
             }
         }
         for (&sid, s) in &self.sessions {
@@ -1973,8 +1987,7 @@ impl Broker {
         s.subscriptions.insert(filter, sub);
         self.subs.subscribe(&f.filter, sid, sub);
         if !exists {
-            self.interest_changed(&f.filter, true);
-            self.shared_changed(&f.filter);
+            self.subscription_changed(&f.filter, true);
         }
         (ReasonCode::granted(options.qos), !exists)
     }
@@ -2017,27 +2030,18 @@ impl Broker {
     fn on_unsubscribe(&mut self, conn: ConnId, sid: SessionId, u: Unsubscribe) {
         let s = self.sessions.get_mut(&sid).expect("session exists");
         let mut codes = Vec::with_capacity(u.filters.len());
-        let mut changed = Vec::new();
+        let mut gone = Vec::new();
         for f in &u.filters {
             if s.subscriptions.remove(f).is_some() {
                 self.subs.unsubscribe(f, &sid);
-                Self::count_interest(
-                    &mut self.interest,
-                    &mut *self.shared_routing,
-                    self.config.forward,
-                    f,
-                    false,
-                );
-                if f.is_shared() {
-                    changed.push(f.clone());
-                }
+                gone.push(f);
                 codes.push(ReasonCode::Success);
             } else {
                 codes.push(ReasonCode::NoSubscriptionExisted);
             }
         }
-        for f in &changed {
-            self.shared_changed(f);
+        for f in gone {
+            self.subscription_changed(f, false);
         }
         let ack = UnsubAck {
             packet_id: u.packet_id,
@@ -2146,8 +2150,7 @@ impl Broker {
         self.by_client_id.remove(s.client_id.as_bytes(), sid);
         for f in s.subscriptions.keys() {
             self.subs.unsubscribe(f, &sid);
-            self.interest_changed(f, false);
-            self.shared_changed(f);
+            self.subscription_changed(f, false);
         }
         if let Some(w) = s.will.take() {
             self.publish_will(&w, None, now);
@@ -2234,46 +2237,27 @@ impl Broker {
         }
     }
 
-    /// Counts a local subscription to `filter` made or gone, and tells the
-    /// shared routing when the first is made or the last goes.
-    fn interest_changed(&mut self, filter: &TopicFilter, subscribed: bool) {
-        Self::count_interest(
-            &mut self.interest,
-            &mut *self.shared_routing,
-            self.config.forward,
-            filter,
-            subscribed,
-        );
-    }
-
-    fn count_interest(
-        interest: &mut BTreeMap<String, u32>,
-        routing: &mut dyn SharedRouting,
-        forward: bool,
-        filter: &TopicFilter,
-        subscribed: bool,
-    ) {
-        if !forward {
-            return;
-        }
-        let inner = filter.filter();
-        if subscribed {
-            let n = interest.entry(inner.to_owned()).or_insert(0);
-            *n += 1;
-            if *n == 1 {
-                routing.interest(inner, true);
-            }
-        } else if let Some(n) = interest.get_mut(inner) {
-            *n -= 1;
-            if *n == 0 {
-                interest.remove(inner);
-                routing.interest(inner, false);
+    /// A local subscription to `filter` was made or went: the shared
+    /// routing hears of a filter's first subscription and of its last (a
+    /// shared one counts for its inner filter; only with `forward`), and a
+    /// shared group's member count is reported.
+    fn subscription_changed(&mut self, filter: &TopicFilter, subscribed: bool) {
+        if self.config.forward {
+            let inner = filter.filter();
+            if subscribed {
+                let n = self.interest.entry(inner.to_owned()).or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    self.shared_routing.interest(inner, true);
+                }
+            } else if let Some(n) = self.interest.get_mut(inner) {
+                *n -= 1;
+                if *n == 0 {
+                    self.interest.remove(inner);
+                    self.shared_routing.interest(inner, false);
+                }
             }
         }
-    }
-
-    /// Reports the member count of a shared filter's group.
-    fn shared_changed(&mut self, filter: &TopicFilter) {
         if let Some(share) = filter.share_group() {
             self.events.push_back(Event::SharedMembers {
                 share: share.to_owned(),

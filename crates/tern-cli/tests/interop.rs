@@ -60,6 +60,14 @@ impl Tern {
         tern
     }
 
+    /// Started with `toml` as its configuration file (in a scratch
+    /// directory named `name`).
+    fn with_config(name: &str, toml: &str) -> Tern {
+        let conf = scratch(name).join("tern.toml");
+        std::fs::write(&conf, toml).expect("config written");
+        Tern::start(&["-c", conf.to_str().expect("utf-8")])
+    }
+
     /// Waits for a log line containing `needle`.
     fn wait_log(&mut self, needle: &str) -> String {
         loop {
@@ -254,22 +262,35 @@ struct Raw {
 }
 
 impl Raw {
-    fn connect(tern: &Tern, version: ProtocolVersion, id: &str) -> Raw {
+    /// A TCP connection to the broker that has sent nothing yet.
+    fn open(tern: &Tern, version: ProtocolVersion) -> Raw {
         let stream = TcpStream::connect(("127.0.0.1", tern.port)).expect("connects");
         stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        let mut raw = Raw {
+        Raw {
             stream,
             decoder: Decoder::client(version),
             buf: BytesMut::new(),
             version,
-        };
+        }
+    }
+
+    /// Connected, or `None` if the broker closed the connection instead of
+    /// answering the CONNECT.
+    fn try_connect(tern: &Tern, version: ProtocolVersion, id: &str) -> Option<Raw> {
+        let mut raw = Raw::open(tern, version);
         let connect = Connect::new(version, MqttString::from_str(id).expect("id"));
-        raw.send(&connect.into());
+        // A refused connection may be closed before the CONNECT is written.
+        raw.send_bytes(&Packet::from(connect).to_bytes(version).expect("encodes"));
         match raw.recv() {
             Some(Packet::ConnAck(a)) => assert_eq!(a.reason_code, ReasonCode::Success),
+            None => return None,
             other => panic!("expected CONNACK, got {other:?}"),
         }
-        raw
+        Some(raw)
+    }
+
+    fn connect(tern: &Tern, version: ProtocolVersion, id: &str) -> Raw {
+        Raw::try_connect(tern, version, id).expect("a CONNACK, not a close")
     }
 
     fn send(&mut self, p: &Packet) {
@@ -717,10 +738,8 @@ fn passwords_from_tern_passwd_are_checked_and_reloaded_on_sighup() {
 
 #[test]
 fn acl_rules_deny_publishes_and_subscriptions() {
-    let dir = scratch("acl");
-    let conf = dir.join("tern.toml");
-    std::fs::write(
-        &conf,
+    let tern = Tern::with_config(
+        "acl",
         r#"
 [[acl]]
 topic = "public/ok"
@@ -732,9 +751,7 @@ access = "read"
 topic = "own/%c/#"
 access = "readwrite"
 "#,
-    )
-    .expect("config written");
-    let tern = Tern::start(&["-c", conf.to_str().expect("utf-8")]);
+    );
     let watcher = Sub::start(&tern, &["-t", "public/#", "-i", "watcher"]);
     publish(&tern, &["-t", "public/nope", "-m", "denied", "-q", "1"]);
     publish(&tern, &["-t", "public/ok", "-m", "allowed", "-q", "1"]);
@@ -977,14 +994,10 @@ fn try_publish_on(port: &str, args: &[&str]) -> (bool, String) {
 
 #[test]
 fn paho_over_websocket() {
-    let dir = scratch("ws");
-    let conf = dir.join("tern.toml");
-    std::fs::write(
-        &conf,
+    let tern = Tern::with_config(
+        "ws",
         "[[listener]]\nbind = \"127.0.0.1:0\"\n[[listener]]\ntype = \"ws\"\nbind = \"127.0.0.1:0\"\npath = \"/mqtt\"\n",
-    )
-    .expect("config written");
-    let tern = Tern::start(&["-c", conf.to_str().expect("utf-8")]);
+    );
     let ws_port = listener_ports(&tern, "ws").remove(0);
     let sub = Sub::start(&tern, &["-t", "ws/#"]);
     let script = r#"
@@ -1020,26 +1033,11 @@ c.disconnect(); c.loop_stop()
 // so the test reads the clock to know it.
 #[allow(clippy::disallowed_methods)]
 fn the_connection_rate_limit_closes_the_excess() {
-    let dir = scratch("rate");
-    let conf = dir.join("tern.toml");
-    std::fs::write(&conf, "[limits]\nmax_connection_rate = 2\n").expect("written");
-    let mut tern = Tern::start(&["-c", conf.to_str().expect("utf-8")]);
+    let mut tern = Tern::with_config("rate", "[limits]\nmax_connection_rate = 2\n");
     let started = std::time::Instant::now();
     let mut admitted = 0;
     for i in 0..10 {
-        let mut s = TcpStream::connect(("127.0.0.1", tern.port)).expect("connects");
-        s.set_read_timeout(Some(WAIT)).expect("timeout");
-        let c = Connect::new(
-            ProtocolVersion::V3_1_1,
-            MqttString::from_str(&format!("r{i}")).expect("id"),
-        );
-        let _ = s.write_all(
-            &Packet::from(c)
-                .to_bytes(ProtocolVersion::V3_1_1)
-                .expect("encodes"),
-        );
-        let mut b = [0u8; 4];
-        if matches!(s.read(&mut b), Ok(n) if n > 0) {
+        if Raw::try_connect(&tern, ProtocolVersion::V3_1_1, &format!("r{i}")).is_some() {
             admitted += 1;
         }
     }
@@ -1169,27 +1167,12 @@ fn a_flood_after_an_oversized_packet_still_gets_the_disconnect() {
 
 #[test]
 fn the_connection_limit_refuses_the_excess_and_frees_slots_on_close() {
-    let dir = scratch("limit");
-    let conf = dir.join("tern.toml");
     // Over both shards: client ids land on either.
-    std::fs::write(&conf, "[limits]\nmax_connections = 2\n").expect("written");
-    let mut tern = Tern::start(&["-c", conf.to_str().expect("utf-8")]);
+    let mut tern = Tern::with_config("limit", "[limits]\nmax_connections = 2\n");
     let first = Raw::connect(&tern, ProtocolVersion::V3_1_1, "l1");
     let _second = Raw::connect(&tern, ProtocolVersion::V3_1_1, "l2");
-    let mut third = TcpStream::connect(("127.0.0.1", tern.port)).expect("connects");
-    third.set_read_timeout(Some(WAIT)).expect("timeout");
-    let c = Connect::new(
-        ProtocolVersion::V3_1_1,
-        MqttString::from_str("l3").expect("id"),
-    );
-    let _ = third.write_all(
-        &Packet::from(c)
-            .to_bytes(ProtocolVersion::V3_1_1)
-            .expect("encodes"),
-    );
-    let mut b = [0u8; 4];
     assert!(
-        matches!(third.read(&mut b), Ok(0) | Err(_)),
+        Raw::try_connect(&tern, ProtocolVersion::V3_1_1, "l3").is_none(),
         "the third is closed without a CONNACK"
     );
     tern.wait_log("connection limit reached");
@@ -1201,22 +1184,38 @@ fn the_connection_limit_refuses_the_excess_and_frees_slots_on_close() {
 
 #[test]
 fn a_connection_without_connect_is_closed_at_the_deadline() {
-    let dir = scratch("deadline");
-    let conf = dir.join("tern.toml");
-    std::fs::write(&conf, "[limits]\nconnect_timeout = 1\n").expect("written");
-    let tern = Tern::start(&["-c", conf.to_str().expect("utf-8")]);
-    // Nothing at all, and half a CONNECT: both are closed.
-    let mut silent = TcpStream::connect(("127.0.0.1", tern.port)).expect("connects");
-    let mut half = TcpStream::connect(("127.0.0.1", tern.port)).expect("connects");
-    half.write_all(&[0x10, 0x20, 0x00]).expect("writes");
-    for s in [&mut silent, &mut half] {
-        s.set_read_timeout(Some(WAIT)).expect("timeout");
-        let mut b = [0u8; 4];
-        assert!(
-            matches!(s.read(&mut b), Ok(0) | Err(_)),
-            "closed at the deadline"
-        );
-    }
+    let tern = Tern::with_config("deadline", "[limits]\nconnect_timeout = 1\n");
+    // Nothing at all, and half a CONNECT: both are closed (a read that
+    // times out instead fails the test).
+    let mut silent = Raw::open(&tern, ProtocolVersion::V5);
+    let mut half = Raw::open(&tern, ProtocolVersion::V5);
+    half.send_bytes(&[0x10, 0x20, 0x00]);
+    assert_eq!(silent.recv(), None, "closed at the deadline");
+    assert_eq!(half.recv(), None, "closed at the deadline");
     // Others are served as usual.
     let _ok = Raw::connect(&tern, ProtocolVersion::V5, "punctual");
+}
+
+#[test]
+fn connections_that_send_no_connect_count_toward_the_limit() {
+    // Otherwise sockets that never say CONNECT, each holding up to a
+    // packet's worth of input, would be bounded only by descriptors.
+    let mut tern = Tern::with_config("silent-limit", "[limits]\nmax_connections = 2\n");
+    let silent = Raw::open(&tern, ProtocolVersion::V3_1_1);
+    let _half = {
+        let mut half = Raw::open(&tern, ProtocolVersion::V3_1_1);
+        half.send_bytes(&[0x10, 0x20, 0x00]);
+        half
+    };
+    tern.wait_log("new connection");
+    tern.wait_log("new connection");
+    assert!(
+        Raw::try_connect(&tern, ProtocolVersion::V3_1_1, "late").is_none(),
+        "no slot is left for a third"
+    );
+    tern.wait_log("connection limit reached");
+    // A silent one going frees its slot.
+    drop(silent);
+    tern.wait_log("connection ended before CONNECT");
+    let _ok = Raw::connect(&tern, ProtocolVersion::V3_1_1, "late");
 }

@@ -570,18 +570,38 @@ struct ConnConfig {
     /// New connections per second, over every listener and shard.
     rate: std::sync::Mutex<RateLimit>,
     /// Connections at most, over every shard (each core has the same
-    /// limit, which alone would allow one per shard).
+    /// limit, which alone would allow one per shard), those still waiting
+    /// for their CONNECT included.
     max_connections: usize,
-    /// Connections the shards hold.
+    /// Connections held, from their accept to their close.
     connections: AtomicUsize,
 }
 
 impl ConnConfig {
+    /// Whether a new connection from `peer` may stay: within the rate and
+    /// the connection limit. It takes a slot at once, before its CONNECT,
+    /// so connections that never send one are bounded too; whoever holds
+    /// the connection gives the slot back ([`ConnConfig::release`]).
     fn admit(&self, peer: &SocketAddr) -> bool {
-        self.rate
+        let within_rate = self
+            .rate
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .admit(peer)
+            .admit(peer);
+        if !within_rate {
+            return false;
+        }
+        if self.connections.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
+            self.release();
+            warn!(%peer, "connection limit reached: closed");
+            return false;
+        }
+        true
+    }
+
+    /// A connection's slot is free again.
+    fn release(&self) {
+        self.connections.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// The shard of a client id (round robin without one).
@@ -603,6 +623,42 @@ fn shard_of(client_id: &[u8], shards: usize) -> usize {
     (h % shards as u64) as usize
 }
 
+/// Finds a new connection's client id in its first packet. It keeps the
+/// fixed header it has read, so the packet is decoded (from a copy) once it
+/// is whole, not again after every read: a CONNECT trickling in byte by
+/// byte costs one copy, not one per byte.
+struct FirstPacket(Decoder);
+
+impl FirstPacket {
+    fn new(max_packet_size: u32) -> FirstPacket {
+        FirstPacket(Decoder::server().with_max_packet_size(max_packet_size))
+    }
+
+    /// `None` while the first packet in `buf` is not whole; then the client
+    /// id of a CONNECT that has one (`Some(None)` for anything else,
+    /// malformed included: the core answers it).
+    fn client_id(&mut self, buf: &BytesMut) -> Option<Option<Vec<u8>>> {
+        if self.0.pending_len().is_some_and(|total| buf.len() < total) {
+            return None;
+        }
+        match self.0.decode(&mut buf.clone()) {
+            Ok(Some(Packet::Connect(c))) => Some(Some(c.client_id.as_bytes().to_vec())),
+            Ok(Some(_)) | Err(_) => Some(None),
+            Ok(None) => None,
+        }
+    }
+
+    /// How much to read next, having `have`: small reads until the
+    /// packet's length is known (most CONNECTs are a few dozen bytes, and
+    /// every connection passes through here).
+    fn want(&self, have: usize) -> usize {
+        self.0
+            .pending_len()
+            .map_or(512, |total| total.saturating_sub(have))
+            .clamp(64, READ_CHUNK)
+    }
+}
+
 /// Reads until the first packet is complete; returns its client id if it
 /// is a CONNECT with one.
 async fn first_packet<R: AsyncRead + Unpin>(
@@ -610,27 +666,12 @@ async fn first_packet<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     max: u32,
 ) -> io::Result<Option<Vec<u8>>> {
-    // The probe keeps the fixed header it has read, so the packet is
-    // decoded (from a copy) once it is whole, not again after every read:
-    // a CONNECT trickling in byte by byte costs one copy, not one per byte.
-    let mut probe = Decoder::server().with_max_packet_size(max);
+    let mut first = FirstPacket::new(max);
     loop {
-        let whole = probe.pending_len().is_none_or(|total| buf.len() >= total);
-        if whole {
-            let mut copy = buf.clone();
-            match probe.decode(&mut copy) {
-                Ok(Some(Packet::Connect(c))) => return Ok(Some(c.client_id.as_bytes().to_vec())),
-                // Not a CONNECT, or malformed: the core answers it.
-                Ok(Some(_)) | Err(_) => return Ok(None),
-                Ok(None) => {}
-            }
+        if let Some(id) = first.client_id(buf) {
+            return Ok(id);
         }
-        // Small reads until the packet's length is known: most CONNECTs are
-        // a few dozen bytes, and every connection passes through here.
-        let want = probe
-            .pending_len()
-            .map_or(512, |total| total.saturating_sub(buf.len()));
-        buf.reserve(want.clamp(64, READ_CHUNK));
+        buf.reserve(first.want(buf.len()));
         if rd.read_buf(buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -676,14 +717,15 @@ type Io = Pin<Box<dyn ByteStream>>;
 trait ByteStream: AsyncRead + AsyncWrite + Send {}
 impl<T: AsyncRead + AsyncWrite + Send> ByteStream for T {}
 
-/// Connection tasks alive, so that a shutdown can wait for them.
+/// Connection tasks and shard threads alive, so that a shutdown can wait
+/// for them.
 #[derive(Default)]
 struct Live {
     count: AtomicUsize,
     none: Notify,
 }
 
-/// One per connection task.
+/// One per connection task and per shard thread.
 struct LiveGuard(Arc<Live>);
 
 impl LiveGuard {
@@ -761,8 +803,23 @@ impl Future for ConnTask {
 }
 
 /// Completes the transport's handshake (TLS, WebSocket), reads the first
-/// packet, and hands the connection to its shard.
+/// packet, and hands the connection (and its slot) to its shard; a
+/// connection that does not get there gives its slot back.
 async fn start(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    shards: Arc<Vec<ShardTx>>,
+    cfg: Arc<ConnConfig>,
+) -> Option<Running> {
+    let running = handshake(stream, peer, kind, shards, cfg.clone()).await;
+    if running.is_none() {
+        cfg.release();
+    }
+    running
+}
+
+async fn handshake(
     stream: TcpStream,
     peer: SocketAddr,
     kind: Kind,
@@ -1007,30 +1064,50 @@ fn poll_write_batch<S: AsyncWrite + ?Sized>(
         }
         batch.push_back(joined.freeze());
     }
-    let mut n = if batch.len() == 1 {
+    let n = if batch.len() == 1 {
         ready!(stream.as_mut().poll_write(cx, &batch[0]))?
     } else {
-        let mut slices = [IoSlice::new(&[]); 64];
-        let k = batch.len().min(slices.len());
-        for (slice, b) in slices.iter_mut().zip(batch.iter()) {
-            *slice = IoSlice::new(b);
-        }
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let (k, _) = io_slices(batch, &mut slices);
         ready!(stream.as_mut().poll_write_vectored(cx, &slices[..k]))?
     };
     if n == 0 {
         return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
     }
+    advance(batch, n);
+    Poll::Ready(Ok(()))
+}
+
+/// Buffers handed to one vectored write at most.
+const MAX_SLICES: usize = 64;
+
+/// Fills `slices` with the first buffers of `queue`; returns how many, and
+/// their length in bytes.
+fn io_slices<'a>(queue: &'a VecDeque<Bytes>, slices: &mut [IoSlice<'a>]) -> (usize, usize) {
+    let mut len = 0;
+    let mut k = 0;
+    for (slice, b) in slices.iter_mut().zip(queue.iter()) {
+        *slice = IoSlice::new(b);
+        len += b.len();
+        k += 1;
+    }
+    (k, len)
+}
+
+/// Drops the first `n` bytes of `queue`, which were written.
+fn advance(queue: &mut VecDeque<Bytes>, mut n: usize) {
     while n > 0 {
-        let front = batch.front_mut().expect("wrote no more than the batch");
+        let Some(front) = queue.front_mut() else {
+            return;
+        };
         if n >= front.len() {
             n -= front.len();
-            batch.pop_front();
+            queue.pop_front();
         } else {
             front.advance(n);
             n = 0;
         }
     }
-    Poll::Ready(Ok(()))
 }
 
 /// Which shards have members of each shared group.
@@ -1122,8 +1199,7 @@ struct Probe {
     stream: mio::net::TcpStream,
     peer: SocketAddr,
     buf: BytesMut,
-    /// Keeps the fixed header it read, so the packet is decoded once.
-    decoder: Decoder,
+    first: FirstPacket,
     /// Tells this probe from a later one with the same key.
     serial: u64,
 }
@@ -1316,7 +1392,7 @@ impl Shard {
                 peer,
                 identity,
             } => {
-                let Some(conn) = self.admit(now) else {
+                let Some(conn) = self.core_accept(now) else {
                     warn!(%peer, "connection limit reached: closed");
                     link.close();
                     return false;
@@ -1361,7 +1437,9 @@ impl Shard {
                 for mut l in std::mem::take(&mut self.listeners) {
                     let _ = self.poll.registry().deregister(&mut l);
                 }
-                self.probes.clear();
+                for _ in self.probes.drain() {
+                    self.cfg.release();
+                }
                 self.broker.shutdown(now);
                 self.drain(now);
                 // TLS and WebSocket connections flush on their own.
@@ -1388,6 +1466,7 @@ impl Shard {
                     if !self.cfg.admit(&peer) {
                         continue;
                     }
+                    debug!(shard = self.index, %peer, "new connection");
                     let _ = stream.set_nodelay(true);
                     self.probe(stream, peer, now);
                 }
@@ -1415,6 +1494,7 @@ impl Shard {
             mio::Interest::READABLE,
         ) {
             warn!(%peer, error = %e, "cannot poll the connection: closed");
+            self.cfg.release();
             return;
         }
         self.probe_serial += 1;
@@ -1423,7 +1503,7 @@ impl Shard {
             stream,
             peer,
             buf: BytesMut::new(),
-            decoder: Decoder::server().with_max_packet_size(self.cfg.max_packet_size),
+            first: FirstPacket::new(self.cfg.max_packet_size),
             serial: self.probe_serial,
         });
         self.probe_deadlines
@@ -1440,36 +1520,14 @@ impl Shard {
                 return;
             };
             match std::io::Read::read(&mut p.stream, &mut self.scratch) {
-                Ok(0) => {
-                    debug!(peer = %p.peer, "connection ended before CONNECT");
-                    let mut p = self.probes.remove(k);
-                    let _ = self.poll.registry().deregister(&mut p.stream);
-                    return;
-                }
+                Ok(0) => return self.drop_probe(k, "connection ended before CONNECT"),
                 Ok(len) => p.buf.extend_from_slice(&self.scratch[..len]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    debug!(peer = %p.peer, error = %e, "connection ended before CONNECT");
-                    let mut p = self.probes.remove(k);
-                    let _ = self.poll.registry().deregister(&mut p.stream);
-                    return;
-                }
+                Err(_) => return self.drop_probe(k, "connection failed before CONNECT"),
             }
-            // Decoded (from a copy) once it is whole, not after every read.
-            let whole = p
-                .decoder
-                .pending_len()
-                .is_none_or(|total| p.buf.len() >= total);
-            if !whole {
+            let Some(id) = p.first.client_id(&p.buf) else {
                 continue;
-            }
-            let mut copy = p.buf.clone();
-            let id = match p.decoder.decode(&mut copy) {
-                Ok(Some(Packet::Connect(c))) => Some(c.client_id.as_bytes().to_vec()),
-                // Not a CONNECT, or malformed: the core answers it.
-                Ok(Some(_)) | Err(_) => None,
-                Ok(None) => continue,
             };
             let shard = self.cfg.shard(id.as_deref(), self.peers.len());
             let mut p = self.probes.remove(k);
@@ -1477,11 +1535,14 @@ impl Shard {
                 self.accept_native(p.stream, p.buf, p.peer, now);
             } else {
                 let _ = self.poll.registry().deregister(&mut p.stream);
-                let _ = self.peers[shard].send(ToShard::AcceptNative {
+                let handed = self.peers[shard].send(ToShard::AcceptNative {
                     stream: p.stream,
                     data: p.buf,
                     peer: p.peer,
                 });
+                if handed.is_err() {
+                    self.cfg.release();
+                }
             }
             return;
         }
@@ -1495,11 +1556,18 @@ impl Shard {
             }
             self.probe_deadlines.pop_front();
             if self.probes.get(k).is_some_and(|p| p.serial == serial) {
-                let mut p = self.probes.remove(k);
-                debug!(peer = %p.peer, "no CONNECT in time");
-                let _ = self.poll.registry().deregister(&mut p.stream);
+                self.drop_probe(k, "no CONNECT in time");
             }
         }
+    }
+
+    /// Lets go of a new connection that will not reach a core.
+    fn drop_probe(&mut self, k: usize, why: &str) {
+        let mut p = self.probes.remove(k);
+        let _ = self.poll.registry().deregister(&mut p.stream);
+        self.cfg.release();
+        // After the slot is given back (a test waits for this line).
+        debug!(shard = self.index, peer = %p.peer, "{why}");
     }
 
     /// Takes a connection into this shard's core and poll (it may be
@@ -1511,13 +1579,7 @@ impl Shard {
         peer: SocketAddr,
         now: Instant,
     ) {
-        let Some(conn) = self.admit(now) else {
-            warn!(%peer, "connection limit reached: closed");
-            let _ = self.poll.registry().deregister(&mut stream);
-            return;
-        };
-        let entry = self.native.vacant_entry();
-        let k = entry.key();
+        let k = self.native.vacant_key();
         let interest = mio::Interest::READABLE | mio::Interest::WRITABLE;
         let registry = self.poll.registry();
         let registered = registry
@@ -1525,11 +1587,16 @@ impl Shard {
             .or_else(|_| registry.register(&mut stream, mio::Token(k), interest));
         if let Err(e) = registered {
             warn!(%peer, error = %e, "cannot poll the connection: closed");
-            self.broker.handle_closed(conn, now);
+            self.cfg.release();
             return;
         }
+        let Some(conn) = self.core_accept(now) else {
+            warn!(%peer, "connection limit reached: closed");
+            let _ = self.poll.registry().deregister(&mut stream);
+            return;
+        };
         debug!(shard = self.index, conn = conn.get(), %peer, "accepted");
-        entry.insert(Native {
+        self.native.insert(Native {
             stream,
             conn,
             pending: None,
@@ -1544,25 +1611,21 @@ impl Shard {
         self.again.push(k);
     }
 
-    /// A connection for the core, within the server's limit (every
-    /// shard's connections count).
-    fn admit(&mut self, now: Instant) -> Option<ConnId> {
-        let live = &self.cfg.connections;
-        if live.fetch_add(1, Ordering::AcqRel) >= self.cfg.max_connections {
-            live.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
+    /// The core takes a connection that holds a slot (it gives the slot
+    /// back if the core refuses).
+    fn core_accept(&mut self, now: Instant) -> Option<ConnId> {
         let conn = self.broker.accept(now);
         if conn.is_none() {
-            live.fetch_sub(1, Ordering::AcqRel);
+            self.cfg.release();
         }
         conn
     }
 
-    /// Forgets a connection (dropping a linked one closes it).
+    /// Forgets a connection and frees its slot (dropping a linked one
+    /// closes it).
     fn forget(&mut self, conn: ConnId) -> Option<Endpoint> {
         let e = self.conns.remove(&conn)?;
-        self.cfg.connections.fetch_sub(1, Ordering::AcqRel);
+        self.cfg.release();
         Some(e)
     }
 
@@ -1670,33 +1733,19 @@ impl Shard {
         let mut written = 0;
         let mut failed = false;
         while !n.out.is_empty() {
-            let mut slices = [IoSlice::new(&[]); 64];
-            let count = n.out.len().min(slices.len());
-            for (slice, b) in slices.iter_mut().zip(n.out.iter()) {
-                *slice = IoSlice::new(b);
-            }
-            let offered: usize = slices[..count].iter().map(|s| s.len()).sum();
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let (count, offered) = io_slices(&n.out, &mut slices);
             match std::io::Write::write_vectored(&mut n.stream, &slices[..count]) {
                 Ok(0) => {
                     failed = true;
                     break;
                 }
-                Ok(mut len) => {
+                Ok(len) => {
                     written += len;
+                    advance(&mut n.out, len);
                     // A short write filled the socket: wait for it to drain
                     // rather than learn again that it would block.
-                    let full = len < offered;
-                    while len > 0 {
-                        let front = n.out.front_mut().expect("wrote no more than queued");
-                        if len >= front.len() {
-                            len -= front.len();
-                            n.out.pop_front();
-                        } else {
-                            front.advance(len);
-                            len = 0;
-                        }
-                    }
-                    if full {
+                    if len < offered {
                         break;
                     }
                 }
