@@ -9,6 +9,9 @@
 //!   decoded zero-copy and encoded into any `BufMut`.
 //! - `broker` (default): [`broker`], the sans-IO broker core: a complete
 //!   MQTT broker as one value, fed bytes and time, polled for output.
+//! - `client` (default): [`client`], the sans-IO client: a complete MQTT
+//!   client session as one value, with QoS 1/2, reconnects and a bounded
+//!   offline queue.
 //!
 //! ```
 //! use tern::codec::{Packet, ProtocolVersion};
@@ -22,6 +25,8 @@
 
 #[cfg(feature = "broker")]
 pub use tern_broker as broker;
+#[cfg(feature = "client")]
+pub use tern_client as client;
 #[cfg(feature = "codec")]
 pub use tern_codec as codec;
 #[cfg(feature = "topic")]

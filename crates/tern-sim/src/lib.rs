@@ -1,4 +1,4 @@
-//! A simulated network and virtual clock for testing Tern's broker core.
+//! A simulated network and virtual clock for testing Tern's state machines.
 //!
 //! [`Sim`] drives one [`Broker`] and any number of scripted clients. A
 //! client is raw packets through the real codec: the test decides every
@@ -19,8 +19,16 @@
 //! let ack = sim.connect(c, "doorbell", true);
 //! assert!(!ack.session_present);
 //! ```
+//!
+//! [`Net`] is the same idea for the client side: the broker core and real
+//! `tern-client` state machines, packet by packet, with links a test can
+//! cut after any packet.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod net;
+
+pub use net::{Net, PeerRef};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;

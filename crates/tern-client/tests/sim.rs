@@ -1,0 +1,669 @@
+//! The client against the broker core on a simulated network, in virtual
+//! time: no sockets, no sleeps.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tern_broker::Config;
+use tern_client::{
+    Client, ClientConfig, Delivery, DisconnectReason, Event, Message, PublishError, RequestId,
+    State,
+};
+use tern_codec::{
+    Decoder, Packet, ProtocolVersion, QoS, SubscribeFilter, SubscribeProperties,
+    SubscriptionOptions, TopicFilter, TopicName,
+};
+use tern_sim::{Net, PeerRef};
+
+const V5: ProtocolVersion = ProtocolVersion::V5;
+const V311: ProtocolVersion = ProtocolVersion::V3_1_1;
+
+fn config(id: &str, version: ProtocolVersion) -> ClientConfig {
+    ClientConfig::new(id).with_version(version)
+}
+
+/// A client whose session outlives its connections.
+fn persistent(id: &str, version: ProtocolVersion) -> ClientConfig {
+    let mut c = config(id, version);
+    if version.is_v5() {
+        c.session_expiry_interval = 3600;
+    } else {
+        c.clean_start = false;
+    }
+    c
+}
+
+fn topic(s: &str) -> TopicName {
+    TopicName::new(s).unwrap()
+}
+
+fn filter(f: &str, qos: QoS) -> SubscribeFilter {
+    SubscribeFilter {
+        filter: TopicFilter::new(f).unwrap(),
+        options: SubscriptionOptions::new(qos),
+    }
+}
+
+fn connected(net: &mut Net, p: PeerRef) -> bool {
+    connected_with(net, p, &mut Vec::new())
+}
+
+/// Opens the link and runs the network; the events after `Connected` go to
+/// `rest`.
+fn connected_with(net: &mut Net, p: PeerRef, rest: &mut Vec<Event>) -> bool {
+    net.open(p);
+    net.run();
+    let mut events = net.events(p).into_iter();
+    match events.next() {
+        Some(Event::Connected {
+            session_present, ..
+        }) => {
+            rest.extend(events);
+            session_present
+        }
+        other => panic!("expected Connected, got {other:?}"),
+    }
+}
+
+/// Cuts the link; the client reports it.
+fn cut(net: &mut Net, p: PeerRef) {
+    net.cut(p);
+    assert_eq!(
+        net.events(p),
+        [Event::Disconnected {
+            reason: DisconnectReason::TransportClosed
+        }]
+    );
+}
+
+fn subscribe(net: &mut Net, p: PeerRef, f: &str, qos: QoS) {
+    let now = net.now();
+    let id = net
+        .client(p)
+        .subscribe(vec![filter(f, qos)], SubscribeProperties::default(), now)
+        .unwrap();
+    net.run();
+    let events = net.events(p);
+    assert!(
+        events.iter().any(|e| matches!(e,
+            Event::Subscribed { id: i, reason_codes } if *i == id && !reason_codes[0].is_error())),
+        "{events:?}"
+    );
+}
+
+fn publish(net: &mut Net, p: PeerRef, t: &str, payload: &str, qos: QoS) -> RequestId {
+    let now = net.now();
+    let m = Message::new(topic(t), Bytes::copy_from_slice(payload.as_bytes())).with_qos(qos);
+    net.client(p).publish(m, now).unwrap()
+}
+
+fn deliveries(events: &[Event]) -> Vec<&Delivery> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Message(d) => Some(d),
+            _ => None,
+        })
+        .collect()
+}
+
+fn payloads(events: &[Event]) -> Vec<String> {
+    deliveries(events)
+        .iter()
+        .map(|d| String::from_utf8(d.message.payload.to_vec()).unwrap())
+        .collect()
+}
+
+fn outcomes(
+    events: &[Event],
+) -> BTreeMap<RequestId, Vec<Result<tern_codec::ReasonCode, PublishError>>> {
+    let mut m: BTreeMap<_, Vec<_>> = BTreeMap::new();
+    for e in events {
+        if let Event::Published { id, result } = e {
+            m.entry(*id).or_default().push(result.clone());
+        }
+    }
+    m
+}
+
+/// Decodes the packets of the log that `p` sent (`to_broker`) or received.
+fn logged(net: &Net, p: PeerRef, to_broker: bool, version: ProtocolVersion) -> Vec<Packet> {
+    let mut out = Vec::new();
+    for (who, dir, bytes) in net.log() {
+        if *who != p || *dir != to_broker {
+            continue;
+        }
+        let mut d = if to_broker {
+            let mut d = Decoder::server();
+            d.set_version(version);
+            d
+        } else {
+            Decoder::client(version)
+        };
+        let mut b = bytes.clone();
+        if let Ok(Some(packet)) = d.decode_bytes(&mut b) {
+            out.push(packet);
+        }
+    }
+    out
+}
+
+#[test]
+fn publishes_at_every_qos_reach_a_subscriber_and_complete() {
+    for version in [V311, V5] {
+        let mut net = Net::default();
+        let sub = net.add(Client::new(config("lights", version)));
+        let publ = net.add(Client::new(config("doorbell", version)));
+        connected(&mut net, sub);
+        connected(&mut net, publ);
+        subscribe(&mut net, sub, "home/+/pressed", QoS::ExactlyOnce);
+        let ids: Vec<_> = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+            .into_iter()
+            .enumerate()
+            .map(|(i, q)| publish(&mut net, publ, "home/doorbell/pressed", &i.to_string(), q))
+            .collect();
+        net.run();
+        let done = outcomes(&net.events(publ));
+        for id in &ids {
+            assert_eq!(
+                done[id],
+                vec![Ok(tern_codec::ReasonCode::Success)],
+                "{version}"
+            );
+        }
+        let got = net.events(sub);
+        assert_eq!(payloads(&got), ["0", "1", "2"], "{version}");
+        let qos: Vec<_> = deliveries(&got).iter().map(|d| d.message.qos).collect();
+        assert_eq!(qos, [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]);
+        assert_eq!(net.client(publ).inflight(), 0);
+    }
+}
+
+#[test]
+fn offline_publishes_wait_in_the_queue_and_go_in_order() {
+    let mut net = Net::default();
+    let sub = net.add(Client::new(config("sub", V5)));
+    connected(&mut net, sub);
+    subscribe(&mut net, sub, "q", QoS::AtLeastOnce);
+    let publ = net.add(Client::new(config("pub", V5)));
+    for i in 0..5 {
+        publish(&mut net, publ, "q", &i.to_string(), QoS::AtLeastOnce);
+    }
+    assert_eq!(net.client(publ).queued(), 5);
+    connected(&mut net, publ);
+    net.run();
+    assert_eq!(payloads(&net.events(sub)), ["0", "1", "2", "3", "4"]);
+}
+
+#[test]
+fn the_queue_is_bounded_by_its_policy() {
+    let mut c = config("pub", V5);
+    c.max_queued = 2;
+    let mut client = Client::new(c.clone());
+    let mut net = Net::default();
+    let now = net.now();
+    let m = || Message::new(topic("q"), "x").with_qos(QoS::AtLeastOnce);
+    client.publish(m(), now).unwrap();
+    client.publish(m(), now).unwrap();
+    assert_eq!(client.publish(m(), now), Err(PublishError::QueueFull));
+
+    c.queue_policy = tern_client::QueuePolicy::DropOldest;
+    let p = net.add(Client::new(c));
+    let first = publish(&mut net, p, "q", "0", QoS::AtLeastOnce);
+    publish(&mut net, p, "q", "1", QoS::AtLeastOnce);
+    publish(&mut net, p, "q", "2", QoS::AtLeastOnce);
+    assert_eq!(net.client(p).queued(), 2);
+    net.run();
+    assert_eq!(
+        net.events(p),
+        [Event::Published {
+            id: first,
+            result: Err(PublishError::Dropped)
+        }]
+    );
+}
+
+#[test]
+fn keep_alive_pings_an_idle_server_and_gives_up_on_a_silent_one() {
+    let mut c = config("idle", V5);
+    c.keep_alive = Duration::from_secs(30);
+    c.ping_timeout = Duration::from_secs(5);
+    let mut net = Net::default();
+    let p = net.add(Client::new(c));
+    connected(&mut net, p);
+    // Ten idle minutes: PINGREQs keep the connection (the broker would
+    // close it after 45 s of silence).
+    net.advance(Duration::from_secs(600));
+    assert!(net.is_linked(p));
+    assert_eq!(net.client(p).state(), State::Connected);
+    let pings = logged(&net, p, true, V5)
+        .iter()
+        .filter(|p| matches!(p, Packet::PingReq))
+        .count();
+    assert_eq!(pings, 20);
+    assert!(net.events(p).is_empty());
+
+    // The server goes silent: no PINGRESP within 5 s of the next PINGREQ.
+    net.set_deaf(p, true);
+    net.advance(Duration::from_secs(34));
+    assert_eq!(net.client(p).state(), State::Connected);
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.client(p).state(), State::Disconnected);
+    assert_eq!(
+        net.events(p),
+        [Event::Disconnected {
+            reason: DisconnectReason::KeepAliveTimeout
+        }]
+    );
+}
+
+#[test]
+fn a_missing_connack_times_out() {
+    let mut c = config("slow", V5);
+    c.connect_timeout = Duration::from_secs(3);
+    let mut net = Net::default();
+    let p = net.add(Client::new(c));
+    net.set_deaf(p, true);
+    net.open(p);
+    net.advance(Duration::from_secs(3));
+    assert_eq!(
+        net.events(p),
+        [Event::Disconnected {
+            reason: DisconnectReason::ConnectTimeout
+        }]
+    );
+}
+
+#[test]
+fn reconnect_with_session_resends_unacknowledged_publishes_with_dup() {
+    for version in [V311, V5] {
+        let mut net = Net::default();
+        let sub = net.add(Client::new(persistent("sub", version)));
+        connected(&mut net, sub);
+        subscribe(&mut net, sub, "t", QoS::AtLeastOnce);
+        let publ = net.add(Client::new(persistent("pub", version)));
+        connected(&mut net, publ);
+        let id = publish(&mut net, publ, "t", "m", QoS::AtLeastOnce);
+        // The PUBLISH is lost with the link.
+        cut(&mut net, publ);
+        assert_eq!(net.client(publ).inflight(), 1);
+        let mut rest = Vec::new();
+        assert!(connected_with(&mut net, publ, &mut rest), "session present");
+        assert_eq!(outcomes(&rest)[&id], [Ok(tern_codec::ReasonCode::Success)]);
+        let sent = logged(&net, publ, true, version);
+        let dups: Vec<bool> = sent
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p.dup),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            dups,
+            [true],
+            "{version}: only the resend reached the broker"
+        );
+        assert_eq!(payloads(&net.events(sub)), ["m"]);
+    }
+}
+
+#[test]
+fn reconnect_without_session_requeues_and_resubscribes() {
+    let mut net = Net::default();
+    let sub = net.add(Client::new(config("sub", V5)));
+    connected(&mut net, sub);
+    subscribe(&mut net, sub, "a/#", QoS::AtLeastOnce);
+    assert_eq!(net.client(sub).subscriptions().count(), 1);
+    cut(&mut net, sub);
+    // Clean start: the broker forgot the subscription, the client makes it
+    // again before anything else.
+    let mut rest = Vec::new();
+    assert!(!connected_with(&mut net, sub, &mut rest));
+    assert!(matches!(rest[..], [Event::Subscribed { .. }]), "{rest:?}");
+
+    let publ = net.add(Client::new(config("pub", V5)));
+    connected(&mut net, publ);
+    let id = publish(&mut net, publ, "a/b", "x", QoS::AtLeastOnce);
+    cut(&mut net, publ);
+    // No session on the broker: the message goes again as a new publish.
+    let mut rest = Vec::new();
+    assert!(!connected_with(&mut net, publ, &mut rest));
+    assert_eq!(outcomes(&rest)[&id], [Ok(tern_codec::ReasonCode::Success)]);
+    assert_eq!(payloads(&net.events(sub)), ["x"]);
+    let dups: Vec<bool> = logged(&net, publ, true, V5)
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p.dup),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dups, [false]);
+}
+
+#[test]
+fn qos2_resend_after_a_drop_between_pubrec_and_pubcomp() {
+    for version in [V311, V5] {
+        let mut net = Net::default();
+        let sub = net.add(Client::new(persistent("sub", version)));
+        connected(&mut net, sub);
+        subscribe(&mut net, sub, "t", QoS::ExactlyOnce);
+        let publ = net.add(Client::new(persistent("pub", version)));
+        connected(&mut net, publ);
+        let id = publish(&mut net, publ, "t", "once", QoS::ExactlyOnce);
+        // PUBLISH to the broker, then PUBREC back, then cut: the PUBREL the
+        // client queued is lost.
+        let mut seen_pubrec = false;
+        while !seen_pubrec {
+            assert!(net.step());
+            seen_pubrec = logged(&net, publ, false, version)
+                .iter()
+                .any(|p| matches!(p, Packet::PubRec(_)));
+        }
+        cut(&mut net, publ);
+        let mut rest = Vec::new();
+        assert!(connected_with(&mut net, publ, &mut rest));
+        assert_eq!(outcomes(&rest)[&id], [Ok(tern_codec::ReasonCode::Success)]);
+        // PUBREL went again, and nothing else.
+        let sent = logged(&net, publ, true, version);
+        assert_eq!(
+            sent.iter()
+                .filter(|p| matches!(p, Packet::Publish(_)))
+                .count(),
+            1
+        );
+        assert_eq!(
+            sent.iter()
+                .filter(|p| matches!(p, Packet::PubRel(_)))
+                .count(),
+            1
+        );
+        assert_eq!(payloads(&net.events(sub)), ["once"]);
+    }
+}
+
+#[test]
+fn flow_control_stops_at_the_servers_receive_maximum() {
+    let broker = Config {
+        receive_maximum: 3,
+        ..Config::default()
+    };
+    let mut net = Net::new(broker);
+    let publ = net.add(Client::new(config("pub", V5)));
+    connected(&mut net, publ);
+    for i in 0..20 {
+        publish(&mut net, publ, "t", &i.to_string(), QoS::AtLeastOnce);
+    }
+    assert_eq!(net.client(publ).inflight(), 3);
+    assert_eq!(net.client(publ).queued(), 17);
+    let mut max = 0;
+    while net.step() {
+        max = max.max(net.client(publ).inflight());
+    }
+    assert_eq!(max, 3);
+    assert_eq!(outcomes(&net.events(publ)).len(), 20);
+    assert_eq!(net.client(publ).queued(), 0);
+}
+
+#[test]
+fn server_limits_refuse_what_it_cannot_take() {
+    let broker = Config {
+        maximum_qos: QoS::AtLeastOnce,
+        retain_available: false,
+        max_packet_size: 200,
+        ..Config::default()
+    };
+    let mut net = Net::new(broker);
+    let p = net.add(Client::new(config("pub", V5)));
+    connected(&mut net, p);
+    let now = net.now();
+    let c = net.client(p);
+    assert_eq!(
+        c.publish(
+            Message::new(topic("t"), "x").with_qos(QoS::ExactlyOnce),
+            now
+        ),
+        Err(PublishError::QosNotSupported(QoS::AtLeastOnce))
+    );
+    assert_eq!(
+        c.publish(Message::new(topic("t"), "x").with_retain(true), now),
+        Err(PublishError::RetainNotSupported)
+    );
+    let id = c
+        .publish(Message::new(topic("t"), vec![0u8; 300]), now)
+        .unwrap();
+    net.run();
+    assert!(matches!(
+        &net.events(p)[..],
+        [Event::Published { id: i, result: Err(PublishError::PacketTooLarge { max: 200, .. }) }] if *i == id
+    ));
+    assert!(net.is_linked(p), "nothing too large was sent");
+}
+
+#[test]
+fn topic_aliases_both_ways() {
+    let broker = Config {
+        topic_alias_maximum: 4,
+        ..Config::default()
+    };
+    let mut net = Net::new(broker);
+    let mut sc = config("sub", V5);
+    sc.topic_alias_maximum = 4;
+    let sub = net.add(Client::new(sc));
+    connected(&mut net, sub);
+    subscribe(&mut net, sub, "sensors/#", QoS::AtMostOnce);
+    let mut pc = config("pub", V5);
+    pc.use_topic_aliases = true;
+    let publ = net.add(Client::new(pc));
+    connected(&mut net, publ);
+    for i in 0..3 {
+        publish(
+            &mut net,
+            publ,
+            "sensors/kitchen/temperature",
+            &i.to_string(),
+            QoS::AtMostOnce,
+        );
+    }
+    net.run();
+    let sent: Vec<(String, Option<u16>)> = logged(&net, publ, true, V5)
+        .into_iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some((
+                p.topic.as_str().to_owned(),
+                p.properties.topic_alias.map(|a| a.get()),
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            ("sensors/kitchen/temperature".to_owned(), Some(1)),
+            (String::new(), Some(1)),
+            (String::new(), Some(1)),
+        ]
+    );
+    let got = net.events(sub);
+    assert_eq!(payloads(&got), ["0", "1", "2"]);
+    for d in deliveries(&got) {
+        assert_eq!(d.message.topic.as_str(), "sensors/kitchen/temperature");
+        assert_eq!(d.message.properties.topic_alias, None);
+    }
+}
+
+#[test]
+fn manual_acks_go_out_in_the_order_messages_came() {
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let mut sc = config("sub", V5);
+        sc.manual_ack = true;
+        let mut net = Net::default();
+        let sub = net.add(Client::new(sc));
+        connected(&mut net, sub);
+        subscribe(&mut net, sub, "t", qos);
+        let publ = net.add(Client::new(config("pub", V5)));
+        connected(&mut net, publ);
+        for i in 0..3 {
+            publish(&mut net, publ, "t", &i.to_string(), qos);
+        }
+        net.run();
+        let got = net.events(sub);
+        let acks: Vec<_> = deliveries(&got).iter().map(|d| d.ack.unwrap()).collect();
+        assert_eq!(acks.len(), 3);
+        let acked = |net: &Net| -> usize {
+            logged(net, sub, true, V5)
+                .iter()
+                .filter(|p| matches!(p, Packet::PubAck(_) | Packet::PubRec(_)))
+                .count()
+        };
+        let now = net.now();
+        assert!(net.client(sub).ack(acks[2], now));
+        net.run();
+        assert_eq!(acked(&net), 0, "the third waits for the first two");
+        assert!(net.client(sub).ack(acks[0], now));
+        net.run();
+        assert_eq!(acked(&net), 1);
+        assert!(net.client(sub).ack(acks[1], now));
+        net.run();
+        assert_eq!(acked(&net), 3);
+        // The identifiers went back in arrival order.
+        let received: Vec<u16> = logged(&net, sub, false, V5)
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => p.qos.packet_id().map(|i| i.get()),
+                _ => None,
+            })
+            .collect();
+        let answered: Vec<u16> = logged(&net, sub, true, V5)
+            .iter()
+            .filter_map(|p| match p {
+                Packet::PubAck(a) | Packet::PubRec(a) => Some(a.packet_id.get()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(answered, received);
+        // The publisher's messages all completed.
+        assert_eq!(outcomes(&net.events(publ)).len(), 3);
+        assert!(!net.client(sub).ack(acks[0], now), "acked already");
+    }
+}
+
+#[test]
+fn a_server_that_breaks_the_protocol_is_left() {
+    // A PUBLISH before CONNACK is a protocol error.
+    let mut client = Client::new(config("c", V5));
+    let mut net = Net::default();
+    let now = net.now();
+    client.connect(now);
+    client.poll_transmit();
+    let p = Packet::Publish(tern_codec::Publish::new(
+        topic("t"),
+        tern_codec::QosPid::AtMostOnce,
+        "x",
+    ));
+    client.handle_packet(p, now);
+    assert_eq!(client.state(), State::Disconnected);
+    let out = client.poll_transmit().expect("DISCONNECT");
+    assert_eq!(out[0] >> 4, 14);
+    assert_eq!(out[2], 0x82);
+    let _ = net.add(client);
+}
+
+/// Which link a cut-point run cuts.
+#[derive(Debug, Clone, Copy)]
+enum Which {
+    Publisher,
+    Subscriber,
+    Both,
+}
+
+/// The bar: across a cut after every packet of the QoS 1/2 flows, no
+/// message the publisher saw acknowledged is lost, every message completes
+/// once, and no QoS 2 message reaches the application twice.
+fn cut_points(version: ProtocolVersion, qos: QoS, which: Which) -> u64 {
+    const N: usize = 3;
+    for k in 0.. {
+        let mut net = Net::default();
+        let sub = net.add(Client::new(persistent("sub", version)));
+        let publ = net.add(Client::new(persistent("pub", version)));
+        connected(&mut net, sub);
+        connected(&mut net, publ);
+        subscribe(&mut net, sub, "t/#", qos);
+        let base = net.delivered();
+        let ids: Vec<_> = (0..N)
+            .map(|i| publish(&mut net, publ, &format!("t/{i}"), &i.to_string(), qos))
+            .collect();
+        let mut pub_events = Vec::new();
+        let mut sub_events = Vec::new();
+        while net.delivered() - base < k && net.step() {}
+        let finished = net.delivered() - base < k;
+        if !finished {
+            match which {
+                Which::Publisher => net.cut(publ),
+                Which::Subscriber => net.cut(sub),
+                Which::Both => {
+                    net.cut(publ);
+                    net.cut(sub);
+                }
+            }
+            pub_events.extend(net.events(publ));
+            sub_events.extend(net.events(sub));
+            for (p, sink) in [(publ, &mut pub_events), (sub, &mut sub_events)] {
+                if !net.is_linked(p) {
+                    assert!(
+                        connected_with(&mut net, p, sink),
+                        "{version} {qos:?} {which:?} k={k}: session kept"
+                    );
+                }
+            }
+        }
+        net.run();
+        pub_events.extend(net.events(publ));
+        sub_events.extend(net.events(sub));
+        let ctx = format!("{version} {qos:?} {which:?} cut after packet {k}");
+
+        let done = outcomes(&pub_events);
+        for id in &ids {
+            assert_eq!(
+                done.get(id).map(Vec::as_slice),
+                Some(&[Ok(tern_codec::ReasonCode::Success)][..]),
+                "{ctx}: every publish completes once"
+            );
+        }
+        let mut got = payloads(&sub_events);
+        if qos == QoS::ExactlyOnce {
+            let mut sorted = got.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(
+                sorted.len(),
+                got.len(),
+                "{ctx}: a QoS 2 message came twice: {got:?}"
+            );
+        }
+        got.sort();
+        got.dedup();
+        let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+        assert_eq!(got, want, "{ctx}: every message arrives");
+        assert_eq!(net.client(publ).inflight(), 0, "{ctx}");
+        if finished {
+            return k;
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn no_loss_and_no_duplicate_across_a_cut_at_every_step() {
+    for version in [V311, V5] {
+        for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            for which in [Which::Publisher, Which::Subscriber, Which::Both] {
+                let steps = cut_points(version, qos, which);
+                // The flow is long enough for the loop to mean something:
+                // 3 messages take 6 (QoS 1) or 12 (QoS 2) packets each way.
+                let min = if qos == QoS::ExactlyOnce { 24 } else { 12 };
+                assert!(steps >= min, "{version} {qos:?} {which:?}: {steps} steps");
+            }
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! [`Net`]: the broker core and real `tern-client` state machines, wired
+//! packet by packet on a virtual clock.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tern_broker::{Broker, Config, ConnId, Event as BrokerEvent};
+use tern_client::{Client, Event, State};
+
+/// A client of a [`Net`], as returned by [`Net::add`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeerRef(usize);
+
+#[derive(Debug)]
+struct Peer {
+    client: Client,
+    /// The link, as the client sees it: up until it closes or hears the
+    /// broker closed.
+    conn: Option<ConnId>,
+    /// Bytes delivered to the broker it has not consumed yet.
+    at_broker: BytesMut,
+    /// Bytes delivered to the client it has not consumed yet.
+    at_client: BytesMut,
+    events: Vec<Event>,
+    /// Packets from the broker to this client vanish (a half-open link).
+    deaf: bool,
+}
+
+#[derive(Debug)]
+enum Cargo {
+    /// One whole packet.
+    Packet(Bytes),
+    /// The sender closed after the packets before this.
+    Close,
+}
+
+#[derive(Debug)]
+struct Transit {
+    peer: usize,
+    /// The broker connection the link had when this was sent.
+    conn: ConnId,
+    to_broker: bool,
+    cargo: Cargo,
+}
+
+/// One [`Broker`] and any number of [`Client`]s on a simulated network.
+///
+/// Packets travel one at a time in the order they were sent, so a test can
+/// stop the world after any packet ([`Net::step`]) and cut a link
+/// ([`Net::cut`]) exactly there. Time is virtual ([`Net::advance`]): the
+/// broker's and every client's timers fire in order. The broker's
+/// invariants are checked after every step.
+///
+/// ```
+/// use tern_sim::Net;
+/// use tern_client::{Client, ClientConfig, Event};
+///
+/// let mut net = Net::default();
+/// let lights = net.add(Client::new(ClientConfig::new("lights")));
+/// net.open(lights);
+/// net.run();
+/// assert!(matches!(net.events(lights)[..], [Event::Connected { .. }]));
+/// ```
+#[derive(Debug)]
+pub struct Net {
+    /// The broker.
+    pub broker: Broker,
+    now: Instant,
+    peers: Vec<Peer>,
+    /// Connections the broker has open, to their client.
+    by_conn: BTreeMap<ConnId, usize>,
+    transit: VecDeque<Transit>,
+    delivered: u64,
+    log: Vec<(PeerRef, bool, Bytes)>,
+}
+
+impl Default for Net {
+    fn default() -> Net {
+        Net::new(Config::default())
+    }
+}
+
+impl Net {
+    /// A network around a broker with `config`.
+    pub fn new(config: Config) -> Net {
+        // The one real clock reading: an origin for virtual time.
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        Net {
+            broker: Broker::new(config, now),
+            now,
+            peers: Vec::new(),
+            by_conn: BTreeMap::new(),
+            transit: VecDeque::new(),
+            delivered: 0,
+            log: Vec::new(),
+        }
+    }
+
+    /// The current virtual instant.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Adds a client, not yet linked.
+    pub fn add(&mut self, client: Client) -> PeerRef {
+        self.peers.push(Peer {
+            client,
+            conn: None,
+            at_broker: BytesMut::new(),
+            at_client: BytesMut::new(),
+            events: Vec::new(),
+            deaf: false,
+        });
+        PeerRef(self.peers.len() - 1)
+    }
+
+    /// The client, to call its API (publish, subscribe, ack, ...). Call
+    /// [`Net::run`] or [`Net::step`] afterwards to move its packets.
+    pub fn client(&mut self, p: PeerRef) -> &mut Client {
+        &mut self.peers[p.0].client
+    }
+
+    /// Opens a link for a client and lets it send CONNECT (not delivered
+    /// yet).
+    pub fn open(&mut self, p: PeerRef) {
+        let conn = self
+            .broker
+            .accept(self.now)
+            .expect("below the connection limit");
+        let peer = &mut self.peers[p.0];
+        assert!(peer.conn.is_none(), "link already open");
+        peer.conn = Some(conn);
+        peer.at_broker.clear();
+        peer.at_client.clear();
+        self.by_conn.insert(conn, p.0);
+        peer.client.connect(self.now);
+        self.pump();
+    }
+
+    /// Whether the client's link is up.
+    pub fn is_linked(&self, p: PeerRef) -> bool {
+        self.peers[p.0].conn.is_some()
+    }
+
+    /// Cuts the link now: what is in transit on it is lost, both ends hear
+    /// the transport closed.
+    pub fn cut(&mut self, p: PeerRef) {
+        self.transit.retain(|t| t.peer != p.0);
+        self.peers[p.0].conn = None;
+        let open: Vec<ConnId> = self
+            .by_conn
+            .iter()
+            .filter(|(_, &i)| i == p.0)
+            .map(|(&c, _)| c)
+            .collect();
+        for conn in open {
+            self.by_conn.remove(&conn);
+            self.broker.handle_closed(conn, self.now);
+        }
+        self.peers[p.0].client.handle_closed(self.now);
+        self.pump();
+    }
+
+    /// Packets delivered so far, all links together.
+    pub fn delivered(&self) -> u64 {
+        self.delivered
+    }
+
+    /// Every packet delivered so far: the client, whether it went to the
+    /// broker, and its bytes.
+    pub fn log(&self) -> &[(PeerRef, bool, Bytes)] {
+        &self.log
+    }
+
+    /// Makes the link of `p` drop everything the broker sends it (the
+    /// broker writes into a void), or stop doing so.
+    pub fn set_deaf(&mut self, p: PeerRef, deaf: bool) {
+        self.peers[p.0].deaf = deaf;
+    }
+
+    /// Packets in transit.
+    pub fn in_transit(&self) -> usize {
+        self.transit.len()
+    }
+
+    /// Delivers the oldest packet in transit; `false` when none is.
+    pub fn step(&mut self) -> bool {
+        // What the test made the clients do since the last step.
+        self.pump();
+        let Some(t) = self.transit.pop_front() else {
+            return false;
+        };
+        self.delivered += 1;
+        let peer = &mut self.peers[t.peer];
+        match (t.to_broker, t.cargo) {
+            (true, Cargo::Packet(data)) => {
+                self.log.push((PeerRef(t.peer), true, data.clone()));
+                if self.by_conn.contains_key(&t.conn) {
+                    peer.at_broker.extend_from_slice(&data);
+                    let mut buf = std::mem::take(&mut peer.at_broker);
+                    self.broker.handle_read(t.conn, &mut buf, self.now);
+                    self.peers[t.peer].at_broker = buf;
+                }
+            }
+            (false, Cargo::Packet(data)) => {
+                self.log.push((PeerRef(t.peer), false, data.clone()));
+                if peer.conn == Some(t.conn) && !peer.deaf {
+                    peer.at_client.extend_from_slice(&data);
+                    let mut buf = std::mem::take(&mut peer.at_client);
+                    peer.client.handle_read(&mut buf, self.now);
+                    self.peers[t.peer].at_client = buf;
+                }
+            }
+            (true, Cargo::Close) => {
+                if self.by_conn.remove(&t.conn).is_some() {
+                    self.broker.handle_closed(t.conn, self.now);
+                }
+            }
+            (false, Cargo::Close) => {
+                if peer.conn == Some(t.conn) {
+                    peer.conn = None;
+                    peer.client.handle_closed(self.now);
+                }
+            }
+        }
+        self.pump();
+        true
+    }
+
+    /// Delivers packets until none is in transit.
+    pub fn run(&mut self) {
+        let mut n = 0u64;
+        while self.step() {
+            n += 1;
+            assert!(n < 10_000_000, "the network does not settle");
+        }
+    }
+
+    /// Moves the clock forward by `d`, running every timer of the broker and
+    /// the clients, and every delivery, in order.
+    pub fn advance(&mut self, d: Duration) {
+        let target = self.now + d;
+        self.run();
+        loop {
+            let next = self
+                .peers
+                .iter()
+                .filter_map(|p| p.client.poll_timeout())
+                .chain(self.broker.poll_timeout())
+                .min()
+                .filter(|&t| t <= target);
+            let Some(next) = next else {
+                break;
+            };
+            self.now = self.now.max(next);
+            self.fire();
+            self.run();
+        }
+        self.now = target;
+        self.fire();
+        self.run();
+    }
+
+    fn fire(&mut self) {
+        self.broker.handle_timeout(self.now);
+        for p in &mut self.peers {
+            p.client.handle_timeout(self.now);
+        }
+        self.pump();
+    }
+
+    /// Events the client emitted since the last call.
+    pub fn events(&mut self, p: PeerRef) -> Vec<Event> {
+        self.pump();
+        std::mem::take(&mut self.peers[p.0].events)
+    }
+
+    /// Moves every output into transit and acts on events.
+    fn pump(&mut self) {
+        loop {
+            let mut any = false;
+            for (i, peer) in self.peers.iter_mut().enumerate() {
+                while let Some(data) = peer.client.poll_transmit() {
+                    any = true;
+                    if let Some(conn) = peer.conn {
+                        for packet in split(data) {
+                            self.transit.push_back(Transit {
+                                peer: i,
+                                conn,
+                                to_broker: true,
+                                cargo: Cargo::Packet(packet),
+                            });
+                        }
+                    }
+                }
+                while let Some(e) = peer.client.poll_event() {
+                    any = true;
+                    peer.events.push(e);
+                }
+                // The client gave up on the connection: its adapter closes
+                // the transport after writing what it had.
+                if peer.client.state() == State::Disconnected {
+                    if let Some(conn) = peer.conn.take() {
+                        any = true;
+                        self.transit.push_back(Transit {
+                            peer: i,
+                            conn,
+                            to_broker: true,
+                            cargo: Cargo::Close,
+                        });
+                    }
+                }
+            }
+            while let Some(t) = self.broker.poll_transmit() {
+                any = true;
+                let n = t.data.len();
+                if let Some(&i) = self.by_conn.get(&t.conn) {
+                    for packet in split(t.data) {
+                        self.transit.push_back(Transit {
+                            peer: i,
+                            conn: t.conn,
+                            to_broker: false,
+                            cargo: Cargo::Packet(packet),
+                        });
+                    }
+                }
+                self.broker.handle_written(t.conn, n, self.now);
+            }
+            while let Some(e) = self.broker.poll_event() {
+                any = true;
+                if let BrokerEvent::Close { conn, .. } = e {
+                    if let Some(i) = self.by_conn.remove(&conn) {
+                        self.transit.push_back(Transit {
+                            peer: i,
+                            conn,
+                            to_broker: false,
+                            cargo: Cargo::Close,
+                        });
+                    }
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        if let Err(e) = self.broker.check_invariants() {
+            panic!("broker invariant broken: {e}");
+        }
+    }
+}
+
+/// Splits bytes holding whole packets into one `Bytes` per packet.
+fn split(mut data: Bytes) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let mut len = 0usize;
+        let mut shift = 0;
+        let mut i = 1;
+        loop {
+            let b = data[i];
+            len |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            i += 1;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        out.push(data.split_to(i + len));
+    }
+    out
+}
