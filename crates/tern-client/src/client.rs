@@ -177,14 +177,18 @@ pub enum Event {
         /// subscribers), or why it failed.
         result: Result<ReasonCode, PublishError>,
     },
-    /// SUBACK. Resubscriptions after a lost session
-    /// ([`ClientConfig::resubscribe`]) come with an id the application did
-    /// not make.
+    /// SUBACK.
     Subscribed {
         /// The request.
         id: RequestId,
         /// One code per filter, in order: the granted QoS or a failure.
         reason_codes: Vec<ReasonCode>,
+    },
+    /// SUBACK of the subscription the client made again, by itself, after
+    /// a server that lost the session ([`ClientConfig::resubscribe`]).
+    Resubscribed {
+        /// The filters, each with its reason code.
+        results: Vec<(TopicFilter, ReasonCode)>,
     },
     /// UNSUBACK.
     Unsubscribed {
@@ -217,6 +221,8 @@ pub enum State {
 #[derive(Debug, Clone)]
 enum ReqKind {
     Subscribe(Subscribe),
+    /// The client's own: every granted filter, after a lost session.
+    Resubscribe(Subscribe),
     Unsubscribe(Unsubscribe),
 }
 
@@ -765,7 +771,7 @@ impl Client {
             };
             self.waiting.push_front(Request {
                 id,
-                kind: ReqKind::Subscribe(sub),
+                kind: ReqKind::Resubscribe(sub),
             });
         }
         let _ = now;
@@ -938,17 +944,26 @@ impl Client {
         let Some(req) = self.requests.remove(&a.packet_id.get()) else {
             return;
         };
-        if let ReqKind::Subscribe(sub) = req.kind {
-            for (f, code) in sub.filters.into_iter().zip(&a.reason_codes) {
-                if !code.is_error() {
-                    self.subscriptions.insert(f.filter.bytes().clone(), f);
-                }
+        let (ReqKind::Subscribe(sub) | ReqKind::Resubscribe(sub)) = &req.kind else {
+            return;
+        };
+        let mut results = Vec::with_capacity(sub.filters.len());
+        for (f, &code) in sub.filters.iter().zip(&a.reason_codes) {
+            if code.is_error() {
+                self.subscriptions.remove(f.filter.bytes());
+            } else {
+                self.subscriptions
+                    .insert(f.filter.bytes().clone(), f.clone());
             }
-            self.events.push_back(Event::Subscribed {
+            results.push((f.filter.clone(), code));
+        }
+        self.events.push_back(match req.kind {
+            ReqKind::Resubscribe(_) => Event::Resubscribed { results },
+            _ => Event::Subscribed {
                 id: req.id,
                 reason_codes: a.reason_codes,
-            });
-        }
+            },
+        });
     }
 
     fn on_unsuback(&mut self, a: UnsubAck) {
@@ -1001,7 +1016,7 @@ impl Client {
         };
         let packet_id = PacketId::new(pid).unwrap_or(PLACEHOLDER);
         let packet = match &mut req.kind {
-            ReqKind::Subscribe(s) => {
+            ReqKind::Subscribe(s) | ReqKind::Resubscribe(s) => {
                 s.packet_id = packet_id;
                 Packet::Subscribe(s.clone())
             }
@@ -1015,12 +1030,12 @@ impl Client {
             // server would have refused it.
             if let Some(req) = self.requests.remove(&pid) {
                 let n = match &req.kind {
-                    ReqKind::Subscribe(s) => s.filters.len(),
+                    ReqKind::Subscribe(s) | ReqKind::Resubscribe(s) => s.filters.len(),
                     ReqKind::Unsubscribe(u) => u.filters.len(),
                 };
                 let reason_codes = vec![ReasonCode::UnspecifiedError; n];
                 self.events.push_back(match req.kind {
-                    ReqKind::Subscribe(_) => Event::Subscribed {
+                    ReqKind::Subscribe(_) | ReqKind::Resubscribe(_) => Event::Subscribed {
                         id: req.id,
                         reason_codes,
                     },

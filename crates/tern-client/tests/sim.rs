@@ -320,7 +320,15 @@ fn reconnect_without_session_requeues_and_resubscribes() {
     // again before anything else.
     let mut rest = Vec::new();
     assert!(!connected_with(&mut net, sub, &mut rest));
-    assert!(matches!(rest[..], [Event::Subscribed { .. }]), "{rest:?}");
+    assert_eq!(
+        rest,
+        [Event::Resubscribed {
+            results: vec![(
+                TopicFilter::new("a/#").unwrap(),
+                tern_codec::ReasonCode::GrantedQoS1
+            )]
+        }]
+    );
 
     let publ = net.add(Client::new(config("pub", V5)));
     connected(&mut net, publ);

@@ -1,5 +1,6 @@
-//! Tokio adapters for Tern: the MQTT codec framed over tokio-util, and the
-//! broker server that puts `tern-broker` on the network.
+//! Tokio adapters for Tern: the MQTT codec framed over tokio-util, the
+//! async client that puts `tern-client` on the network ([`AsyncClient`]),
+//! and the broker server that puts `tern-broker` there.
 //!
 //! The server runs one broker core per CPU core ("shards"); a session lives
 //! on the shard its client id hashes to, and messages cross shards as
@@ -22,10 +23,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod client;
 mod codec;
 mod server;
 mod transport;
 
+pub use client::{AsyncClient, Backoff, ClientError, ClientOptions, Incoming, Messages, Transport};
 pub use codec::{CodecError, MqttCodec};
 pub use server::{CredentialCheck, PolicyFactory, Server, ServerConfig};
-pub use transport::TlsSettings;
+pub use transport::{tls_client_config, TlsSettings};

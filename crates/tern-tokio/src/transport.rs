@@ -191,3 +191,112 @@ where
     });
     Ok(ours)
 }
+
+/// A TLS client configuration: the server is checked against the PEM CA
+/// certificates in `ca_file` (or, without one, the system's bundle at
+/// `/etc/ssl/certs/ca-certificates.crt`), and `cert`/`key` give a client
+/// certificate when the server asks for one. Errors name the file.
+pub fn tls_client_config(
+    ca_file: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let system = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    let ca = ca_file.unwrap_or(system);
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
+        let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
+        // The system bundle may hold certificates webpki cannot use.
+        if let Err(e) = roots.add(c) {
+            if ca_file.is_some() {
+                return Err(format!("{}: {e}", ca.display()));
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let config = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| format!("{}: {e}", cert.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{}: {e}", cert.display()))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| format!("{}: {e}", cert.display()))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err("a client certificate needs both --cert and --key".into()),
+    };
+    Ok(Arc::new(config))
+}
+
+/// A client WebSocket seen as a byte stream: each write is one binary
+/// frame, reads return the payloads of binary frames. No task of its own.
+pub(crate) struct WsIo<S> {
+    ws: tokio_tungstenite::WebSocketStream<S>,
+    read: Bytes,
+}
+
+impl<S> WsIo<S> {
+    pub(crate) fn new(ws: tokio_tungstenite::WebSocketStream<S>) -> WsIo<S> {
+        WsIo {
+            ws,
+            read: Bytes::new(),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        while self.read.is_empty() {
+            match std::task::ready!(self.ws.poll_next_unpin(cx)) {
+                Some(Ok(WsMessage::Binary(b))) => self.read = b,
+                Some(Ok(WsMessage::Close(_))) | None => return Poll::Ready(Ok(())),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+            }
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsIo<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        use std::task::Poll;
+        std::task::ready!(self.ws.poll_ready_unpin(cx)).map_err(io::Error::other)?;
+        self.ws
+            .start_send_unpin(WsMessage::Binary(Bytes::copy_from_slice(buf)))
+            .map_err(io::Error::other)?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.ws.poll_flush_unpin(cx).map_err(io::Error::other)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.ws.poll_close_unpin(cx).map_err(io::Error::other)
+    }
+}

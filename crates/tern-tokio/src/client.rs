@@ -1,0 +1,788 @@
+//! The async client: `tern-client` on tokio, over TCP, TLS or WebSocket,
+//! with reconnects.
+//!
+//! One task per client drives the connection; the handles share the
+//! state machine with it behind a mutex. A call never waits on a queue:
+//! `publish` hands the message to the state machine (whose queue is bounded
+//! by its policy) and waits only for the server's acknowledgement, which
+//! the task always reads. So publishing from the task that handles
+//! messages cannot deadlock.
+
+// The adapter owns the clock.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use tern_client::{
+    AckId, Client, ClientConfig, Delivery, DisconnectReason, Event, Message, PublishError,
+    RequestError, RequestId, State,
+};
+use tern_codec::{AuthProperties, ReasonCode, SubscribeFilter, SubscribeProperties, TopicFilter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use crate::transport::WsIo;
+
+/// How to reach the server.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plain TCP.
+    Tcp {
+        /// Host name or address.
+        host: String,
+        /// Port (1883 by convention).
+        port: u16,
+    },
+    /// TLS over TCP.
+    Tls {
+        /// Host name or address; also the name the certificate must carry.
+        host: String,
+        /// Port (8883 by convention).
+        port: u16,
+        /// The rustls configuration (see [`tls_client_config`](crate::tls_client_config)).
+        config: Arc<rustls::ClientConfig>,
+    },
+    /// WebSocket (subprotocol `mqtt`): `ws://host:port/path`, or `wss://`
+    /// with a TLS configuration.
+    WebSocket {
+        /// The URL.
+        url: String,
+        /// For `wss://` URLs.
+        tls: Option<Arc<rustls::ClientConfig>>,
+    },
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Transport::Tls { host, port, .. } => write!(f, "tls://{host}:{port}"),
+            Transport::WebSocket { url, .. } => f.write_str(url),
+        }
+    }
+}
+
+/// Reconnection delays: exponential from `initial` to `max`, each with
+/// full jitter (a random delay between half and all of it).
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// The first delay.
+    pub initial: Duration,
+    /// The largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    fn delay(&self, attempt: u32, random: u64) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1u32 << attempt.min(20))
+            .min(self.max);
+        let half = base / 2;
+        let jitter = half.as_nanos() as u64;
+        half + Duration::from_nanos(if jitter == 0 { 0 } else { random % jitter })
+    }
+}
+
+/// Everything the async client needs.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The MQTT session: id, version, keep alive, will, limits, ...
+    pub config: ClientConfig,
+    /// How to reach the server.
+    pub transport: Transport,
+    /// Reconnect after a lost connection; `None` ends the client instead.
+    pub reconnect: Option<Backoff>,
+    /// How many QoS 0 messages may wait for the application; more are
+    /// dropped (counted by [`AsyncClient::dropped`]). QoS 1/2 messages are
+    /// never dropped: they are acknowledged when the application takes them,
+    /// so the server's flow control (our Receive Maximum) bounds them.
+    pub capacity: usize,
+    /// How long to wait for the TCP, TLS and WebSocket handshakes.
+    pub connect_timeout: Duration,
+}
+
+impl ClientOptions {
+    /// Plain TCP to `host:port`, reconnecting with the default backoff.
+    pub fn new(config: ClientConfig, host: impl Into<String>, port: u16) -> ClientOptions {
+        ClientOptions {
+            config,
+            transport: Transport::Tcp {
+                host: host.into(),
+                port,
+            },
+            reconnect: Some(Backoff::default()),
+            capacity: 1024,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The publish failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The request could not be made.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The client has stopped (disconnected, or it does not reconnect).
+    #[error("the client has stopped")]
+    Closed,
+}
+
+/// What the stream of a client yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A message. With [`ClientConfig::manual_ack`], acknowledge it with
+    /// [`AsyncClient::ack`]; otherwise taking it from the stream does.
+    Message(Delivery),
+    /// Connected (or reconnected).
+    Connected {
+        /// The server resumed the session.
+        session_present: bool,
+    },
+    /// The connection ended; the client reconnects if configured to.
+    Disconnected(DisconnectReason),
+    /// The client subscribed again, by itself, after the server lost the
+    /// session ([`ClientConfig::resubscribe`]).
+    Resubscribed(Vec<(TopicFilter, ReasonCode)>),
+    /// The transport could not be opened.
+    ConnectFailed(String),
+    /// AUTH from the server (enhanced authentication); answer with
+    /// [`AsyncClient::auth`].
+    Auth {
+        /// Continue Authentication, or Success.
+        reason: ReasonCode,
+        /// Method and data.
+        properties: AuthProperties,
+    },
+}
+
+enum Slot {
+    Waiting(Option<Waker>),
+    Published(Result<ReasonCode, PublishError>),
+    Answered(Vec<ReasonCode>),
+}
+
+struct Inner {
+    client: Client,
+    waiters: HashMap<RequestId, Slot>,
+    incoming: VecDeque<Incoming>,
+    /// QoS 0 messages in `incoming`.
+    qos0: usize,
+    /// The stream's reader, waiting.
+    reader: Option<Waker>,
+    capacity: usize,
+    manual_ack: bool,
+    dropped: u64,
+    /// `disconnect` was called: no reconnect.
+    closing: bool,
+    /// The task has ended.
+    finished: bool,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Wakes the task: something to send.
+    wake: Notify,
+    /// Wakes `disconnect` callers: the task ended.
+    done: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A handle to an MQTT client; clone it freely. The connection lives in
+/// one task started by [`AsyncClient::start`].
+///
+/// ```no_run
+/// use tern_client::{ClientConfig, Message};
+/// use tern_codec::{QoS, TopicName};
+/// use tern_tokio::{AsyncClient, ClientOptions, Incoming};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let (client, mut incoming) =
+///     AsyncClient::start(ClientOptions::new(ClientConfig::new("doorbell"), "127.0.0.1", 1883));
+/// let msg = Message::new(TopicName::new("home/doorbell/pressed")?, "1").with_qos(QoS::AtLeastOnce);
+/// client.publish(msg).await?; // resolves at PUBACK
+/// while let Some(event) = incoming.recv().await {
+///     if let Incoming::Message(m) = event {
+///         println!("{}: {:?}", m.message.topic, m.message.payload);
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AsyncClient {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AsyncClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncClient").finish_non_exhaustive()
+    }
+}
+
+/// The stream of messages and connection notices of a client. It ends
+/// when the client has stopped.
+pub struct Messages {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Messages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Messages").finish_non_exhaustive()
+    }
+}
+
+impl AsyncClient {
+    /// Starts the client's task (on the current tokio runtime): it
+    /// connects, and reconnects as `options` say.
+    pub fn start(options: ClientOptions) -> (AsyncClient, Messages) {
+        let manual_ack = options.config.manual_ack;
+        let mut config = options.config.clone();
+        // Messages are acknowledged when the application takes them.
+        config.manual_ack = true;
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                client: Client::new(config),
+                waiters: HashMap::new(),
+                incoming: VecDeque::new(),
+                qos0: 0,
+                reader: None,
+                capacity: options.capacity.max(1),
+                manual_ack,
+                dropped: 0,
+                closing: false,
+                finished: false,
+            }),
+            wake: Notify::new(),
+            done: Notify::new(),
+        });
+        tokio::spawn(run(shared.clone(), options));
+        (
+            AsyncClient {
+                shared: shared.clone(),
+            },
+            Messages { shared },
+        )
+    }
+
+    /// Publishes `message` and resolves when it is done: at PUBACK (QoS 1),
+    /// PUBCOMP (QoS 2), or once handed to the transport (QoS 0). While
+    /// offline it waits in the client's bounded queue. Dropping the future
+    /// does not withdraw the message.
+    pub async fn publish(&self, message: Message) -> Result<ReasonCode, ClientError> {
+        let id = self.submit(|c, now| c.publish(message, now).map_err(ClientError::from))?;
+        match (Wait {
+            shared: &self.shared,
+            id,
+        })
+        .await?
+        {
+            Slot::Published(r) => r.map_err(ClientError::from),
+            _ => Err(ClientError::Closed),
+        }
+    }
+
+    /// Hands `message` to the client without waiting for the outcome.
+    pub fn try_publish(&self, message: Message) -> Result<(), ClientError> {
+        let mut inner = self.shared.lock();
+        if inner.finished {
+            return Err(ClientError::Closed);
+        }
+        let now = Instant::now();
+        inner.client.publish(message, now)?;
+        drop(inner);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Subscribes and resolves with one reason code per filter (the
+    /// granted QoS, or why not).
+    pub async fn subscribe(
+        &self,
+        filters: Vec<SubscribeFilter>,
+    ) -> Result<Vec<ReasonCode>, ClientError> {
+        self.subscribe_with(filters, SubscribeProperties::default())
+            .await
+    }
+
+    /// Subscribes with properties (5.0: a Subscription Identifier).
+    pub async fn subscribe_with(
+        &self,
+        filters: Vec<SubscribeFilter>,
+        properties: SubscribeProperties,
+    ) -> Result<Vec<ReasonCode>, ClientError> {
+        let id = self.submit(|c, now| {
+            c.subscribe(filters, properties, now)
+                .map_err(ClientError::from)
+        })?;
+        match (Wait {
+            shared: &self.shared,
+            id,
+        })
+        .await?
+        {
+            Slot::Answered(codes) => Ok(codes),
+            _ => Err(ClientError::Closed),
+        }
+    }
+
+    /// Unsubscribes and resolves with one reason code per filter.
+    pub async fn unsubscribe(
+        &self,
+        filters: Vec<TopicFilter>,
+    ) -> Result<Vec<ReasonCode>, ClientError> {
+        let id = self.submit(|c, now| c.unsubscribe(filters, now).map_err(ClientError::from))?;
+        match (Wait {
+            shared: &self.shared,
+            id,
+        })
+        .await?
+        {
+            Slot::Answered(codes) => Ok(codes),
+            _ => Err(ClientError::Closed),
+        }
+    }
+
+    /// Acknowledges a message received with manual acknowledgement.
+    pub fn ack(&self, id: AckId) -> bool {
+        let ok = self.shared.lock().client.ack(id, Instant::now());
+        self.shared.wake.notify_one();
+        ok
+    }
+
+    /// Sends AUTH (enhanced authentication).
+    pub fn auth(&self, reason: ReasonCode, data: Option<Bytes>) {
+        self.shared.lock().client.auth(reason, data, Instant::now());
+        self.shared.wake.notify_one();
+    }
+
+    /// QoS 0 messages dropped because the application did not take them.
+    pub fn dropped(&self) -> u64 {
+        self.shared.lock().dropped
+    }
+
+    /// Whether the client is connected now.
+    pub fn is_connected(&self) -> bool {
+        self.shared.lock().client.state() == State::Connected
+    }
+
+    /// Sends DISCONNECT (the server drops the will), stops reconnecting,
+    /// and resolves once the task has ended. Publishes not yet done fail
+    /// with [`ClientError::Closed`].
+    pub async fn disconnect(&self) {
+        {
+            let mut inner = self.shared.lock();
+            inner.closing = true;
+            inner.client.disconnect(Instant::now());
+        }
+        self.shared.wake.notify_one();
+        loop {
+            let done = self.shared.done.notified();
+            if self.shared.lock().finished {
+                return;
+            }
+            done.await;
+        }
+    }
+
+    fn submit(
+        &self,
+        f: impl FnOnce(&mut Client, Instant) -> Result<RequestId, ClientError>,
+    ) -> Result<RequestId, ClientError> {
+        let mut inner = self.shared.lock();
+        if inner.finished || inner.closing {
+            return Err(ClientError::Closed);
+        }
+        let id = f(&mut inner.client, Instant::now())?;
+        inner.waiters.insert(id, Slot::Waiting(None));
+        drop(inner);
+        self.shared.wake.notify_one();
+        Ok(id)
+    }
+}
+
+/// Waits for the outcome of request `id`; forgets it when dropped.
+struct Wait<'a> {
+    shared: &'a Shared,
+    id: RequestId,
+}
+
+impl Future for Wait<'_> {
+    type Output = Result<Slot, ClientError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut inner = self.shared.lock();
+        let finished = inner.finished;
+        match inner.waiters.get_mut(&self.id) {
+            Some(Slot::Waiting(w)) if !finished => {
+                if !w.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *w = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            Some(Slot::Waiting(_)) | None => {
+                inner.waiters.remove(&self.id);
+                Poll::Ready(Err(ClientError::Closed))
+            }
+            Some(_) => Poll::Ready(Ok(inner.waiters.remove(&self.id).expect("present"))),
+        }
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().waiters.remove(&self.id);
+    }
+}
+
+impl Messages {
+    /// The next message or notice; `None` once the client has stopped.
+    pub async fn recv(&mut self) -> Option<Incoming> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+        let mut inner = self.shared.lock();
+        match inner.incoming.pop_front() {
+            Some(Incoming::Message(mut d)) => {
+                match d.ack {
+                    None => inner.qos0 -= 1,
+                    Some(id) if !inner.manual_ack => {
+                        d.ack = None;
+                        inner.client.ack(id, Instant::now());
+                        drop(inner);
+                        self.shared.wake.notify_one();
+                    }
+                    Some(_) => {}
+                }
+                Poll::Ready(Some(Incoming::Message(d)))
+            }
+            Some(item) => Poll::Ready(Some(item)),
+            None if inner.finished => Poll::Ready(None),
+            None => {
+                inner.reader = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Stream for Messages {
+    type Item = Incoming;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+        self.get_mut().poll_recv(cx)
+    }
+}
+
+trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
+
+/// The client's task: connect, drive, wait, again.
+async fn run(shared: Arc<Shared>, options: ClientOptions) {
+    let mut attempt = 0u32;
+    let mut random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        | 1;
+    loop {
+        if shared.lock().closing {
+            break;
+        }
+        let opened = tokio::time::timeout(options.connect_timeout, open(&options.transport)).await;
+        match opened {
+            Ok(Ok(io)) => {
+                if drive(&shared, io).await {
+                    attempt = 0;
+                }
+            }
+            Ok(Err(e)) => {
+                debug!(transport = ?options.transport, error = %e, "connect failed");
+                notice(&shared, Incoming::ConnectFailed(e.to_string()));
+            }
+            Err(_) => notice(&shared, Incoming::ConnectFailed("connect timed out".into())),
+        }
+        let Some(backoff) = options.reconnect else {
+            break;
+        };
+        if shared.lock().closing {
+            break;
+        }
+        // xorshift: jitter needs no more than that.
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        let until = tokio::time::Instant::now() + backoff.delay(attempt, random);
+        attempt = attempt.saturating_add(1);
+        // A disconnect() while waiting ends the client at once; other calls
+        // only queue.
+        let stop = loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break false,
+                _ = shared.wake.notified() => {
+                    if shared.lock().closing {
+                        break true;
+                    }
+                }
+            }
+        };
+        if stop {
+            break;
+        }
+    }
+    let mut inner = shared.lock();
+    inner.finished = true;
+    for slot in inner.waiters.values_mut() {
+        if let Slot::Waiting(w) = slot {
+            if let Some(w) = w.take() {
+                w.wake();
+            }
+        }
+    }
+    if let Some(w) = inner.reader.take() {
+        w.wake();
+    }
+    drop(inner);
+    shared.done.notify_waiters();
+}
+
+fn notice(shared: &Shared, item: Incoming) {
+    let mut inner = shared.lock();
+    inner.incoming.push_back(item);
+    if let Some(w) = inner.reader.take() {
+        w.wake();
+    }
+}
+
+async fn open(t: &Transport) -> io::Result<Box<dyn ByteStream>> {
+    match t {
+        Transport::Tcp { host, port } => {
+            let s = TcpStream::connect((host.as_str(), *port)).await?;
+            s.set_nodelay(true)?;
+            Ok(Box::new(s))
+        }
+        Transport::Tls { host, port, config } => {
+            let s = TcpStream::connect((host.as_str(), *port)).await?;
+            s.set_nodelay(true)?;
+            Ok(Box::new(tls(host, config, s).await?))
+        }
+        Transport::WebSocket { url, tls: config } => {
+            use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+            use tokio_tungstenite::tungstenite::http::HeaderValue;
+            let mut req = url
+                .as_str()
+                .into_client_request()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            req.headers_mut()
+                .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
+            let uri = req.uri().clone();
+            let secure = uri.scheme_str() == Some("wss");
+            let host = uri.host().unwrap_or("localhost").to_owned();
+            let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+            let s = TcpStream::connect((host.as_str(), port)).await?;
+            s.set_nodelay(true)?;
+            if secure {
+                let config = config.as_ref().ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "wss:// needs a TLS configuration",
+                    )
+                })?;
+                let s = tls(&host, config, s).await?;
+                let (ws, _) = tokio_tungstenite::client_async(req, s)
+                    .await
+                    .map_err(io::Error::other)?;
+                Ok(Box::new(WsIo::new(ws)))
+            } else {
+                let (ws, _) = tokio_tungstenite::client_async(req, s)
+                    .await
+                    .map_err(io::Error::other)?;
+                Ok(Box::new(WsIo::new(ws)))
+            }
+        }
+    }
+}
+
+async fn tls(
+    host: &str,
+    config: &Arc<rustls::ClientConfig>,
+    s: TcpStream,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, s)
+        .await
+}
+
+/// One connection: CONNECT, then bytes both ways until it ends. Returns
+/// whether CONNACK accepted it.
+async fn drive(shared: &Shared, mut io: Box<dyn ByteStream>) -> bool {
+    {
+        let mut inner = shared.lock();
+        if inner.closing {
+            return false;
+        }
+        inner.client.connect(Instant::now());
+    }
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut accepted = false;
+    loop {
+        let (out, deadline, state) = {
+            let mut inner = shared.lock();
+            let out = inner.client.poll_transmit();
+            if out.is_none() {
+                // Events after the bytes they follow were written: a QoS 0
+                // publish completes once handed to the transport.
+                accepted |= dispatch(&mut inner);
+            }
+            (out, inner.client.poll_timeout(), inner.client.state())
+        };
+        if let Some(out) = out {
+            if let Err(e) = io.write_all(&out).await {
+                debug!(error = %e, "write failed");
+                lost(shared);
+                return accepted;
+            }
+            if let Err(e) = io.flush().await {
+                debug!(error = %e, "flush failed");
+                lost(shared);
+                return accepted;
+            }
+            continue;
+        }
+        if state == State::Disconnected {
+            let _ = io.shutdown().await;
+            lost(shared);
+            return accepted;
+        }
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = io.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => {
+                    lost(shared);
+                    return accepted;
+                }
+                Ok(_) => shared.lock().client.handle_read(&mut buf, Instant::now()),
+            },
+            _ = shared.wake.notified() => {}
+            _ = sleep => shared.lock().client.handle_timeout(Instant::now()),
+        }
+        if buf.capacity() - buf.len() < 1024 && buf.is_empty() {
+            buf = BytesMut::with_capacity(8 * 1024);
+        }
+    }
+}
+
+/// The transport is gone: tell the state machine and pass on its events.
+fn lost(shared: &Shared) {
+    let mut inner = shared.lock();
+    inner.client.handle_closed(Instant::now());
+    // Bytes it queued for a dead transport are dropped; what matters is
+    // kept in its session state.
+    let _ = inner.client.poll_transmit();
+    dispatch(&mut inner);
+}
+
+/// Moves the state machine's events to waiters and the stream. Returns
+/// whether one was `Connected`.
+fn dispatch(inner: &mut Inner) -> bool {
+    let mut connected = false;
+    let mut wake_reader = false;
+    while let Some(e) = inner.client.poll_event() {
+        match e {
+            Event::Published { id, result } => finish(inner, id, Slot::Published(result)),
+            Event::Subscribed { id, reason_codes } | Event::Unsubscribed { id, reason_codes } => {
+                finish(inner, id, Slot::Answered(reason_codes))
+            }
+            Event::Message(d) => {
+                if d.ack.is_none() {
+                    if inner.qos0 >= inner.capacity {
+                        inner.dropped += 1;
+                        if inner.dropped.is_power_of_two() {
+                            warn!(
+                                dropped = inner.dropped,
+                                "QoS 0 messages dropped: the application does not keep up"
+                            );
+                        }
+                        continue;
+                    }
+                    inner.qos0 += 1;
+                }
+                inner.incoming.push_back(Incoming::Message(d));
+                wake_reader = true;
+            }
+            Event::Connected {
+                session_present, ..
+            } => {
+                connected = true;
+                inner
+                    .incoming
+                    .push_back(Incoming::Connected { session_present });
+                wake_reader = true;
+            }
+            Event::Disconnected { reason } => {
+                inner.incoming.push_back(Incoming::Disconnected(reason));
+                wake_reader = true;
+            }
+            Event::Resubscribed { results } => {
+                inner.incoming.push_back(Incoming::Resubscribed(results));
+                wake_reader = true;
+            }
+            Event::Auth { reason, properties } => {
+                inner
+                    .incoming
+                    .push_back(Incoming::Auth { reason, properties });
+                wake_reader = true;
+            }
+        }
+    }
+    if wake_reader {
+        if let Some(w) = inner.reader.take() {
+            w.wake();
+        }
+    }
+    connected
+}
+
+fn finish(inner: &mut Inner, id: RequestId, outcome: Slot) {
+    if let Some(slot) = inner.waiters.get_mut(&id) {
+        if let Slot::Waiting(Some(w)) = std::mem::replace(slot, outcome) {
+            w.wake();
+        }
+    }
+}

@@ -1,0 +1,600 @@
+//! The async client against real brokers over real sockets: the Debian
+//! `mosquitto` broker (started here on a free port) and tern's own server,
+//! over TCP, TLS and WebSocket, with a proxy the tests can cut.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tern_client::{ClientConfig, DisconnectReason, Message};
+use tern_codec::{
+    ProtocolVersion, QoS, ReasonCode, SubscribeFilter, SubscriptionOptions, TopicFilter, TopicName,
+};
+use tern_tokio::{
+    AsyncClient, Backoff, ClientError, ClientOptions, Incoming, Messages, Server, ServerConfig,
+    TlsSettings, Transport,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+
+/// Every wait in these tests is for an event; this only bounds a broken one.
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn require(cmd: &str, what: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{cmd} is missing: these tests need {what}; install it with scripts/install-peers"
+    );
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tern-client-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The Debian mosquitto broker on a free loopback port.
+struct Mosquitto {
+    child: Child,
+    port: u16,
+}
+
+/// The broker binary: Debian installs it in /usr/sbin, which a user's PATH
+/// may lack.
+fn mosquitto_bin() -> String {
+    let on_path = Command::new("sh")
+        .args(["-c", "command -v mosquitto"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if on_path {
+        return "mosquitto".into();
+    }
+    if Path::new("/usr/sbin/mosquitto").exists() {
+        return "/usr/sbin/mosquitto".into();
+    }
+    require("mosquitto", "Debian's mosquitto broker");
+    unreachable!()
+}
+
+impl Mosquitto {
+    fn start() -> Mosquitto {
+        let dir = scratch(&format!("mosquitto-{}", free_port()));
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .expect("config written");
+        let mut child = Command::new(mosquitto_bin())
+            .args(["-v", "-c"])
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mosquitto starts");
+        // Wait for its "running" line: the listener is open then.
+        let stderr = child.stderr.take().expect("piped");
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("mosquitto exited before running")
+                .expect("readable");
+            if line.contains("running") {
+                break;
+            }
+        }
+        // Keep draining so mosquitto never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Mosquitto { child, port }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Tern's server in this process, on free ports: TCP, WebSocket, and TLS
+/// when given settings.
+struct Tern {
+    tcp: SocketAddr,
+    ws: SocketAddr,
+    tls: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Tern {
+    async fn start(tls: Option<TlsSettings>) -> Tern {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let mut config = ServerConfig {
+            tcp: vec![any],
+            ws: vec![(any, "/mqtt".into())],
+            shards: 1,
+            ..ServerConfig::default()
+        };
+        if let Some(t) = tls {
+            config.tls = vec![(any, t)];
+        }
+        let has_tls = !config.tls.is_empty();
+        let server = Server::bind(config).await.expect("bound");
+        let addrs = server.local_addrs().expect("addresses");
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        Tern {
+            tcp: addrs[0],
+            tls: has_tls.then(|| addrs[1]),
+            ws: addrs[if has_tls { 2 } else { 1 }],
+            stop: Some(stop),
+        }
+    }
+}
+
+impl Drop for Tern {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A TCP proxy whose connections a test can cut.
+struct Proxy {
+    port: u16,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
+        let port = listener.local_addr().expect("address").port();
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let c = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let Ok(mut up) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    continue;
+                };
+                let task = tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                });
+                c.lock().expect("lock").push(task.abort_handle());
+            }
+        });
+        Proxy { port, conns }
+    }
+
+    /// Drops every connection through the proxy (both sockets close).
+    fn cut(&self) {
+        for c in self.conns.lock().expect("lock").drain(..) {
+            c.abort();
+        }
+    }
+}
+
+fn options(id: &str, version: ProtocolVersion, port: u16) -> ClientOptions {
+    let mut o = ClientOptions::new(
+        ClientConfig::new(id).with_version(version),
+        "127.0.0.1",
+        port,
+    );
+    o.reconnect = Some(Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(100),
+    });
+    o
+}
+
+fn filter(f: &str, qos: QoS) -> SubscribeFilter {
+    SubscribeFilter {
+        filter: TopicFilter::new(f).expect("filter"),
+        options: SubscriptionOptions::new(qos),
+    }
+}
+
+fn message(t: &str, payload: &str, qos: QoS) -> Message {
+    Message::new(TopicName::new(t).expect("topic"), payload.to_owned()).with_qos(qos)
+}
+
+async fn next_message(m: &mut Messages) -> tern_client::Delivery {
+    loop {
+        match timeout(LIMIT, m.recv()).await.expect("a message in time") {
+            Some(Incoming::Message(d)) => return d,
+            Some(_) => {}
+            None => panic!("the client stopped"),
+        }
+    }
+}
+
+async fn connected(m: &mut Messages) -> bool {
+    loop {
+        match timeout(LIMIT, m.recv()).await.expect("connected in time") {
+            Some(Incoming::Connected { session_present }) => return session_present,
+            Some(Incoming::Message(d)) => panic!("message before connected: {d:?}"),
+            Some(_) => {}
+            None => panic!("the client stopped"),
+        }
+    }
+}
+
+async fn round_trip(port: u16, version: ProtocolVersion) {
+    let (sub, mut sub_rx) = AsyncClient::start(options("rt-sub", version, port));
+    connected(&mut sub_rx).await;
+    let granted = sub
+        .subscribe(vec![filter("home/+/pressed", QoS::ExactlyOnce)])
+        .await
+        .expect("subscribed");
+    assert_eq!(granted, [ReasonCode::GrantedQoS2]);
+    let (publ, _pub_rx) = AsyncClient::start(options("rt-pub", version, port));
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        let m = message("home/doorbell/pressed", &i.to_string(), qos);
+        let r = timeout(LIMIT, publ.publish(m)).await.expect("in time");
+        assert!(
+            matches!(r, Ok(c) if !c.is_error()),
+            "{version} {qos:?}: {r:?}"
+        );
+    }
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        let d = next_message(&mut sub_rx).await;
+        assert_eq!(d.message.payload, i.to_string().as_bytes(), "{version}");
+        assert_eq!(d.message.qos, qos);
+        assert_eq!(d.ack, None, "acknowledged by taking it");
+    }
+    publ.disconnect().await;
+    sub.disconnect().await;
+    assert!(sub_rx
+        .recv()
+        .await
+        .is_some_and(|i| matches!(i, Incoming::Disconnected(DisconnectReason::Local))));
+    assert_eq!(sub_rx.recv().await, None, "the stream ends with the client");
+    assert_eq!(
+        publ.publish(message("t", "late", QoS::AtMostOnce)).await,
+        Err(ClientError::Closed)
+    );
+}
+
+#[tokio::test]
+async fn qos_0_1_2_through_mosquitto_on_both_versions() {
+    let m = Mosquitto::start();
+    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        round_trip(m.port, v).await;
+    }
+}
+
+#[tokio::test]
+async fn qos_0_1_2_through_tern_on_both_versions() {
+    let t = Tern::start(None).await;
+    for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        round_trip(t.tcp.port(), v).await;
+    }
+}
+
+/// A handler that publishes (and waits for the acknowledgement) for every
+/// message it takes, with every queue at its smallest, must not deadlock.
+async fn publish_from_the_handler(port: u16) {
+    let mut o = options("echo", ProtocolVersion::V5, port);
+    o.capacity = 1;
+    o.config.max_inflight = 1;
+    o.config.max_queued = 1;
+    o.config.receive_maximum = 1;
+    let (echo, mut rx) = AsyncClient::start(o);
+    connected(&mut rx).await;
+    echo.subscribe(vec![filter("ping", QoS::AtLeastOnce)])
+        .await
+        .expect("subscribed");
+    let handler = tokio::spawn(async move {
+        for _ in 0..200 {
+            let d = next_message(&mut rx).await;
+            let reply = message(
+                "pong",
+                std::str::from_utf8(&d.message.payload).expect("utf8"),
+                QoS::AtLeastOnce,
+            );
+            echo.publish(reply).await.expect("reply acknowledged");
+        }
+        echo.disconnect().await;
+    });
+    let (sink, mut sink_rx) = AsyncClient::start(options("sink", ProtocolVersion::V5, port));
+    connected(&mut sink_rx).await;
+    sink.subscribe(vec![filter("pong", QoS::AtLeastOnce)])
+        .await
+        .expect("subscribed");
+    let (publ, _p) = AsyncClient::start(options("pinger", ProtocolVersion::V5, port));
+    let sender = tokio::spawn(async move {
+        for i in 0..200 {
+            publ.publish(message("ping", &i.to_string(), QoS::AtLeastOnce))
+                .await
+                .expect("ping acknowledged");
+        }
+    });
+    for i in 0..200 {
+        let d = next_message(&mut sink_rx).await;
+        assert_eq!(d.message.payload, i.to_string().as_bytes());
+    }
+    timeout(LIMIT, handler)
+        .await
+        .expect("no deadlock")
+        .expect("handler");
+    sender.await.expect("sender");
+}
+
+#[tokio::test]
+async fn publishing_from_the_message_handler_does_not_deadlock() {
+    let t = Tern::start(None).await;
+    publish_from_the_handler(t.tcp.port()).await;
+    let m = Mosquitto::start();
+    publish_from_the_handler(m.port).await;
+}
+
+/// The link drops: the client reconnects by itself; without a session on
+/// the server it subscribes again, with one it resumes and gets what was
+/// queued for it meanwhile.
+async fn reconnects(port: u16) {
+    let proxy = Proxy::start(port).await;
+    for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
+        // Clean session: resubscribed after the cut.
+        let (sub, mut rx) = AsyncClient::start(options("clean", version, proxy.port));
+        assert!(!connected(&mut rx).await);
+        sub.subscribe(vec![filter("r/clean", QoS::AtLeastOnce)])
+            .await
+            .expect("subscribed");
+        proxy.cut();
+        assert!(!connected(&mut rx).await, "{version}: no session kept");
+        match timeout(LIMIT, rx.recv()).await.expect("in time") {
+            Some(Incoming::Resubscribed(r)) => {
+                assert_eq!(
+                    r,
+                    [(
+                        TopicFilter::new("r/clean").expect("filter"),
+                        ReasonCode::GrantedQoS1
+                    )]
+                )
+            }
+            other => panic!("{version}: expected the resubscription, got {other:?}"),
+        }
+        let (publ, _p) = AsyncClient::start(options("rpub", version, port));
+        publ.publish(message("r/clean", "after", QoS::AtLeastOnce))
+            .await
+            .expect("published");
+        let got = next_message(&mut rx).await;
+        assert_eq!(got.message.topic.as_str(), "r/clean");
+        sub.disconnect().await;
+
+        // Persistent session: messages published while it is away arrive.
+        let mut o = options("kept", version, proxy.port);
+        if version == ProtocolVersion::V5 {
+            o.config.session_expiry_interval = 60;
+        } else {
+            o.config.clean_start = false;
+        }
+        o.reconnect = Some(Backoff {
+            initial: Duration::from_millis(300),
+            max: Duration::from_millis(300),
+        });
+        let (kept, mut krx) = AsyncClient::start(o);
+        connected(&mut krx).await;
+        kept.subscribe(vec![filter("r/kept", QoS::AtLeastOnce)])
+            .await
+            .expect("subscribed");
+        proxy.cut();
+        for i in 0..5 {
+            publ.publish(message("r/kept", &i.to_string(), QoS::AtLeastOnce))
+                .await
+                .expect("published");
+        }
+        assert!(connected(&mut krx).await, "{version}: session resumed");
+        for i in 0..5 {
+            assert_eq!(
+                next_message(&mut krx).await.message.payload,
+                i.to_string().as_bytes()
+            );
+        }
+        kept.disconnect().await;
+        publ.disconnect().await;
+    }
+}
+
+#[tokio::test]
+async fn reconnects_to_mosquitto() {
+    let m = Mosquitto::start();
+    reconnects(m.port).await;
+}
+
+#[tokio::test]
+async fn reconnects_to_tern() {
+    let t = Tern::start(None).await;
+    reconnects(t.tcp.port()).await;
+}
+
+#[tokio::test]
+async fn websocket_transport() {
+    let t = Tern::start(None).await;
+    let mut o = options("ws", ProtocolVersion::V5, 0);
+    o.transport = Transport::WebSocket {
+        url: format!("ws://127.0.0.1:{}/mqtt", t.ws.port()),
+        tls: None,
+    };
+    let (c, mut rx) = AsyncClient::start(o);
+    connected(&mut rx).await;
+    c.subscribe(vec![filter("ws/#", QoS::AtLeastOnce)])
+        .await
+        .expect("subscribed");
+    c.publish(message("ws/echo", "over websocket", QoS::AtLeastOnce))
+        .await
+        .expect("published");
+    assert_eq!(
+        next_message(&mut rx).await.message.payload,
+        "over websocket".as_bytes()
+    );
+    c.disconnect().await;
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    require("openssl", "the openssl command (Debian package openssl)");
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn tls_transport_checks_the_server_certificate() {
+    let dir = scratch("tls");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=Test CA",
+    ]);
+    openssl(&dir, &ca);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("written");
+    let mut req = vec!["req"];
+    req.extend(ec);
+    req.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    openssl(&dir, &req);
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "server.ext",
+        ],
+    );
+    let settings = TlsSettings::load(
+        &dir.join("server.pem"),
+        &dir.join("server.key"),
+        None,
+        false,
+    )
+    .expect("server TLS");
+    let t = Tern::start(Some(settings)).await;
+    let port = t.tls.expect("TLS listener").port();
+
+    let config =
+        tern_tokio::tls_client_config(Some(&dir.join("ca.pem")), None, None).expect("client TLS");
+    let mut o = options("tls", ProtocolVersion::V5, port);
+    o.transport = Transport::Tls {
+        host: "localhost".into(),
+        port,
+        config,
+    };
+    let (c, mut rx) = AsyncClient::start(o);
+    connected(&mut rx).await;
+    c.subscribe(vec![filter("tls", QoS::AtLeastOnce)])
+        .await
+        .expect("subscribed");
+    c.publish(message("tls", "secret", QoS::ExactlyOnce))
+        .await
+        .expect("published");
+    assert_eq!(
+        next_message(&mut rx).await.message.payload,
+        "secret".as_bytes()
+    );
+    c.disconnect().await;
+
+    // A CA that did not sign the server's certificate: no connection.
+    let other = scratch("tls-other");
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=Other CA",
+    ]);
+    openssl(&other, &ca);
+    let config =
+        tern_tokio::tls_client_config(Some(&other.join("ca.pem")), None, None).expect("client TLS");
+    let mut o = options("tls-bad", ProtocolVersion::V5, port);
+    o.reconnect = None;
+    o.transport = Transport::Tls {
+        host: "localhost".into(),
+        port,
+        config,
+    };
+    let (_c, mut rx) = AsyncClient::start(o);
+    match timeout(LIMIT, rx.recv()).await.expect("in time") {
+        Some(Incoming::ConnectFailed(e)) => {
+            assert!(e.contains("certificate") || e.contains("Unknown"), "{e}")
+        }
+        other => panic!("expected a failed connect, got {other:?}"),
+    }
+    assert_eq!(
+        rx.recv().await,
+        None,
+        "no reconnect configured: the client stops"
+    );
+}
