@@ -1,5 +1,6 @@
 //! `tern`: the MQTT broker of Tern (`tern broker`), a drop-in for Mosquitto,
-//! and `tern passwd` for its password file.
+//! `tern pub` and `tern sub` (mosquitto_pub and mosquitto_sub's flags), and
+//! `tern passwd` for the broker's password file.
 //!
 //! ```text
 //! tern broker                       127.0.0.1:1883, anonymous clients, safe limits
@@ -9,15 +10,20 @@
 //! tern passwd -b passwd bob s3cret  add or replace bob, password on the command line
 //! tern passwd -D passwd bob         delete bob
 //! tern bench fanout -m 100 -d 10    load-test a broker (see `tern bench --help`)
+//! tern sub -t 'home/#' -v           print messages (see `tern sub --help`)
+//! tern pub -t home/doorbell/pressed -m 1 -q 1
 //! ```
 //!
 //! Exit codes: 0 after a clean shutdown (SIGINT, SIGTERM) or a done
 //! `passwd`; 1 when the broker cannot start or a file cannot be written;
-//! 2 for usage errors and invalid configuration.
+//! 2 for usage errors and invalid configuration. `tern pub`/`tern sub`: 0
+//! done, 1 refused or lost (connection, message or subscription), 2 usage
+//! errors, 27 when `tern sub -W` ran out of time.
 
 mod bench;
 mod config;
 mod passwd;
+mod pubsub;
 
 use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
@@ -57,6 +63,10 @@ enum Command {
     Passwd(PasswdArgs),
     /// Load-test an MQTT broker: conn, fanin, fanout, p2p, latency.
     Bench(bench::BenchArgs),
+    /// Publish messages (mosquitto_pub's flags).
+    Pub(pubsub::PubArgs),
+    /// Subscribe and print messages (mosquitto_sub's flags).
+    Sub(pubsub::SubArgs),
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +119,8 @@ fn main() -> ExitCode {
         Command::Broker(args) => broker(args),
         Command::Passwd(args) => passwd_command(args),
         Command::Bench(args) => ExitCode::from(bench::run(args)),
+        Command::Pub(args) => ExitCode::from(pubsub::publish(args)),
+        Command::Sub(args) => ExitCode::from(pubsub::subscribe(args)),
     }
 }
 
