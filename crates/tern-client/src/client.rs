@@ -343,7 +343,7 @@ impl Client {
             link: Link::new(keep_alive, None),
             out: BytesMut::new(),
             events: VecDeque::new(),
-            next_request: next_request.max(1 << 32),
+            next_request: next_request.max(1),
             next_seq,
             next_pid: 0,
             next_ack: 0,

@@ -26,7 +26,9 @@ use tern_client::{
     AckId, Client, ClientConfig, Delivery, DisconnectReason, Event, Message, PublishError,
     RequestError, RequestId, State,
 };
-use tern_codec::{AuthProperties, ReasonCode, SubscribeFilter, SubscribeProperties, TopicFilter};
+use tern_codec::{
+    AuthProperties, Disconnect, ReasonCode, SubscribeFilter, SubscribeProperties, TopicFilter,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -399,10 +401,17 @@ impl AsyncClient {
     /// and resolves once the task has ended. Publishes not yet done fail
     /// with [`ClientError::Closed`].
     pub async fn disconnect(&self) {
+        self.disconnect_with(Disconnect::new(ReasonCode::Success))
+            .await;
+    }
+
+    /// As [`AsyncClient::disconnect`], with this DISCONNECT (5.0: say
+    /// Disconnect with Will Message to have the server publish the will).
+    pub async fn disconnect_with(&self, disconnect: Disconnect) {
         {
             let mut inner = self.shared.lock();
             inner.closing = true;
-            inner.client.disconnect(Instant::now());
+            inner.client.disconnect_with(disconnect, Instant::now());
         }
         self.shared.wake.notify_one();
         loop {
