@@ -321,18 +321,21 @@ impl Client {
     }
 
     /// A client that keeps its session state in `store`, resuming whatever
-    /// the store already holds: messages in flight are sent again after the
-    /// next CONNACK (or queued anew if the server lost the session), queued
-    /// messages are sent in order.
+    /// the store already holds: with messages in flight, a 5.0 client asks
+    /// to resume the session (clean start off, if its session expiry is
+    /// above zero); they are sent again after the CONNACK (or queued anew if
+    /// the server lost the session), and queued messages follow in order.
     pub fn with_store(config: ClientConfig, store: Box<dyn Store>) -> Client {
         let inflight = store.inflight_in_order();
+        // A store holding messages in flight comes from an earlier session:
+        // ask to resume it (5.0 clean start off) if the session outlives
+        // connections.
+        let resume = !inflight.is_empty();
         let next_seq = inflight.last().map_or(0, |i| i.seq + 1);
         let mut next_request = inflight.iter().map(|i| i.id.0 + 1).max().unwrap_or(0);
-        if let Some(q) = store.peek_queued() {
-            next_request = next_request.max(q.id.0 + 1);
+        if let Some(q) = store.newest_queued() {
+            next_request = next_request.max(q.0 + 1);
         }
-        // Queued requests may carry any id below the newest; ids only need
-        // to be unique among live requests, so start after the largest seen.
         let decoder = decoder_for(&config);
         let keep_alive = config.keep_alive;
         Client {
@@ -352,7 +355,7 @@ impl Client {
             subscriptions: BTreeMap::new(),
             acks: VecDeque::new(),
             unacked_qos2: BTreeMap::new(),
-            connected_once: false,
+            connected_once: resume,
         }
     }
 
@@ -549,7 +552,10 @@ impl Client {
         }
         let id = self.request_id();
         let item = Queued { id, message };
-        if self.state == State::Connected && self.store.queued_len() == 0 && self.may_send(&item) {
+        if self.state == State::Connected
+            && self.store.queued_len() == 0
+            && self.may_send(item.message.qos)
+        {
             self.send_message(item, now);
             return Ok(id);
         }
@@ -885,7 +891,7 @@ impl Client {
         let Some(item) = self.store.inflight(a.packet_id) else {
             return;
         };
-        if item.publish.qos.qos() != QoS::AtLeastOnce {
+        if item.qos != QoS::AtLeastOnce {
             return self.protocol_error(ReasonCode::ProtocolError, now);
         }
         let id = item.id;
@@ -903,7 +909,7 @@ impl Client {
             }
             return self.write_ack(Packet::PubRel(rel), now);
         };
-        if item.publish.qos.qos() != QoS::ExactlyOnce {
+        if item.qos != QoS::ExactlyOnce {
             return self.protocol_error(ReasonCode::ProtocolError, now);
         }
         if a.reason_code.is_error() {
@@ -1064,8 +1070,8 @@ impl Client {
         usize::from(self.config.max_inflight.min(self.link.receive_maximum))
     }
 
-    fn may_send(&self, item: &Queued) -> bool {
-        item.message.qos == QoS::AtMostOnce || self.store.inflight_len() < self.window()
+    fn may_send(&self, qos: QoS) -> bool {
+        qos == QoS::AtMostOnce || self.store.inflight_len() < self.window()
     }
 
     /// Checks a message against what the server said it accepts.
@@ -1082,8 +1088,8 @@ impl Client {
     /// Sends queued messages while connected and the window allows.
     fn send_queued(&mut self, now: Instant) {
         while self.state == State::Connected {
-            match self.store.peek_queued() {
-                Some(item) if self.may_send(item) => {}
+            match self.store.front_qos() {
+                Some(qos) if self.may_send(qos) => {}
                 _ => break,
             }
             let Some(item) = self.store.pop_queued() else {

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use tern_codec::{PacketId, Publish};
+use tern_codec::{PacketId, Publish, QoS};
 
 use crate::Message;
 
@@ -43,7 +43,21 @@ pub struct Inflight {
     pub released: bool,
 }
 
+/// What the client needs to know of a message in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InflightState {
+    /// The request it answers to.
+    pub id: RequestId,
+    /// Its QoS (1 or 2).
+    pub qos: QoS,
+    /// PUBREC came.
+    pub released: bool,
+}
+
 /// The state of a client session that must outlive a connection.
+///
+/// No method hands out a reference into the store, so an implementation
+/// may keep its state behind a lock or outside the process.
 pub trait Store: Send {
     /// Appends a message to the queue.
     fn push_queued(&mut self, item: Queued);
@@ -52,15 +66,17 @@ pub trait Store: Send {
     fn requeue_front(&mut self, items: Vec<Queued>);
     /// Takes the oldest queued message.
     fn pop_queued(&mut self) -> Option<Queued>;
-    /// The oldest queued message.
-    fn peek_queued(&self) -> Option<&Queued>;
+    /// The QoS of the oldest queued message.
+    fn front_qos(&self) -> Option<QoS>;
+    /// The request id of the newest queued message.
+    fn newest_queued(&self) -> Option<RequestId>;
     /// How many messages are queued.
     fn queued_len(&self) -> usize;
 
     /// Records a message sent with QoS 1/2.
     fn insert_inflight(&mut self, item: Inflight);
     /// The message in flight under `pid`.
-    fn inflight(&self, pid: PacketId) -> Option<&Inflight>;
+    fn inflight(&self, pid: PacketId) -> Option<InflightState>;
     /// Marks the QoS 2 message under `pid` released (PUBREC came).
     fn release_inflight(&mut self, pid: PacketId);
     /// Marks the message under `pid` as a resend (DUP).
@@ -113,8 +129,11 @@ impl Store for MemoryStore {
     fn pop_queued(&mut self) -> Option<Queued> {
         self.queue.pop_front()
     }
-    fn peek_queued(&self) -> Option<&Queued> {
-        self.queue.front()
+    fn front_qos(&self) -> Option<QoS> {
+        self.queue.front().map(|q| q.message.qos)
+    }
+    fn newest_queued(&self) -> Option<RequestId> {
+        self.queue.back().map(|q| q.id)
     }
     fn queued_len(&self) -> usize {
         self.queue.len()
@@ -125,8 +144,12 @@ impl Store for MemoryStore {
             self.inflight.insert(pid.get(), item);
         }
     }
-    fn inflight(&self, pid: PacketId) -> Option<&Inflight> {
-        self.inflight.get(&pid.get())
+    fn inflight(&self, pid: PacketId) -> Option<InflightState> {
+        self.inflight.get(&pid.get()).map(|i| InflightState {
+            id: i.id,
+            qos: i.publish.qos.qos(),
+            released: i.released,
+        })
     }
     fn release_inflight(&mut self, pid: PacketId) {
         if let Some(item) = self.inflight.get_mut(&pid.get()) {

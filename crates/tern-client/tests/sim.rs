@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tern_broker::Config;
+use tern_client::Store as _;
 use tern_client::{
     Client, ClientConfig, Delivery, DisconnectReason, Event, Message, PublishError, RequestId,
     State,
@@ -673,5 +674,258 @@ fn no_loss_and_no_duplicate_across_a_cut_at_every_step() {
                 assert!(steps >= min, "{version} {qos:?} {which:?}: {steps} steps");
             }
         }
+    }
+}
+
+/// A client fed packets by hand, for what the broker core would not send.
+fn raw(config: ClientConfig) -> (Client, std::time::Instant) {
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::Instant::now();
+    let mut c = Client::new(config);
+    c.connect(now);
+    c.poll_transmit().expect("CONNECT");
+    (c, now)
+}
+
+fn sent(c: &mut Client, version: ProtocolVersion) -> Vec<Packet> {
+    let mut d = Decoder::server();
+    d.set_version(version);
+    let mut out = Vec::new();
+    while let Some(mut b) = c.poll_transmit() {
+        while let Ok(Some(p)) = d.decode_bytes(&mut b) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn packet_identifiers_are_never_reused_while_in_flight() {
+    let mut cfg = config("ids", V5);
+    cfg.max_inflight = u16::MAX;
+    cfg.max_queued = 10;
+    let (mut c, now) = raw(cfg);
+    c.handle_packet(Packet::ConnAck(tern_codec::ConnAck::new(false)), now);
+    c.poll_event();
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..u16::MAX {
+        c.publish(
+            Message::new(topic("t"), "x").with_qos(QoS::AtLeastOnce),
+            now,
+        )
+        .unwrap();
+        for p in sent(&mut c, V5) {
+            let Packet::Publish(p) = p else { panic!() };
+            let id = p.qos.packet_id().unwrap().get();
+            assert!(seen.insert(id), "id {id} reused at publish {i}");
+        }
+    }
+    assert_eq!(seen.len(), 65535);
+    // Every identifier is taken: the next message waits...
+    c.publish(
+        Message::new(topic("t"), "y").with_qos(QoS::AtLeastOnce),
+        now,
+    )
+    .unwrap();
+    assert!(sent(&mut c, V5).is_empty());
+    assert_eq!(c.queued(), 1);
+    // ...until an acknowledgement frees one, which it then takes.
+    let freed = tern_codec::PacketId::new(777).unwrap();
+    c.handle_packet(Packet::PubAck(tern_codec::Ack::new(freed)), now);
+    let next = sent(&mut c, V5);
+    assert!(matches!(&next[..], [Packet::Publish(p)] if p.qos.packet_id() == Some(freed)));
+}
+
+#[test]
+fn enhanced_authentication_is_an_exchange_of_auth_packets() {
+    let mut cfg = config("auth", V5);
+    cfg.authentication_method = Some(tern_codec::MqttString::from_static("SCRAM-SHA-1"));
+    cfg.authentication_data = Some(Bytes::from_static(b"client-first"));
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::Instant::now();
+    let mut c = Client::new(cfg);
+    c.connect(now);
+    let connect = sent(&mut c, V5);
+    let Packet::Connect(connect) = &connect[0] else {
+        panic!()
+    };
+    assert_eq!(
+        connect
+            .properties
+            .authentication_method
+            .as_ref()
+            .map(|m| m.as_str()),
+        Some("SCRAM-SHA-1")
+    );
+    // The server's challenge reaches the application...
+    let mut challenge = tern_codec::Auth {
+        reason_code: tern_codec::ReasonCode::ContinueAuthentication,
+        properties: Default::default(),
+    };
+    challenge.properties.authentication_method =
+        Some(tern_codec::MqttString::from_static("SCRAM-SHA-1"));
+    challenge.properties.authentication_data = Some(Bytes::from_static(b"server-first"));
+    c.handle_packet(Packet::Auth(challenge.clone()), now);
+    assert_eq!(
+        c.poll_event(),
+        Some(Event::Auth {
+            reason: challenge.reason_code,
+            properties: challenge.properties
+        })
+    );
+    // ...whose answer goes back under the same method.
+    c.auth(
+        tern_codec::ReasonCode::ContinueAuthentication,
+        Some(Bytes::from_static(b"client-final")),
+        now,
+    );
+    let answer = sent(&mut c, V5);
+    let [Packet::Auth(a)] = &answer[..] else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(
+        a.reason_code,
+        tern_codec::ReasonCode::ContinueAuthentication
+    );
+    assert_eq!(
+        a.properties.authentication_data.as_deref(),
+        Some(&b"client-final"[..])
+    );
+    assert_eq!(
+        a.properties
+            .authentication_method
+            .as_ref()
+            .map(|m| m.as_str()),
+        Some("SCRAM-SHA-1")
+    );
+    c.handle_packet(Packet::ConnAck(tern_codec::ConnAck::new(false)), now);
+    assert!(matches!(c.poll_event(), Some(Event::Connected { .. })));
+}
+
+#[test]
+fn a_topic_alias_beyond_our_maximum_or_unknown_is_a_protocol_error() {
+    for (alias, topic_name, reason) in [
+        (5, "t", tern_codec::ReasonCode::TopicAliasInvalid),
+        (1, "", tern_codec::ReasonCode::ProtocolError),
+    ] {
+        let mut cfg = config("alias", V5);
+        cfg.topic_alias_maximum = 2;
+        let (mut c, now) = raw(cfg);
+        c.handle_packet(Packet::ConnAck(tern_codec::ConnAck::new(false)), now);
+        c.poll_event();
+        let t = if topic_name.is_empty() {
+            TopicName::empty()
+        } else {
+            topic(topic_name)
+        };
+        let mut p = tern_codec::Publish::new(t, tern_codec::QosPid::AtMostOnce, "x");
+        p.properties.topic_alias = std::num::NonZeroU16::new(alias);
+        c.handle_packet(Packet::Publish(p), now);
+        assert_eq!(
+            c.poll_event(),
+            Some(Event::Disconnected {
+                reason: DisconnectReason::ProtocolError(reason)
+            })
+        );
+        let out = sent(&mut c, V5);
+        assert!(matches!(&out[..], [Packet::Disconnect(d)] if d.reason_code == reason));
+    }
+}
+
+/// A store shared with the test, standing for one that outlives the
+/// process (a file, flash).
+#[derive(Clone, Default)]
+struct Durable(std::sync::Arc<std::sync::Mutex<tern_client::MemoryStore>>);
+
+macro_rules! delegate {
+    ($($name:ident(&mut self $(, $a:ident: $t:ty)*) $(-> $r:ty)?;)*) => {
+        $(fn $name(&mut self $(, $a: $t)*) $(-> $r)? { self.0.lock().unwrap().$name($($a),*) })*
+    };
+}
+
+impl tern_client::Store for Durable {
+    delegate! {
+        push_queued(&mut self, item: tern_client::store::Queued);
+        requeue_front(&mut self, items: Vec<tern_client::store::Queued>);
+        pop_queued(&mut self) -> Option<tern_client::store::Queued>;
+        insert_inflight(&mut self, item: tern_client::store::Inflight);
+        release_inflight(&mut self, pid: tern_codec::PacketId);
+        set_dup(&mut self, pid: tern_codec::PacketId);
+        remove_inflight(&mut self, pid: tern_codec::PacketId) -> Option<tern_client::store::Inflight>;
+        clear_inflight(&mut self);
+        insert_incoming(&mut self, pid: tern_codec::PacketId);
+        remove_incoming(&mut self, pid: tern_codec::PacketId) -> bool;
+        clear_incoming(&mut self);
+    }
+    fn front_qos(&self) -> Option<QoS> {
+        self.0.lock().unwrap().front_qos()
+    }
+    fn newest_queued(&self) -> Option<RequestId> {
+        self.0.lock().unwrap().newest_queued()
+    }
+    fn queued_len(&self) -> usize {
+        self.0.lock().unwrap().queued_len()
+    }
+    fn inflight(&self, pid: tern_codec::PacketId) -> Option<tern_client::store::InflightState> {
+        self.0.lock().unwrap().inflight(pid)
+    }
+    fn inflight_len(&self) -> usize {
+        self.0.lock().unwrap().inflight_len()
+    }
+    fn inflight_in_order(&self) -> Vec<tern_client::store::Inflight> {
+        self.0.lock().unwrap().inflight_in_order()
+    }
+    fn contains_incoming(&self, pid: tern_codec::PacketId) -> bool {
+        self.0.lock().unwrap().contains_incoming(pid)
+    }
+    fn incoming_len(&self) -> usize {
+        self.0.lock().unwrap().incoming_len()
+    }
+}
+
+#[test]
+fn a_durable_store_lets_a_restarted_device_keep_its_messages() {
+    for version in [V311, V5] {
+        let store = Durable::default();
+        let mut net = Net::default();
+        let sub = net.add(Client::new(persistent("sub", version)));
+        connected(&mut net, sub);
+        subscribe(&mut net, sub, "dev/#", QoS::ExactlyOnce);
+        let device = net.add(Client::with_store(
+            persistent("device", version),
+            Box::new(store.clone()),
+        ));
+        connected(&mut net, device);
+        // One message in flight (the PUBLISH is lost with the power), then
+        // one queued while offline; then the process ends.
+        let now = net.now();
+        net.client(device)
+            .publish(
+                Message::new(topic("dev/a"), "in flight").with_qos(QoS::ExactlyOnce),
+                now,
+            )
+            .unwrap();
+        net.cut(device);
+        net.client(device)
+            .publish(
+                Message::new(topic("dev/b"), "queued").with_qos(QoS::AtLeastOnce),
+                now,
+            )
+            .unwrap();
+        assert_eq!(store.0.lock().unwrap().inflight_len(), 1);
+        assert_eq!(store.0.lock().unwrap().queued_len(), 1);
+        // A new process: a new client on the same store.
+        let restarted = net.add(Client::with_store(
+            persistent("device", version),
+            Box::new(store.clone()),
+        ));
+        assert_eq!(net.client(restarted).inflight(), 1);
+        assert!(connected(&mut net, restarted), "{version}");
+        net.run();
+        let mut got = payloads(&net.events(sub));
+        got.sort();
+        assert_eq!(got, ["in flight", "queued"], "{version}");
+        assert_eq!(store.0.lock().unwrap().inflight_len(), 0);
+        assert_eq!(store.0.lock().unwrap().queued_len(), 0);
     }
 }
