@@ -977,6 +977,24 @@ access = "read"
         &["--cafile", &cert, "-t", "devices/x", "-m", "no"],
     );
     assert!(!ok);
+    // tern pub takes the same flags.
+    let tern_pub = |port: &str, extra: &[&str], payload: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(["pub", "-h", "127.0.0.1", "-p", port, "--cafile", &ca])
+            .args(extra)
+            .args(["-t", "devices/device-7/t", "-m", payload, "-q", "1"])
+            .output()
+            .expect("tern pub runs")
+    };
+    let out = tern_pub(&tls_ports[1], &["--cert", &cert, "--key", &key], "22");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sub.next(), "devices/device-7/t 22");
+    let out = tern_pub(&tls_ports[1], &[], "no certificate");
+    assert_eq!(out.status.code(), Some(1));
 }
 
 fn try_publish_on(port: &str, args: &[&str]) -> (bool, String) {

@@ -929,3 +929,39 @@ fn a_durable_store_lets_a_restarted_device_keep_its_messages() {
         assert_eq!(store.0.lock().unwrap().queued_len(), 0);
     }
 }
+
+#[test]
+fn the_will_is_published_when_the_link_dies_and_not_after_disconnect() {
+    for version in [V311, V5] {
+        let mut net = Net::default();
+        let sub = net.add(Client::new(config("phone", version)));
+        connected(&mut net, sub);
+        subscribe(&mut net, sub, "presence/#", QoS::AtLeastOnce);
+        let mut lc = config("lights", version);
+        lc.will = Some(tern_codec::Will {
+            topic: topic("presence/lights"),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+        });
+        let lights = net.add(Client::new(lc));
+        connected(&mut net, lights);
+        // A polite DISCONNECT: no will.
+        let now = net.now();
+        net.client(lights).disconnect(now);
+        net.run();
+        assert!(payloads(&net.events(sub)).is_empty(), "{version}");
+        assert_eq!(
+            net.events(lights),
+            [Event::Disconnected {
+                reason: DisconnectReason::Local
+            }]
+        );
+        // The power goes: the will.
+        connected(&mut net, lights);
+        net.cut(lights);
+        net.run();
+        assert_eq!(payloads(&net.events(sub)), ["gone"], "{version}");
+    }
+}

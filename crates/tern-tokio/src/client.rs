@@ -194,6 +194,8 @@ struct Inner {
     incoming: VecDeque<Incoming>,
     /// QoS 0 messages in `incoming`.
     qos0: usize,
+    /// Notices (anything but messages) in `incoming`.
+    notices: usize,
     /// The stream's reader, waiting.
     reader: Option<Waker>,
     capacity: usize,
@@ -277,6 +279,7 @@ impl AsyncClient {
                 waiters: HashMap::new(),
                 incoming: VecDeque::new(),
                 qos0: 0,
+                notices: 0,
                 reader: None,
                 capacity: options.capacity.max(1),
                 manual_ack,
@@ -495,7 +498,10 @@ impl Messages {
                 }
                 Poll::Ready(Some(Incoming::Message(d)))
             }
-            Some(item) => Poll::Ready(Some(item)),
+            Some(item) => {
+                inner.notices -= 1;
+                Poll::Ready(Some(item))
+            }
             None if inner.finished => Poll::Ready(None),
             None => {
                 inner.reader = Some(cx.waker().clone());
@@ -586,9 +592,30 @@ async fn run(shared: Arc<Shared>, options: ClientOptions) {
 
 fn notice(shared: &Shared, item: Incoming) {
     let mut inner = shared.lock();
-    inner.incoming.push_back(item);
+    inner.push_notice(item);
     if let Some(w) = inner.reader.take() {
         w.wake();
+    }
+}
+
+/// Connection notices kept for an application that does not read them (a
+/// publisher that never looks at its stream): the oldest go first.
+const MAX_NOTICES: usize = 64;
+
+impl Inner {
+    fn push_notice(&mut self, item: Incoming) {
+        if self.notices >= MAX_NOTICES {
+            if let Some(i) = self
+                .incoming
+                .iter()
+                .position(|i| !matches!(i, Incoming::Message(_)))
+            {
+                self.incoming.remove(i);
+                self.notices -= 1;
+            }
+        }
+        self.notices += 1;
+        self.incoming.push_back(item);
     }
 }
 
@@ -759,23 +786,19 @@ fn dispatch(inner: &mut Inner) -> bool {
                 session_present, ..
             } => {
                 connected = true;
-                inner
-                    .incoming
-                    .push_back(Incoming::Connected { session_present });
+                inner.push_notice(Incoming::Connected { session_present });
                 wake_reader = true;
             }
             Event::Disconnected { reason } => {
-                inner.incoming.push_back(Incoming::Disconnected(reason));
+                inner.push_notice(Incoming::Disconnected(reason));
                 wake_reader = true;
             }
             Event::Resubscribed { results } => {
-                inner.incoming.push_back(Incoming::Resubscribed(results));
+                inner.push_notice(Incoming::Resubscribed(results));
                 wake_reader = true;
             }
             Event::Auth { reason, properties } => {
-                inner
-                    .incoming
-                    .push_back(Incoming::Auth { reason, properties });
+                inner.push_notice(Incoming::Auth { reason, properties });
                 wake_reader = true;
             }
         }
@@ -793,5 +816,45 @@ fn finish(inner: &mut Inner, id: RequestId, outcome: Slot) {
         if let Slot::Waiting(Some(w)) = std::mem::replace(slot, outcome) {
             w.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tern_client::Delivery;
+
+    #[test]
+    fn notices_are_bounded_and_messages_are_kept() {
+        let mut inner = Inner {
+            client: Client::new(ClientConfig::new("t")),
+            waiters: HashMap::new(),
+            incoming: VecDeque::new(),
+            qos0: 0,
+            notices: 0,
+            reader: None,
+            capacity: 10,
+            manual_ack: false,
+            dropped: 0,
+            closing: false,
+            finished: false,
+        };
+        let m = Message::new(tern_codec::TopicName::from_static("t"), "x");
+        inner.incoming.push_back(Incoming::Message(Delivery {
+            message: m,
+            dup: false,
+            ack: None,
+        }));
+        for i in 0..1000 {
+            inner.push_notice(Incoming::ConnectFailed(i.to_string()));
+        }
+        assert_eq!(inner.notices, MAX_NOTICES);
+        assert_eq!(inner.incoming.len(), MAX_NOTICES + 1);
+        assert!(matches!(inner.incoming[0], Incoming::Message(_)));
+        // The newest are kept.
+        assert_eq!(
+            inner.incoming.back(),
+            Some(&Incoming::ConnectFailed("999".into()))
+        );
     }
 }
