@@ -245,6 +245,23 @@ impl Shared {
 #[derive(Clone)]
 pub struct AsyncClient {
     shared: Arc<Shared>,
+    _owner: Arc<Owner>,
+}
+
+/// Held by every handle and the stream: when the last goes, the client
+/// disconnects and its task ends.
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock();
+        if !inner.closing {
+            inner.closing = true;
+            inner.client.disconnect(Instant::now());
+        }
+        drop(inner);
+        self.0.wake.notify_one();
+    }
 }
 
 impl std::fmt::Debug for AsyncClient {
@@ -255,8 +272,12 @@ impl std::fmt::Debug for AsyncClient {
 
 /// The stream of messages and connection notices of a client. It ends
 /// when the client has stopped.
+///
+/// Once every [`AsyncClient`] handle and this stream are dropped, the
+/// client disconnects (DISCONNECT, so no will) and its task ends.
 pub struct Messages {
     shared: Arc<Shared>,
+    _owner: Arc<Owner>,
 }
 
 impl std::fmt::Debug for Messages {
@@ -291,11 +312,16 @@ impl AsyncClient {
             done: Notify::new(),
         });
         tokio::spawn(run(shared.clone(), options));
+        let owner = Arc::new(Owner(shared.clone()));
         (
             AsyncClient {
                 shared: shared.clone(),
+                _owner: owner.clone(),
             },
-            Messages { shared },
+            Messages {
+                shared,
+                _owner: owner,
+            },
         )
     }
 

@@ -598,3 +598,74 @@ async fn tls_transport_checks_the_server_certificate() {
         "no reconnect configured: the client stops"
     );
 }
+
+#[tokio::test]
+async fn dropping_every_handle_disconnects_and_ends_the_task() {
+    use bytes::BytesMut;
+    use tern_codec::{ConnAck, Decoder, Packet};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
+    let port = listener.local_addr().expect("address").port();
+    let mut o = options("dropped", ProtocolVersion::V5, port);
+    o.reconnect = Some(Backoff::default());
+    let (client, rx) = AsyncClient::start(o);
+    let (mut s, _) = timeout(LIMIT, listener.accept())
+        .await
+        .expect("in time")
+        .expect("accepted");
+    let mut decoder = Decoder::server();
+    let mut buf = BytesMut::new();
+    let mut packets = Vec::new();
+    // CONNECT, answered.
+    while packets.is_empty() {
+        assert!(
+            timeout(LIMIT, s.read_buf(&mut buf))
+                .await
+                .expect("in time")
+                .expect("read")
+                > 0
+        );
+        while let Some(p) = decoder.decode(&mut buf).expect("well-formed") {
+            packets.push(p);
+        }
+    }
+    assert!(matches!(packets[0], Packet::Connect(_)));
+    let connack = Packet::ConnAck(ConnAck::new(false))
+        .to_bytes(ProtocolVersion::V5)
+        .expect("encoded");
+    s.write_all(&connack).await.expect("written");
+    let clone = client.clone();
+    drop(client);
+    drop(rx);
+    // One handle is left: the client stays, and publishes.
+    timeout(
+        LIMIT,
+        clone.publish(message("still", "here", QoS::AtMostOnce)),
+    )
+    .await
+    .expect("in time")
+    .expect("written");
+    drop(clone);
+    // Now DISCONNECT, then the end of the stream, and no reconnect.
+    let mut rest = Vec::new();
+    loop {
+        let n = timeout(LIMIT, s.read_buf(&mut buf))
+            .await
+            .expect("in time")
+            .expect("read");
+        while let Some(p) = decoder.decode(&mut buf).expect("well-formed") {
+            rest.push(p);
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    assert!(
+        matches!(&rest[..], [Packet::Publish(p), Packet::Disconnect(_)] if p.topic.as_str() == "still"),
+        "{rest:?}"
+    );
+    // The default backoff would have reconnected within 100 ms.
+    let again = timeout(Duration::from_millis(500), listener.accept()).await;
+    assert!(again.is_err(), "no reconnect after the last handle went");
+}
