@@ -1,7 +1,7 @@
 //! The broker state machine.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::num::{NonZeroU16, NonZeroU32};
+use std::num::{NonZeroU16, NonZeroU32, NonZeroU64};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,26 +16,27 @@ use tern_topic::{Matches, RetainedIndex, SubscriptionIndex};
 use crate::policy::{
     AllowAll, AuthStep, Authenticator, Authorizer, ClientInfo, Credentials, Verdict,
 };
-use crate::session::{Delivery, Message, OutState, Outgoing, Session, Sub};
+use crate::session::{Delivery, Message, OutState, Outgoing, Session, SessionWill, Sub};
 use crate::shard::{LocalShared, SharedRouting};
+use crate::stamp::{Epoch, Stamp};
 use crate::store::{ImportError, InflightStage, StoredDelivery, StoredSession, StoredSubscription};
 use crate::{Config, QueueFullPolicy};
 
 /// A transport connection, as the broker names it. Handed out by
 /// [`Broker::accept`]; the embedding maps it to its socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConnId(u64);
+pub struct ConnId(NonZeroU64);
 
 impl ConnId {
     /// The number behind the id (unique for the broker's lifetime).
     pub fn get(self) -> u64 {
-        self.0
+        self.0.get()
     }
 }
 
 /// A session, as the broker names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct SessionId(u64);
+pub struct SessionId(NonZeroU64);
 
 /// Bytes to write to a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,10 +198,9 @@ struct WireKey {
     expiry: Option<u32>,
 }
 
+/// Timers other than the connections' (those are `Broker::conn_timers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    /// A connection's one timer: its CONNECT deadline, then its keep alive.
-    Conn(ConnId),
     SessionExpiry(SessionId),
     Will(SessionId),
     Sys,
@@ -225,21 +225,18 @@ enum Phase {
     Active(SessionId),
 }
 
+/// A connection: 64 bytes, one allocator size class, as every idle
+/// connection has one. What few connections need is boxed; the client id
+/// and user name are the session's; the decoder is made for each packet
+/// from `version` (all it keeps between packets).
 #[derive(Debug)]
 struct Conn {
-    decoder: Decoder,
     phase: Phase,
-    version: ProtocolVersion,
-    /// 1.5 times the keep alive; `None` when keep alive is off.
-    keep_alive: Option<Duration>,
-    last_packet: Instant,
-    /// When this connection's entry in the timers is due.
-    timer: Instant,
+    last_packet: Stamp,
+    /// When this connection's entry in `conn_timers` is due.
+    timer: Stamp,
     /// Topic aliases, both ways: boxed, as most connections use none.
     aliases: Option<Box<Aliases>>,
-    alias_out_max: u16,
-    max_packet_out: u32,
-    client: ClientInfo,
     /// Awaiting the embedding's answer: input is not read meanwhile.
     held: Option<Box<(Token, Held)>>,
     /// Enhanced authentication and the transport's identity: boxed, as most
@@ -247,6 +244,12 @@ struct Conn {
     auth: Option<Box<AuthState>>,
     /// Bytes handed out in transmits, not yet reported written.
     unwritten: usize,
+    max_packet_out: u32,
+    /// Seconds (the client's or the server's); 0 is off.
+    keep_alive: u16,
+    /// The protocol version, known once a CONNECT was decoded; answers
+    /// before that are in 3.1.1 form.
+    version: Option<ProtocolVersion>,
     /// An answer exceeded the client's Maximum Packet Size.
     oversize: bool,
 }
@@ -277,17 +280,17 @@ impl ClientIds {
             .find(self.hash(id), |sid| {
                 sessions
                     .get(sid)
-                    .is_some_and(|s| s.client_id.as_bytes() == id)
+                    .is_some_and(|s| s.client.client_id.as_bytes() == id)
             })
             .copied()
     }
 
     /// Indexes `sid`, which `sessions` holds already.
     fn insert(&mut self, sid: SessionId, sessions: &Sessions) {
-        let hash = self.hash(sessions[&sid].client_id.as_bytes());
+        let hash = self.hash(sessions[&sid].client.client_id.as_bytes());
         let hasher = &self.hasher;
         self.table.insert_unique(hash, sid, |other| {
-            std::hash::BuildHasher::hash_one(hasher, sessions[other].client_id.as_bytes())
+            std::hash::BuildHasher::hash_one(hasher, sessions[other].client.client_id.as_bytes())
         });
     }
 
@@ -301,6 +304,8 @@ impl ClientIds {
 /// A connection's topic aliases.
 #[derive(Debug, Default)]
 struct Aliases {
+    /// How many of ours the client takes (its Topic Alias Maximum).
+    out_max: u16,
     /// The client's aliases: topic of alias `i + 1`.
     incoming: Vec<Option<TopicName>>,
     /// Ours, as sent to the client.
@@ -323,6 +328,20 @@ struct AuthState {
 }
 
 impl Conn {
+    fn version(&self) -> ProtocolVersion {
+        self.version.unwrap_or(ProtocolVersion::V3_1_1)
+    }
+
+    /// 1.5 times the keep alive; `None` when keep alive is off.
+    fn keep_alive(&self) -> Option<Duration> {
+        (self.keep_alive > 0).then(|| Duration::from_millis(u64::from(self.keep_alive) * 1500))
+    }
+
+    /// The client's Topic Alias Maximum.
+    fn alias_out_max(&self) -> u16 {
+        self.aliases.as_ref().map_or(0, |a| a.out_max)
+    }
+
     fn auth_mut(&mut self) -> &mut AuthState {
         self.auth.get_or_insert_with(Box::default)
     }
@@ -375,7 +394,15 @@ pub struct Broker {
     interest: BTreeMap<String, u32>,
     subs: SubscriptionIndex<SessionId, Sub>,
     retained: RetainedIndex<Arc<Message>>,
+    /// Each connection's one timer (its CONNECT deadline, then its keep
+    /// alive). At the same instant, these run before the others.
+    conn_timers: BTreeSet<(Stamp, ConnId)>,
+    /// Sessions' expiry and delayed wills, `$SYS`.
     timers: BTreeSet<(Instant, Timer)>,
+    /// The base of every `Stamp`.
+    epoch: Epoch,
+    /// What each read's decoder starts from.
+    decoder: Decoder,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     scratch: Matches<SessionId, Sub>,
@@ -402,6 +429,7 @@ impl Broker {
     /// A broker with `config` that accepts everyone ([`AllowAll`]).
     pub fn new(config: Config, now: Instant) -> Broker {
         let seed = config.hash_seed;
+        let decoder = Decoder::server().with_max_packet_size(config.max_packet_size);
         let mut b = Broker {
             config,
             authn: Box::new(AllowAll),
@@ -413,7 +441,10 @@ impl Broker {
             interest: BTreeMap::new(),
             subs: SubscriptionIndex::with_seed(seed),
             retained: RetainedIndex::with_seed(seed),
+            conn_timers: BTreeSet::new(),
             timers: BTreeSet::new(),
+            epoch: Epoch::new(now),
+            decoder,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Matches::new(),
@@ -472,33 +503,26 @@ impl Broker {
         if self.conns.len() >= self.config.max_connections {
             return None;
         }
-        let id = ConnId(self.next_conn);
+        let id = ConnId(NonZeroU64::new(self.next_conn).expect("counted from 1"));
         self.next_conn += 1;
-        let decoder = Decoder::server().with_max_packet_size(self.config.max_packet_size);
-        let timer = now + self.config.connect_timeout;
+        let timer = self.epoch.stamp(now + self.config.connect_timeout);
         self.conns.insert(
             id,
             Box::new(Conn {
-                decoder,
                 phase: Phase::AwaitConnect,
-                version: ProtocolVersion::V3_1_1,
-                keep_alive: None,
-                last_packet: now,
+                last_packet: self.epoch.stamp(now),
                 timer,
                 aliases: None,
-                alias_out_max: 0,
-                max_packet_out: u32::MAX,
-                client: ClientInfo {
-                    client_id: String::new(),
-                    username: None,
-                },
                 held: None,
                 auth: None,
                 unwritten: 0,
+                max_packet_out: u32::MAX,
+                keep_alive: 0,
+                version: None,
                 oversize: false,
             }),
         );
-        self.timers.insert((timer, Timer::Conn(id)));
+        self.conn_timers.insert((timer, id));
         Some(id)
     }
 
@@ -517,6 +541,14 @@ impl Broker {
     /// an incomplete one is left for the next call.
     pub fn handle_read(&mut self, conn: ConnId, buf: &mut BytesMut, now: Instant) {
         let max = self.config.max_unwritten_bytes;
+        let stamp = self.epoch.stamp(now);
+        // All a decoder keeps between reads is the version (and the fixed
+        // header of a partial packet, which is cheap to read again): it is
+        // made for each read rather than kept by every connection.
+        let mut decoder = self.decoder.clone();
+        if let Some(v) = self.conns.get(&conn).and_then(|c| c.version) {
+            decoder.set_version(v);
+        }
         loop {
             let Some(c) = self.conns.get_mut(&conn) else {
                 // Closed: whatever arrives is discarded.
@@ -527,10 +559,12 @@ impl Broker {
                 return;
             }
             let before = buf.len();
-            match c.decoder.decode(buf) {
+            match decoder.decode(buf) {
                 Ok(Some(p)) => {
+                    // A CONNECT sets it.
+                    c.version = decoder.version();
                     self.stats.bytes_received += (before - buf.len()) as u64;
-                    c.last_packet = now;
+                    c.last_packet = stamp;
                     self.handle_packet(conn, p, now);
                     self.close_if_oversize(conn, now);
                 }
@@ -579,43 +613,40 @@ impl Broker {
 
     /// Runs every timer due at `now`. Calling it early is harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&(at, timer)) = self.timers.first() {
-            if at > now {
-                break;
-            }
+        let due = self.epoch.stamp(now);
+        loop {
+            // Both sets in time order; at the same instant, connections'
+            // timers first.
+            let conn = self.conn_timers.first().copied();
+            let conn = conn.filter(|&(at, _)| at <= due);
+            let other = self.timers.first().copied();
+            let other = other.filter(|&(at, _)| at <= now);
+            let (at, timer) = match (conn, other) {
+                (Some((at, id)), other)
+                    if other.is_none_or(|(o, _)| self.epoch.instant(at) <= o) =>
+                {
+                    self.conn_timers.pop_first();
+                    self.conn_timer(id, now);
+                    continue;
+                }
+                (_, Some(t)) => t,
+                (_, None) => return,
+            };
             self.timers.pop_first();
             match timer {
-                Timer::Conn(id) => {
-                    let Some(c) = self.conns.get_mut(&id) else {
-                        continue;
-                    };
-                    if matches!(c.phase, Phase::AwaitConnect) {
-                        self.close(id, ReasonCode::MaximumConnectTime, true, now);
-                        continue;
-                    }
-                    let Some(ka) = c.keep_alive else { continue };
-                    let due = c.last_packet + ka;
-                    if due <= now {
-                        self.disconnect(id, ReasonCode::KeepAliveTimeout, now);
-                    } else {
-                        c.timer = due;
-                        self.timers.insert((due, Timer::Conn(id)));
-                    }
-                }
                 Timer::SessionExpiry(sid) => {
                     if let Some(s) = self.sessions.get(&sid) {
-                        if s.conn.is_none() && s.expires_at == Some(at) {
+                        if s.conn.is_none() && s.expires_at == Some(self.epoch.stamp(at)) {
                             self.end_session(sid, now);
                         }
                     }
                 }
                 Timer::Will(sid) => {
                     if let Some(s) = self.sessions.get_mut(&sid) {
-                        if s.will_at == Some(at) {
-                            s.will_at = None;
-                            if let Some(w) = s.will.take() {
-                                self.publish_will(&w, Some(sid), now);
-                            }
+                        let due = Some(self.epoch.stamp(at));
+                        if s.will.as_ref().is_some_and(|w| w.at == due) {
+                            let w = s.will.take().expect("will exists");
+                            self.publish_will(&w.will, Some(sid), now);
                         }
                     }
                 }
@@ -630,10 +661,37 @@ impl Broker {
         }
     }
 
+    /// A connection's timer: its CONNECT deadline, or its keep alive
+    /// (re-armed at the real deadline if a packet came since).
+    fn conn_timer(&mut self, id: ConnId, now: Instant) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if matches!(c.phase, Phase::AwaitConnect) {
+            return self.close(id, ReasonCode::MaximumConnectTime, true, now);
+        }
+        let Some(ka) = c.keep_alive() else { return };
+        let due = self.epoch.instant(c.last_packet) + ka;
+        if due <= now {
+            self.disconnect(id, ReasonCode::KeepAliveTimeout, now);
+        } else {
+            c.timer = self.epoch.stamp(due);
+            self.conn_timers.insert((c.timer, id));
+        }
+    }
+
     /// The next instant at which [`Broker::handle_timeout`] must be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|&(at, _)| at)
+        let conn = self
+            .conn_timers
+            .first()
+            .map(|&(at, _)| self.epoch.instant(at));
+        let other = self.timers.first().map(|&(at, _)| at);
+        match (conn, other) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next bytes to write.
@@ -783,11 +841,13 @@ impl Broker {
         self.sessions
             .values()
             .map(|s| {
-                let mut inflight: Vec<_> = s.inflight.iter().collect();
+                let f = s.flow();
+                let mut inflight: Vec<_> = f.inflight.iter().collect();
                 inflight.sort_by_key(|(_, o)| o.seq);
                 StoredSession {
-                    client_id: s.client_id.clone(),
-                    username: s.username.clone(),
+                    client_id: MqttString::from_str(&s.client.client_id)
+                        .expect("a client id stays valid"),
+                    username: s.client.username.clone(),
                     version: s.version,
                     expiry: s.expiry,
                     subscriptions: s
@@ -810,9 +870,9 @@ impl Broker {
                             (id, stage, stored(&o.delivery))
                         })
                         .collect(),
-                    queued: s.queue.iter().map(stored).collect(),
-                    incoming_qos2: s.incoming_qos2.iter().copied().collect(),
-                    will: s.will.as_deref().cloned(),
+                    queued: f.queue.iter().map(stored).collect(),
+                    incoming_qos2: f.incoming_qos2.iter().copied().collect(),
+                    will: s.will.as_ref().map(|w| w.will.clone()),
                 }
             })
             .collect()
@@ -840,8 +900,8 @@ impl Broker {
         {
             return Err(ImportError::Exists(stored.client_id.as_str().to_owned()));
         }
-        let mut s = Session::new(stored.client_id.clone(), stored.version);
-        s.username = stored.username;
+        let mut s = Session::new(stored.client_id.as_str().to_owned(), stored.version);
+        s.client.username = stored.username;
         s.expiry = stored.expiry;
         s.window = self.config.max_inflight.max(1);
         let delivery = |d: StoredDelivery| Delivery {
@@ -861,18 +921,19 @@ impl Broker {
                 state,
                 seq: seq as u64,
             };
-            if id == 0 || s.inflight.insert(id, o).is_some() {
+            let f = s.flow_mut();
+            if id == 0 || f.inflight.insert(id, o).is_some() {
                 return Err(ImportError::PacketId(id));
             }
-            s.next_seq = seq as u64 + 1;
+            f.next_seq = seq as u64 + 1;
         }
         for d in stored.queued {
-            let d = delivery(d);
-            s.queued_bytes += d.msg.weight();
-            s.queue.push_back(d);
+            s.push_queue(delivery(d));
         }
-        s.incoming_qos2 = stored.incoming_qos2.into_iter().collect();
-        s.will = stored.will.map(Box::new);
+        if !stored.incoming_qos2.is_empty() {
+            s.flow_mut().incoming_qos2 = stored.incoming_qos2.into_iter().collect();
+        }
+        s.will = stored.will.map(SessionWill::new);
         let subs: Vec<_> = stored.subscriptions;
         let sid = self.new_session_id();
         for sub in &subs {
@@ -916,44 +977,43 @@ impl Broker {
         }
         // One timer entry per connection at most, due when it says.
         let mut timed = BTreeSet::new();
-        for &(at, timer) in &self.timers {
-            if let Timer::Conn(id) = timer {
-                match self.conns.get(&id) {
-                    None => return Err(format!("conn {}: a timer outlives it", id.0)),
-                    Some(c) if c.timer != at => {
-                        return Err(format!("conn {}: its timer is not where it says", id.0))
-                    }
-                    Some(_) => {}
+        for &(at, id) in &self.conn_timers {
+            match self.conns.get(&id) {
+                None => return Err(format!("conn {}: a timer outlives it", id.0)),
+                Some(c) if c.timer != at => {
+                    return Err(format!("conn {}: its timer is not where it says", id.0))
                 }
-                if !timed.insert(id) {
-                    return Err(format!("conn {}: two timers", id.0));
-                }
+                Some(_) => {}
+            }
+            if !timed.insert(id) {
+                return Err(format!("conn {}: two timers", id.0));
             }
         }
         for (&sid, s) in &self.sessions {
-            let who = s.client_id.as_str();
-            if s.inflight.len() > usize::from(cfg.max_inflight) {
-                return Err(format!("{who}: {} in flight", s.inflight.len()));
+            let who = s.client.client_id.as_str();
+            let f = s.flow();
+            if f.inflight.len() > usize::from(cfg.max_inflight) {
+                return Err(format!("{who}: {} in flight", f.inflight.len()));
             }
-            if s.inflight.contains_key(&0) {
+            if f.inflight.contains_key(&0) {
                 return Err(format!("{who}: packet id 0 in flight"));
             }
-            if s.queue.len() > cfg.max_queued_messages {
-                return Err(format!("{who}: {} queued", s.queue.len()));
+            if f.queue.len() > cfg.max_queued_messages {
+                return Err(format!("{who}: {} queued", f.queue.len()));
             }
-            let bytes: usize = s.queue.iter().map(|d| d.msg.weight()).sum();
-            if bytes != s.queued_bytes || bytes > cfg.max_queued_bytes {
-                return Err(format!("{who}: queued bytes {bytes} vs {}", s.queued_bytes));
+            let bytes: usize = f.queue.iter().map(|d| d.msg.weight()).sum();
+            if bytes != f.queued_bytes || bytes > cfg.max_queued_bytes {
+                return Err(format!("{who}: queued bytes {bytes} vs {}", f.queued_bytes));
             }
-            if s.incoming_qos2.len() > usize::from(cfg.receive_maximum) {
-                return Err(format!("{who}: {} unreleased QoS 2", s.incoming_qos2.len()));
+            if f.incoming_qos2.len() > usize::from(cfg.receive_maximum) {
+                return Err(format!("{who}: {} unreleased QoS 2", f.incoming_qos2.len()));
             }
             if s.subscriptions.len() > cfg.max_subscriptions {
                 return Err(format!("{who}: {} subscriptions", s.subscriptions.len()));
             }
             if self
                 .by_client_id
-                .get(s.client_id.as_bytes(), &self.sessions)
+                .get(s.client.client_id.as_bytes(), &self.sessions)
                 != Some(sid)
             {
                 return Err(format!("{who}: not indexed by client id"));
@@ -1038,9 +1098,8 @@ impl Broker {
     }
 
     fn on_connect(&mut self, conn: ConnId, mut connect: Connect, now: Instant) {
+        // (The connection took its version from the decoder.)
         let v = connect.protocol;
-        let c = self.conns.get_mut(&conn).expect("connection exists");
-        c.version = v;
         let mut assigned = false;
         // MQTT 3.1: a client id of 1 to 23 characters, nothing else.
         if v == ProtocolVersion::V3_1 && !(1..=23).contains(&connect.client_id.len()) {
@@ -1154,10 +1213,10 @@ impl Broker {
             Some(sid) => sid,
             None => {
                 let sid = self.new_session_id();
-                self.sessions.insert(
-                    sid,
-                    Box::new(Session::new(compact_str(&connect.client_id), version)),
-                );
+                // Its own copy of the id, not a slice of the read buffer.
+                let id = connect.client_id.as_str().to_owned();
+                self.sessions
+                    .insert(sid, Box::new(Session::new(id, version)));
                 self.by_client_id.insert(sid, &self.sessions);
                 sid
             }
@@ -1181,9 +1240,11 @@ impl Broker {
         s.expiry = expiry;
         s.expires_at = None;
         // A new connection cancels a pending will: [MQTT-3.1.3-9].
-        s.will_at = None;
-        s.will = connect.will.as_ref().map(|w| Box::new(compact_will(w)));
-        s.username = connect.username.as_ref().map(|u| u.as_str().to_owned());
+        s.will = connect
+            .will
+            .as_ref()
+            .map(|w| SessionWill::new(compact_will(w)));
+        s.client.username = connect.username.as_ref().map(|u| u.as_str().to_owned());
         s.window = client_window.min(self.config.max_inflight).max(1);
 
         let keep_alive = match self.config.server_keep_alive {
@@ -1192,22 +1253,24 @@ impl Broker {
         };
         let c = self.conns.get_mut(&conn).expect("connection exists");
         c.phase = Phase::Active(sid);
-        c.keep_alive =
-            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-        c.alias_out_max = connect.properties.topic_alias_maximum.unwrap_or(0);
+        c.keep_alive = keep_alive;
+        let alias_out_max = connect.properties.topic_alias_maximum.unwrap_or(0);
+        if alias_out_max > 0 {
+            c.aliases.get_or_insert_with(Box::default).out_max = alias_out_max;
+        }
         c.max_packet_out = connect
             .properties
             .maximum_packet_size
             .map_or(u32::MAX, NonZeroU32::get);
-        c.client = ClientInfo {
-            client_id: connect.client_id.as_str().to_owned(),
-            username: connect.username.as_ref().map(|u| u.as_str().to_owned()),
-        };
-        if let Some(ka) = c.keep_alive.filter(|ka| now + *ka < c.timer) {
+        let epoch = self.epoch;
+        if let Some(ka) = c
+            .keep_alive()
+            .filter(|ka| now + *ka < epoch.instant(c.timer))
+        {
             // Sooner than the CONNECT deadline, whose entry would check it.
-            self.timers.remove(&(c.timer, Timer::Conn(conn)));
-            c.timer = now + ka;
-            self.timers.insert((c.timer, Timer::Conn(conn)));
+            self.conn_timers.remove(&(c.timer, conn));
+            c.timer = epoch.stamp(now + ka);
+            self.conn_timers.insert((c.timer, conn));
         }
 
         let mut ack = ConnAck::new(session_present);
@@ -1287,9 +1350,10 @@ impl Broker {
             Some((connect, assigned)) => Held::Connect(connect, assigned),
             None => Held::Reauth,
         };
-        let client_id = match &held {
-            Held::Connect(connect, _) => connect.client_id.as_str().to_owned(),
-            _ => c.client.client_id.clone(),
+        let client_id = match (&held, &c.phase) {
+            (Held::Connect(connect, _), _) => connect.client_id.as_str().to_owned(),
+            (_, Phase::Active(sid)) => self.sessions[sid].client.client_id.clone(),
+            (_, Phase::AwaitConnect) => String::new(),
         };
         let token = self.token(conn);
         let c = self.conns.get_mut(&conn).expect("connection exists");
@@ -1350,11 +1414,11 @@ impl Broker {
         }
         // QoS 2 resent before PUBREL: acknowledge again, do not route again.
         if let QosPid::ExactlyOnce(id) = p.qos {
-            let s = &self.sessions[&sid];
-            if s.incoming_qos2.contains(&id.get()) {
+            let received = &self.sessions[&sid].flow().incoming_qos2;
+            if received.contains(&id.get()) {
                 return self.send(conn, &Packet::PubRec(Ack::new(id)));
             }
-            if s.incoming_qos2.len() >= usize::from(self.config.receive_maximum) {
+            if received.len() >= usize::from(self.config.receive_maximum) {
                 return self.disconnect(conn, ReasonCode::ReceiveMaximumExceeded, now);
             }
         }
@@ -1381,9 +1445,9 @@ impl Broker {
                 now,
             );
         }
-        let client = self.conns[&conn].client.clone();
-        match self.authz.publish(&client, &topic) {
+        match self.authz.publish(&self.sessions[&sid].client, &topic) {
             Verdict::Ask => {
+                let client = self.sessions[&sid].client.clone();
                 let token = self.token(conn);
                 let c = self.conns.get_mut(&conn).expect("connection exists");
                 c.held = Some(Box::new((token, Held::Publish(p, topic.clone()))));
@@ -1437,7 +1501,7 @@ impl Broker {
                     // refusal can be said (QoS 0, or 3.1.1, which answers
                     // positively by [MQTT-3.3.5-2]) the message is
                     // delivered, just not kept.
-                    if self.conns[&conn].version.is_v5() && p.qos != QosPid::AtMostOnce {
+                    if self.conns[&conn].version().is_v5() && p.qos != QosPid::AtMostOnce {
                         code = c;
                     }
                 }
@@ -1451,7 +1515,7 @@ impl Broker {
                 }
             }
         }
-        let v5 = self.conns[&conn].version.is_v5();
+        let v5 = self.conns[&conn].version().is_v5();
         match p.qos {
             QosPid::AtMostOnce => {}
             QosPid::AtLeastOnce(id) => {
@@ -1462,7 +1526,7 @@ impl Broker {
                 let code = fit(code, PacketType::PubRec);
                 if !code.is_error() {
                     if let Some(s) = self.sessions.get_mut(&sid) {
-                        s.incoming_qos2.insert(id.get());
+                        s.flow_mut().incoming_qos2.insert(id.get());
                     }
                 }
                 self.send(conn, &Packet::PubRec(ack(id, code, v5)));
@@ -1578,12 +1642,12 @@ impl Broker {
                 // A slow consumer loses QoS 0 messages, nobody else does.
                 self.stats.messages_dropped += 1;
                 self.events.push_back(Event::Dropped {
-                    client_id: s.client_id.as_str().to_owned(),
+                    client_id: s.client.client_id.clone(),
                     topic: d.msg.topic.clone(),
                 });
             }
             Some(conn) if d.qos == QoS::AtMostOnce => self.send_publish(conn, sid, d, now),
-            Some(conn) if s.queue.is_empty() && s.window_open() && !congested => {
+            Some(conn) if s.flow().queue.is_empty() && s.window_open() && !congested => {
                 self.send_publish(conn, sid, d, now)
             }
             None if d.qos == QoS::AtMostOnce && !self.config.queue_qos0_offline => {}
@@ -1595,7 +1659,8 @@ impl Broker {
         let s = self.sessions.get_mut(&sid).expect("session exists");
         let w = d.msg.weight();
         let full = |s: &Session, cfg: &Config| {
-            s.queue.len() >= cfg.max_queued_messages || s.queued_bytes + w > cfg.max_queued_bytes
+            let f = s.flow();
+            f.queue.len() >= cfg.max_queued_messages || f.queued_bytes + w > cfg.max_queued_bytes
         };
         let mut dropped = None;
         if full(s, &self.config) {
@@ -1607,7 +1672,7 @@ impl Broker {
                             Some(old) => {
                                 self.stats.messages_dropped += 1;
                                 self.events.push_back(Event::Dropped {
-                                    client_id: s.client_id.as_str().to_owned(),
+                                    client_id: s.client.client_id.clone(),
                                     topic: old.msg.topic.clone(),
                                 });
                             }
@@ -1624,14 +1689,11 @@ impl Broker {
             Some(topic) => {
                 self.stats.messages_dropped += 1;
                 self.events.push_back(Event::Dropped {
-                    client_id: s.client_id.as_str().to_owned(),
+                    client_id: s.client.client_id.clone(),
                     topic,
                 });
             }
-            None => {
-                s.queued_bytes += w;
-                s.queue.push_back(d);
-            }
+            None => s.push_queue(d),
         }
     }
 
@@ -1643,7 +1705,9 @@ impl Broker {
                 return;
             };
             let Some(conn) = s.conn else { return };
-            let Some(front) = s.queue.front() else { return };
+            let Some(front) = s.flow().queue.front() else {
+                return;
+            };
             if front.qos != QoS::AtMostOnce && !s.window_open() {
                 return;
             }
@@ -1676,10 +1740,14 @@ impl Broker {
         };
         let sent = self.write_publish(conn, &d, qos, false, now);
         if let (Some(state), Some(id), true) = (state, qos.packet_id(), sent) {
-            let s = self.sessions.get_mut(&sid).expect("session exists");
-            let seq = s.next_seq;
-            s.next_seq += 1;
-            s.inflight.insert(
+            let f = self
+                .sessions
+                .get_mut(&sid)
+                .expect("session exists")
+                .flow_mut();
+            let seq = f.next_seq;
+            f.next_seq += 1;
+            f.inflight.insert(
                 id.get(),
                 Outgoing {
                     delivery: d,
@@ -1702,8 +1770,9 @@ impl Broker {
         now: Instant,
     ) -> bool {
         let c = self.conns.get_mut(&conn).expect("connection exists");
-        let version = c.version;
+        let version = c.version();
         let v5 = version.is_v5();
+        let alias_out_max = c.alias_out_max();
         let m = &d.msg;
         let expiry = match m.expires_at {
             Some(at) if v5 => {
@@ -1719,7 +1788,7 @@ impl Broker {
         let key = (qos == QosPid::AtMostOnce
             && !dup
             && d.sub_ids.is_empty()
-            && !(v5 && c.alias_out_max > 0))
+            && !(v5 && alias_out_max > 0))
             .then_some(WireKey {
                 msg: Arc::as_ptr(m) as usize,
                 version,
@@ -1751,12 +1820,12 @@ impl Broker {
             p.properties = m.properties.clone();
             p.properties.subscription_identifiers = d.sub_ids.clone();
             p.properties.message_expiry_interval = expiry;
-            if c.alias_out_max > 0 {
+            if alias_out_max > 0 {
                 let out = &c.aliases.get_or_insert_with(Box::default).outgoing;
                 if let Some(&a) = out.get(&m.topic) {
                     p.topic = TopicName::empty();
                     p.properties.topic_alias = NonZeroU16::new(a);
-                } else if out.len() < usize::from(c.alias_out_max) {
+                } else if out.len() < usize::from(alias_out_max) {
                     new_alias = Some(out.len() as u16 + 1);
                     p.properties.topic_alias = new_alias.and_then(NonZeroU16::new);
                 }
@@ -1785,12 +1854,11 @@ impl Broker {
 
     /// After a session resumes: PUBLISH (DUP) and PUBREL again, in order.
     fn resend_inflight(&mut self, conn: ConnId, sid: SessionId, now: Instant) {
-        let s = &self.sessions[&sid];
-        let mut order: Vec<(u64, u16)> = s.inflight.iter().map(|(&id, o)| (o.seq, id)).collect();
+        let inflight = &self.sessions[&sid].flow().inflight;
+        let mut order: Vec<(u64, u16)> = inflight.iter().map(|(&id, o)| (o.seq, id)).collect();
         order.sort_unstable();
         for (_, id) in order {
-            let s = &self.sessions[&sid];
-            let o = &s.inflight[&id];
+            let o = &self.sessions[&sid].flow().inflight[&id];
             let pid = PacketId::new(id).expect("non-zero");
             match o.state {
                 OutState::Comp => self.send(conn, &Packet::PubRel(Ack::new(pid))),
@@ -1806,6 +1874,7 @@ impl Broker {
                         self.sessions
                             .get_mut(&sid)
                             .expect("session exists")
+                            .flow_mut()
                             .inflight
                             .remove(&id);
                     }
@@ -1817,21 +1886,22 @@ impl Broker {
     fn on_ack(&mut self, _conn: ConnId, sid: SessionId, a: Ack, expect: OutState, now: Instant) {
         let s = self.sessions.get_mut(&sid).expect("session exists");
         let id = a.packet_id.get();
-        if s.inflight.get(&id).is_some_and(|o| o.state == expect) {
-            s.inflight.remove(&id);
+        let Some(f) = s.flow_if_any() else { return };
+        if f.inflight.get(&id).is_some_and(|o| o.state == expect) {
+            f.inflight.remove(&id);
             self.drain_queue(sid, now);
         }
     }
 
     fn on_pubrec(&mut self, conn: ConnId, sid: SessionId, a: Ack, now: Instant) {
-        let v5 = self.conns[&conn].version.is_v5();
+        let v5 = self.conns[&conn].version().is_v5();
         let s = self.sessions.get_mut(&sid).expect("session exists");
         let id = a.packet_id;
-        match s.inflight.get_mut(&id.get()) {
+        match s.flow_if_any().and_then(|f| f.inflight.get_mut(&id.get())) {
             Some(o) if o.state == OutState::Rec => {
                 if a.reason_code.is_error() {
                     // The exchange ends here: [MQTT-4.3.3-4] (5.0).
-                    s.inflight.remove(&id.get());
+                    s.flow_mut().inflight.remove(&id.get());
                     self.drain_queue(sid, now);
                 } else {
                     o.state = OutState::Comp;
@@ -1849,9 +1919,12 @@ impl Broker {
     }
 
     fn on_pubrel(&mut self, conn: ConnId, sid: SessionId, a: Ack) {
-        let v5 = self.conns[&conn].version.is_v5();
+        let v5 = self.conns[&conn].version().is_v5();
         let s = self.sessions.get_mut(&sid).expect("session exists");
-        let code = if s.incoming_qos2.remove(&a.packet_id.get()) {
+        let released = s
+            .flow_if_any()
+            .is_some_and(|f| f.incoming_qos2.remove(&a.packet_id.get()));
+        let code = if released {
             ReasonCode::Success
         } else {
             ReasonCode::PacketIdentifierNotFound
@@ -1872,7 +1945,8 @@ impl Broker {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let v5 = c.version.is_v5();
+        let v5 = c.version().is_v5();
+        let Phase::Active(sid) = c.phase else { return };
         if next == 0
             && packet.properties.subscription_identifier.is_some()
             && !self.config.subscription_identifiers
@@ -1891,13 +1965,14 @@ impl Broker {
                 return self.disconnect(conn, ReasonCode::WildcardSubscriptionsNotSupported, now);
             }
         }
-        let client = c.client.clone();
         for i in next..packet.filters.len() {
             let filter = &packet.filters[i].filter;
-            let verdict = self
-                .precheck(conn, filter, v5)
-                .unwrap_or_else(|| self.authz.subscribe(&client, filter));
+            let verdict = match self.precheck(conn, filter, v5) {
+                Some(v) => v,
+                None => self.authz.subscribe(&self.sessions[&sid].client, filter),
+            };
             if verdict == Verdict::Ask {
+                let client = self.sessions[&sid].client.clone();
                 let token = self.token(conn);
                 let filter = filter.clone();
                 let c = self.conns.get_mut(&conn).expect("connection exists");
@@ -2074,7 +2149,7 @@ impl Broker {
     fn disconnect(&mut self, conn: ConnId, code: ReasonCode, now: Instant) {
         let code = fit(code, PacketType::Disconnect);
         if let Some(c) = self.conns.get(&conn) {
-            if c.version.is_v5() && matches!(c.phase, Phase::Active(_)) {
+            if c.version().is_v5() && matches!(c.phase, Phase::Active(_)) {
                 self.send(conn, &Packet::Disconnect(Disconnect::new(code)));
             }
         }
@@ -2100,7 +2175,7 @@ impl Broker {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
-        self.timers.remove(&(c.timer, Timer::Conn(conn)));
+        self.conn_timers.remove(&(c.timer, conn));
         let Phase::Active(sid) = c.phase else { return };
         let s = self.sessions.get_mut(&sid).expect("session exists");
         s.conn = None;
@@ -2117,7 +2192,7 @@ impl Broker {
         let delay = s
             .will
             .as_ref()
-            .and_then(|w| w.properties.will_delay_interval)
+            .and_then(|w| w.will.properties.will_delay_interval)
             .unwrap_or(0);
         if s.expiry == 0 {
             // The session ends now, and with it any delayed will.
@@ -2125,18 +2200,18 @@ impl Broker {
         }
         if s.expiry != u32::MAX {
             let at = now + Duration::from_secs(s.expiry.into());
-            s.expires_at = Some(at);
+            s.expires_at = Some(self.epoch.stamp(at));
             self.timers.insert((at, Timer::SessionExpiry(sid)));
         }
-        if s.will.is_some() {
+        if let Some(w) = s.will.as_mut() {
             if delay == 0 {
                 let w = s.will.take().expect("will exists");
-                self.publish_will(&w, Some(sid), now);
+                self.publish_will(&w.will, Some(sid), now);
             } else {
                 // [MQTT-3.1.3-9]: published after the delay unless the
                 // session resumes first (or at session end, if sooner).
                 let at = now + Duration::from_secs(delay.into());
-                s.will_at = Some(at);
+                w.at = Some(self.epoch.stamp(at));
                 self.timers.insert((at, Timer::Will(sid)));
             }
         }
@@ -2147,13 +2222,13 @@ impl Broker {
         let Some(mut s) = self.sessions.remove(&sid) else {
             return;
         };
-        self.by_client_id.remove(s.client_id.as_bytes(), sid);
+        self.by_client_id.remove(s.client.client_id.as_bytes(), sid);
         for f in s.subscriptions.keys() {
             self.subs.unsubscribe(f, &sid);
             self.subscription_changed(f, false);
         }
         if let Some(w) = s.will.take() {
-            self.publish_will(&w, None, now);
+            self.publish_will(&w.will, None, now);
         }
     }
 
@@ -2268,7 +2343,8 @@ impl Broker {
     }
 
     fn new_session_id(&mut self) -> SessionId {
-        let id = SessionId(u64::from(self.config.shard) << 48 | self.next_session);
+        let id = u64::from(self.config.shard) << 48 | self.next_session;
+        let id = SessionId(NonZeroU64::new(id).expect("counted from 1"));
         self.next_session += 1;
         id
     }
@@ -2283,7 +2359,7 @@ impl Broker {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let v = c.version;
+        let v = c.version();
         // [MQTT-3.1.2-24]: nothing larger than the client's Maximum Packet
         // Size. (PUBLISH is checked, and dropped, before it gets here.) A
         // control packet that does not fit ends the connection.
@@ -2327,10 +2403,6 @@ impl Conn {
 // Values a broker keeps for long (client ids, filters, wills, retained
 // messages) are copied out of the read buffer they were decoded from:
 // a slice would keep the whole buffer alive.
-
-fn compact_str(s: &MqttString) -> MqttString {
-    MqttString::from_str(s.as_str()).expect("a valid string stays valid")
-}
 
 fn compact_topic(t: &TopicName) -> TopicName {
     TopicName::new(t.as_str()).expect("a valid topic stays valid")

@@ -45,6 +45,7 @@ mod config;
 pub mod policy;
 mod session;
 pub mod shard;
+mod stamp;
 pub mod store;
 
 pub use broker::{Broker, ConnId, Event, SessionId, Stats, Token, Transmit};

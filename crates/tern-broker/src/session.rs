@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tern_codec::{
-    MqttString, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions, TopicFilter,
-    TopicName, Will,
+    ProtocolVersion, PublishProperties, QoS, SubscriptionOptions, TopicFilter, TopicName, Will,
 };
 
+use crate::policy::ClientInfo;
+use crate::stamp::Stamp;
 use crate::{ConnId, SessionId};
 
 /// An application message as the broker routes it: immutable and shared by
@@ -113,21 +114,48 @@ pub(crate) struct Sub {
     pub id: Option<NonZeroU32>,
 }
 
+/// What a client id keeps across connections. Every idle connection has
+/// one, so it is kept to 112 bytes (an allocator size class): what only
+/// some sessions hold (a will, messages in flight or queued) is boxed.
 #[derive(Debug)]
 pub(crate) struct Session {
-    pub client_id: MqttString,
-    pub username: Option<String>,
+    /// The client id, and the user name of the current (or last)
+    /// connection: what the authorizer is shown.
+    pub client: ClientInfo,
     pub conn: Option<ConnId>,
     pub version: ProtocolVersion,
-    pub subscriptions: BTreeMap<TopicFilter, Sub>,
+    /// Outgoing QoS 1/2 window: the client's Receive Maximum capped by ours.
+    pub window: u16,
     /// Session Expiry Interval in seconds; `u32::MAX` never expires.
     pub expiry: u32,
+    pub subscriptions: BTreeMap<TopicFilter, Sub>,
     /// When the offline session ends.
-    pub expires_at: Option<Instant>,
+    pub expires_at: Option<Stamp>,
     /// The will of the current (or last) connection.
-    pub will: Option<Box<Will>>,
-    /// When a delayed will is due.
-    pub will_at: Option<Instant>,
+    pub will: Option<Box<SessionWill>>,
+    /// Messages in flight and queued: boxed and made on first use, as an
+    /// idle session has none (read through [`Session::flow`]).
+    flow: Option<Box<Flow>>,
+}
+
+/// A session's will, with its due time: one allocation (the time fits in
+/// the will's allocator size class).
+#[derive(Debug)]
+pub(crate) struct SessionWill {
+    pub will: Will,
+    /// When it is due, once scheduled with a delay (the session offline).
+    pub at: Option<Stamp>,
+}
+
+impl SessionWill {
+    pub fn new(will: Will) -> Box<SessionWill> {
+        Box::new(SessionWill { will, at: None })
+    }
+}
+
+/// What a session has in flight, queued, or received and not released.
+#[derive(Debug)]
+pub(crate) struct Flow {
     pub inflight: BTreeMap<u16, Outgoing>,
     pub next_seq: u64,
     pub next_pid: u16,
@@ -136,41 +164,68 @@ pub(crate) struct Session {
     /// QoS 2 packet ids received and acknowledged with PUBREC, awaiting
     /// PUBREL: a resent PUBLISH with one of these is not routed again.
     pub incoming_qos2: BTreeSet<u16>,
-    /// Outgoing QoS 1/2 window: the client's Receive Maximum capped by ours.
-    pub window: u16,
 }
 
-impl Session {
-    pub fn new(client_id: MqttString, version: ProtocolVersion) -> Session {
-        Session {
-            client_id,
-            username: None,
-            conn: None,
-            version,
-            subscriptions: BTreeMap::new(),
-            expiry: 0,
-            expires_at: None,
-            will: None,
-            will_at: None,
+/// The flow of a session that never had one.
+static NO_FLOW: Flow = Flow::new();
+
+impl Flow {
+    const fn new() -> Flow {
+        Flow {
             inflight: BTreeMap::new(),
             next_seq: 0,
             next_pid: 1,
             queue: VecDeque::new(),
             queued_bytes: 0,
             incoming_qos2: BTreeSet::new(),
-            window: 1,
         }
+    }
+}
+
+impl Session {
+    pub fn new(client_id: String, version: ProtocolVersion) -> Session {
+        Session {
+            client: ClientInfo {
+                client_id,
+                username: None,
+            },
+            conn: None,
+            version,
+            window: 1,
+            expiry: 0,
+            subscriptions: BTreeMap::new(),
+            expires_at: None,
+            will: None,
+            flow: None,
+        }
+    }
+
+    /// What is in flight and queued (nothing, for a session that never
+    /// had any).
+    pub fn flow(&self) -> &Flow {
+        self.flow.as_deref().unwrap_or(&NO_FLOW)
+    }
+
+    /// The same, to change: made if the session has none yet.
+    pub fn flow_mut(&mut self) -> &mut Flow {
+        self.flow.get_or_insert_with(|| Box::new(Flow::new()))
+    }
+
+    /// The same, only if the session has one: nothing to remove otherwise.
+    pub fn flow_if_any(&mut self) -> Option<&mut Flow> {
+        self.flow.as_deref_mut()
     }
 
     /// A packet identifier not in use by an outgoing message, if any is free.
     pub fn allocate_pid(&mut self) -> Option<u16> {
-        if self.inflight.len() >= usize::from(u16::MAX) {
+        let f = self.flow_mut();
+        if f.inflight.len() >= usize::from(u16::MAX) {
             return None;
         }
         loop {
-            let id = self.next_pid;
-            self.next_pid = if id == u16::MAX { 1 } else { id + 1 };
-            if !self.inflight.contains_key(&id) {
+            let id = f.next_pid;
+            f.next_pid = if id == u16::MAX { 1 } else { id + 1 };
+            if !f.inflight.contains_key(&id) {
                 return Some(id);
             }
         }
@@ -178,13 +233,21 @@ impl Session {
 
     /// Whether a QoS 1/2 message may be sent now.
     pub fn window_open(&self) -> bool {
-        self.inflight.len() < usize::from(self.window)
+        self.flow().inflight.len() < usize::from(self.window)
+    }
+
+    /// Queues a delivery at the back.
+    pub fn push_queue(&mut self, d: Delivery) {
+        let f = self.flow_mut();
+        f.queued_bytes += d.msg.weight();
+        f.queue.push_back(d);
     }
 
     /// Removes and returns the next queued delivery.
     pub fn pop_queue(&mut self) -> Option<Delivery> {
-        let d = self.queue.pop_front()?;
-        self.queued_bytes -= d.msg.weight();
+        let f = self.flow_if_any()?;
+        let d = f.queue.pop_front()?;
+        f.queued_bytes -= d.msg.weight();
         Some(d)
     }
 }

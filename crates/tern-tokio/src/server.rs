@@ -161,7 +161,7 @@ struct Link {
 struct LinkState {
     /// Set by the shard when the core accepted the connection.
     conn: Option<ConnId>,
-    out: VecDeque<Bytes>,
+    out: Vec<Bytes>,
     /// Close once `out` is written.
     close: bool,
     /// Bytes the task may still hand to the shard that the core has not
@@ -175,7 +175,7 @@ impl Link {
         Link {
             state: std::sync::Mutex::new(LinkState {
                 conn: None,
-                out: VecDeque::new(),
+                out: Vec::new(),
                 close: false,
                 credit,
                 waker: None,
@@ -214,7 +214,7 @@ impl Link {
     /// waiting for the socket to take the ones it has.
     fn push(&self, b: Bytes) {
         self.update(|st| {
-            st.out.push_back(b);
+            st.out.push(b);
             st.out.len() == 1
         });
     }
@@ -430,6 +430,7 @@ impl Server {
                 peers: txs.clone(),
                 conns: HashMap::new(),
                 native: slab::Slab::new(),
+                linked: slab::Slab::new(),
                 dirty: Vec::new(),
                 again: Vec::new(),
                 lingering: VecDeque::new(),
@@ -899,7 +900,7 @@ async fn handshake(
         io,
         link,
         tx,
-        batch: VecDeque::new(),
+        batch: Vec::new(),
         batch_len: 0,
         flushing: false,
         state: RunState::Drive,
@@ -917,7 +918,7 @@ struct Running {
     io: Io,
     link: Arc<Link>,
     tx: ShardTx,
-    batch: VecDeque<Bytes>,
+    batch: Vec<Bytes>,
     batch_len: usize,
     flushing: bool,
     state: RunState,
@@ -1016,7 +1017,7 @@ impl Running {
                             let _ = self.tx.send(ToShard::Written { conn, n });
                         }
                         // Give the drained queue's memory back.
-                        self.batch = VecDeque::new();
+                        self.batch = Vec::new();
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(false),
                     Poll::Pending => {}
@@ -1054,7 +1055,7 @@ impl Running {
 fn poll_write_batch<S: AsyncWrite + ?Sized>(
     mut stream: Pin<&mut S>,
     cx: &mut Context<'_>,
-    batch: &mut VecDeque<Bytes>,
+    batch: &mut Vec<Bytes>,
 ) -> Poll<io::Result<()>> {
     if batch.len() > 1 && !stream.is_write_vectored() {
         // One buffer, one write, rather than a write per packet.
@@ -1062,7 +1063,7 @@ fn poll_write_batch<S: AsyncWrite + ?Sized>(
         for b in batch.drain(..) {
             joined.extend_from_slice(&b);
         }
-        batch.push_back(joined.freeze());
+        batch.push(joined.freeze());
     }
     let n = if batch.len() == 1 {
         ready!(stream.as_mut().poll_write(cx, &batch[0]))?
@@ -1083,7 +1084,7 @@ const MAX_SLICES: usize = 64;
 
 /// Fills `slices` with the first buffers of `queue`; returns how many, and
 /// their length in bytes.
-fn io_slices<'a>(queue: &'a VecDeque<Bytes>, slices: &mut [IoSlice<'a>]) -> (usize, usize) {
+fn io_slices<'a>(queue: &'a [Bytes], slices: &mut [IoSlice<'a>]) -> (usize, usize) {
     let mut len = 0;
     let mut k = 0;
     for (slice, b) in slices.iter_mut().zip(queue.iter()) {
@@ -1094,20 +1095,24 @@ fn io_slices<'a>(queue: &'a VecDeque<Bytes>, slices: &mut [IoSlice<'a>]) -> (usi
     (k, len)
 }
 
-/// Drops the first `n` bytes of `queue`, which were written.
-fn advance(queue: &mut VecDeque<Bytes>, mut n: usize) {
-    while n > 0 {
-        let Some(front) = queue.front_mut() else {
-            return;
-        };
-        if n >= front.len() {
-            n -= front.len();
-            queue.pop_front();
+/// Drops the first `n` bytes of `queue`, which were written. (A queue is
+/// a `Vec`, 8 bytes smaller than a `VecDeque` in every idle connection; it
+/// is usually written whole, and what is left moves up.)
+fn advance(queue: &mut Vec<Bytes>, mut n: usize) {
+    let mut done = 0;
+    for b in queue.iter_mut() {
+        if n == 0 {
+            break;
+        }
+        if n >= b.len() {
+            n -= b.len();
+            done += 1;
         } else {
-            front.advance(n);
+            b.advance(n);
             n = 0;
         }
     }
+    queue.drain(..done);
 }
 
 /// Which shards have members of each shared group.
@@ -1208,12 +1213,24 @@ struct Probe {
 /// turn.
 const READS_PER_TURN: usize = 4;
 
-/// How a shard reaches a connection.
+/// How a shard reaches a connection: a key in one of its slabs (8 bytes
+/// in the table of every connection).
+#[derive(Debug, Clone, Copy)]
 enum Endpoint {
     /// Plain TCP, in this shard's poll: the key in `native`.
-    Native(usize),
-    /// TLS and WebSocket, run by a tokio task.
-    Linked(Box<Linked>),
+    Native(u32),
+    /// TLS and WebSocket, run by a tokio task: the key in `linked`.
+    Linked(u32),
+}
+
+impl Endpoint {
+    fn native(k: usize) -> Endpoint {
+        Endpoint::Native(u32::try_from(k).expect("fewer than 2^32 connections"))
+    }
+
+    fn linked(k: usize) -> Endpoint {
+        Endpoint::Linked(u32::try_from(k).expect("fewer than 2^32 connections"))
+    }
 }
 
 struct Linked {
@@ -1235,7 +1252,7 @@ struct Native {
     /// Input the core has not consumed (a partial packet, or input held
     /// while the core waits): boxed, as it is usually empty.
     pending: Option<Box<BytesMut>>,
-    out: VecDeque<Bytes>,
+    out: Vec<Bytes>,
     /// Reading stopped with input perhaps left in the socket: the core did
     /// not keep up, or the connection had its turn.
     unread: bool,
@@ -1257,7 +1274,8 @@ struct Shard {
     /// The plain TCP listeners, shared by every shard.
     listeners: Vec<mio::net::TcpListener>,
     probes: slab::Slab<Probe>,
-    /// New connections' CONNECT deadlines, in order: key and serial.
+    /// New connections' CONNECT deadlines, in order: key and serial. The
+    /// first is a probe still waiting (the others may have gone).
     probe_deadlines: VecDeque<(Instant, usize, u64)>,
     probe_serial: u64,
     broker: Broker,
@@ -1267,6 +1285,7 @@ struct Shard {
     peers: Arc<Vec<ShardTx>>,
     conns: HashMap<ConnId, Endpoint>,
     native: slab::Slab<Native>,
+    linked: slab::Slab<Linked>,
     /// Native connections with output to write.
     dirty: Vec<usize>,
     /// Tokens to read again without waiting for readiness.
@@ -1402,11 +1421,11 @@ impl Shard {
                     self.broker.set_identity(conn, id);
                 }
                 debug!(shard = self.index, conn = conn.get(), %peer, "accepted");
-                let linked = Linked {
+                let k = self.linked.insert(Linked {
                     link: link.clone(),
                     pending: BytesMut::new(),
-                };
-                self.conns.insert(conn, Endpoint::Linked(Box::new(linked)));
+                });
+                self.conns.insert(conn, Endpoint::linked(k));
                 link.accepted(conn);
                 self.read_linked(conn, data, now);
             }
@@ -1548,14 +1567,18 @@ impl Shard {
         }
     }
 
-    /// Lets go of new connections that sent no CONNECT in time.
+    /// Lets go of new connections that sent no CONNECT in time, and of the
+    /// deadlines of those that did (up to the first one still waiting), so
+    /// that a burst of connections does not leave its deadlines queued for
+    /// the whole connect timeout.
     fn expire_probes(&mut self, now: Instant) {
         while let Some(&(until, k, serial)) = self.probe_deadlines.front() {
-            if until > now {
+            let waiting = self.probes.get(k).is_some_and(|p| p.serial == serial);
+            if waiting && until > now {
                 return;
             }
             self.probe_deadlines.pop_front();
-            if self.probes.get(k).is_some_and(|p| p.serial == serial) {
+            if waiting {
                 self.drop_probe(k, "no CONNECT in time");
             }
         }
@@ -1600,11 +1623,11 @@ impl Shard {
             stream,
             conn,
             pending: None,
-            out: VecDeque::new(),
+            out: Vec::new(),
             unread: false,
             closing: false,
         });
-        self.conns.insert(conn, Endpoint::Native(k));
+        self.conns.insert(conn, Endpoint::native(k));
         self.native[k].keep(data);
         self.consume(k, now);
         // Bytes that came after the first read wait in the socket.
@@ -1621,11 +1644,14 @@ impl Shard {
         conn
     }
 
-    /// Forgets a connection and frees its slot (dropping a linked one
-    /// closes it).
+    /// Forgets a connection and frees its slot (a linked one is dropped,
+    /// which closes it).
     fn forget(&mut self, conn: ConnId) -> Option<Endpoint> {
         let e = self.conns.remove(&conn)?;
         self.cfg.release();
+        if let Endpoint::Linked(k) = e {
+            self.linked.remove(k as usize);
+        }
         Some(e)
     }
 
@@ -1759,7 +1785,7 @@ impl Shard {
         }
         if n.out.is_empty() {
             // Give the drained queue's memory back.
-            n.out = VecDeque::new();
+            n.out = Vec::new();
         }
         let (conn, closing, done) = (n.conn, n.closing, n.out.is_empty());
         if failed {
@@ -1780,9 +1806,9 @@ impl Shard {
     /// The core may read a connection's held input again (after an answer,
     /// or after its writes caught up).
     fn resume(&mut self, conn: ConnId, now: Instant) {
-        match self.conns.get(&conn) {
+        match self.conns.get(&conn).copied() {
             Some(Endpoint::Native(k)) => {
-                let k = *k;
+                let k = k as usize;
                 self.consume(k, now);
                 if self.native.get(k).is_some_and(|n| n.unread) {
                     self.again.push(k);
@@ -1826,9 +1852,10 @@ impl Shard {
     }
 
     fn read_linked(&mut self, conn: ConnId, data: BytesMut, now: Instant) {
-        let Some(Endpoint::Linked(e)) = self.conns.get_mut(&conn) else {
+        let Some(&Endpoint::Linked(k)) = self.conns.get(&conn) else {
             return;
         };
+        let e = &mut self.linked[k as usize];
         if e.pending.is_empty() {
             e.pending = data;
         } else {
@@ -1840,7 +1867,8 @@ impl Shard {
         let before = e.pending.len();
         let mut pending = std::mem::take(&mut e.pending);
         self.broker.handle_read(conn, &mut pending, now);
-        if let Some(Endpoint::Linked(e)) = self.conns.get_mut(&conn) {
+        if let Some(&Endpoint::Linked(k)) = self.conns.get(&conn) {
+            let e = &mut self.linked[k as usize];
             e.link.give_credit(before - pending.len());
             // Keep a partial packet; let go of an emptied buffer.
             if !pending.is_empty() {
@@ -1854,15 +1882,16 @@ impl Shard {
             let mut any = false;
             while let Some(t) = self.broker.poll_transmit() {
                 any = true;
-                match self.conns.get(&t.conn) {
+                match self.conns.get(&t.conn).copied() {
                     Some(Endpoint::Native(k)) => {
-                        let n = &mut self.native[*k];
+                        let k = k as usize;
+                        let n = &mut self.native[k];
                         if n.out.is_empty() {
-                            self.dirty.push(*k);
+                            self.dirty.push(k);
                         }
-                        n.out.push_back(t.data);
+                        n.out.push(t.data);
                     }
-                    Some(Endpoint::Linked(e)) => e.link.push(t.data),
+                    Some(Endpoint::Linked(k)) => self.linked[k as usize].link.push(t.data),
                     None => {}
                 }
             }
@@ -1884,9 +1913,9 @@ impl Shard {
         match ev {
             Event::Close { conn, reason } => {
                 info!(shard = self.index, conn = conn.get(), %reason, "closed");
-                // Dropping a linked entry closes its link.
+                // Forgetting a linked connection closes its link.
                 if let Some(Endpoint::Native(k)) = self.forget(conn) {
-                    self.close_native(k, now);
+                    self.close_native(k as usize, now);
                 }
             }
             Event::Connected {
