@@ -48,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let presence = TopicName::new("home/lights/presence")?;
 
     // The phone: watches presence.
-    let (phone, mut phone_rx) = AsyncClient::start(options("phone"));
+    let (phone, mut phone_rx) = AsyncClient::start(options("phone"))?;
     connected(&mut phone_rx).await?;
     phone
         .subscribe(vec![filter("home/+/presence", QoS::AtLeastOnce)?])
@@ -63,7 +63,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         retain: true,
         properties: Default::default(),
     });
-    let (lights, mut lights_rx) = AsyncClient::start(lights_options);
+    let (lights, mut lights_rx) = AsyncClient::start(lights_options)?;
     connected(&mut lights_rx).await?;
     lights
         .subscribe(vec![filter("home/+/pressed", QoS::AtLeastOnce)?])
@@ -75,7 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("phone: lights are {}", presence_of(&mut phone_rx).await?);
 
     // The doorbell: one press, acknowledged, then it leaves.
-    let (doorbell, mut doorbell_rx) = AsyncClient::start(options("doorbell"));
+    let (doorbell, mut doorbell_rx) = AsyncClient::start(options("doorbell"))?;
     connected(&mut doorbell_rx).await?;
     let press =
         Message::new(TopicName::new("home/doorbell/pressed")?, "1").with_qos(QoS::AtLeastOnce);

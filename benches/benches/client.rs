@@ -72,7 +72,8 @@ async fn tern_client(port: u16, id: &str) -> AsyncClient {
     let mut config = ClientConfig::new(id);
     config.max_inflight = WINDOW as u16;
     config.max_queued = 100_000;
-    let (c, mut rx) = AsyncClient::start(ClientOptions::new(config, "127.0.0.1", port));
+    let (c, mut rx) = AsyncClient::start(ClientOptions::new(config, "127.0.0.1", port))
+        .expect("a valid configuration");
     loop {
         match rx.recv().await {
             Some(Incoming::Connected { .. }) => break,

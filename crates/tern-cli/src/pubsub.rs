@@ -366,7 +366,9 @@ fn subscribe_properties(c: &ConnArgs) -> Result<SubscribeProperties, Fail> {
 async fn first_connection(rx: &mut Messages, debug: bool) -> Result<(), Fail> {
     loop {
         match rx.recv().await {
-            Some(Incoming::Connected { session_present }) => {
+            Some(Incoming::Connected {
+                session_present, ..
+            }) => {
                 if debug {
                     eprintln!("connected (session present: {session_present})");
                 }
@@ -392,6 +394,7 @@ fn describe(r: &tern_client::DisconnectReason) -> String {
         ConnectTimeout => "no CONNACK in time".into(),
         TransportClosed => "connection lost".into(),
         Local => "disconnected".into(),
+        InvalidConfig(e) => format!("invalid configuration: {e}"),
     }
 }
 
@@ -440,7 +443,8 @@ async fn publish_async(a: PubArgs) -> Result<(), Fail> {
     };
     let properties = publish_properties(&a.conn)?;
     subscribe_properties(&a.conn)?;
-    let (client, mut rx) = AsyncClient::start(options(&a.conn, "pub", false)?);
+    let (client, mut rx) =
+        AsyncClient::start(options(&a.conn, "pub", false)?).map_err(|e| usage(e.to_string()))?;
     first_connection(&mut rx, a.conn.debug).await?;
     let make = |payload: Bytes| {
         let mut m = Message::new(topic.clone(), payload)
@@ -528,7 +532,8 @@ async fn subscribe_async(a: SubArgs) -> Result<(), Fail> {
     let properties = subscribe_properties(&a.conn)?;
     publish_properties(&a.conn)?;
     let format = a.format.as_deref().map(Format::parse).transpose()?;
-    let (client, mut rx) = AsyncClient::start(options(&a.conn, "sub", true)?);
+    let (client, mut rx) =
+        AsyncClient::start(options(&a.conn, "sub", true)?).map_err(|e| usage(e.to_string()))?;
     let deadline = a
         .timeout
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));

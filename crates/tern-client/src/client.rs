@@ -12,7 +12,12 @@ use tern_codec::{
 };
 
 use crate::store::{Inflight, MemoryStore, Queued, RequestId, Store};
-use crate::{ClientConfig, QueuePolicy};
+use crate::{ClientConfig, ConfigError, QueuePolicy};
+
+/// Bytes of new messages the client encodes ahead of the transport: past
+/// this, publishes wait in the (bounded) queue until `poll_transmit` takes
+/// the output, so a stalled transport cannot grow memory.
+const OUT_HIGH: usize = 64 * 1024;
 
 /// An application message, as published or as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +152,9 @@ pub enum DisconnectReason {
     ConnectTimeout,
     /// The transport closed ([`Client::handle_closed`]).
     TransportClosed,
+    /// The configuration cannot be sent ([`ClientConfig::validate`]); no
+    /// connection will succeed until it changes.
+    InvalidConfig(ConfigError),
     /// The application disconnected ([`Client::disconnect`]).
     Local,
 }
@@ -168,7 +176,7 @@ pub enum Event {
     },
     /// A message from the server.
     Message(Delivery),
-    /// A publish completed: for QoS 0 when it was handed to the transport,
+    /// A publish completed: for QoS 0 when it was encoded for the transport,
     /// for QoS 1 at PUBACK, for QoS 2 at PUBCOMP, or it failed.
     Published {
         /// The request, as [`Client::publish`] returned it.
@@ -246,6 +254,8 @@ struct Link {
     keep_alive: Duration,
     /// When the last packet was written (set by CONNECT).
     last_sent: Option<Instant>,
+    /// CONNECT asked for a clean start.
+    clean_start: bool,
     ping_deadline: Option<Instant>,
     connack_deadline: Option<Instant>,
     receive_maximum: u16,
@@ -262,6 +272,7 @@ impl Link {
         Link {
             keep_alive,
             last_sent: now,
+            clean_start: true,
             ping_deadline: None,
             connack_deadline: None,
             receive_maximum: u16::MAX,
@@ -293,13 +304,18 @@ pub struct Client {
     requests: BTreeMap<u16, Request>,
     /// SUBSCRIBE/UNSUBSCRIBE waiting for a connection.
     waiting: VecDeque<Request>,
-    /// Filters the server granted, by filter.
-    subscriptions: BTreeMap<Bytes, SubscribeFilter>,
+    /// Filters the server granted, by filter, with the properties of their
+    /// SUBSCRIBE (a resubscription sends them again).
+    subscriptions: BTreeMap<Bytes, (SubscribeFilter, SubscribeProperties)>,
+    /// Messages in flight from an earlier connection, to send again as the
+    /// server's Receive Maximum allows (in order).
+    resend: VecDeque<PacketId>,
     /// Manual acknowledgements, in the order the messages came.
     acks: VecDeque<PendingAck>,
-    /// QoS 2 messages delivered to the application and not yet acknowledged
-    /// by it (manual mode): packet identifier to ack sequence.
-    unacked_qos2: BTreeMap<u16, u64>,
+    /// QoS 1/2 messages delivered to the application and not yet
+    /// acknowledged by it (manual mode): packet identifier to ack sequence.
+    /// The server cannot use an identifier twice, so at most 65,535.
+    unacked: BTreeMap<u16, u64>,
     connected_once: bool,
 }
 
@@ -353,8 +369,9 @@ impl Client {
             requests: BTreeMap::new(),
             waiting: VecDeque::new(),
             subscriptions: BTreeMap::new(),
+            resend: VecDeque::new(),
             acks: VecDeque::new(),
-            unacked_qos2: BTreeMap::new(),
+            unacked: BTreeMap::new(),
             connected_once: resume,
         }
     }
@@ -387,7 +404,7 @@ impl Client {
 
     /// The filters the server granted and that were not unsubscribed.
     pub fn subscriptions(&self) -> impl Iterator<Item = &SubscribeFilter> {
-        self.subscriptions.values()
+        self.subscriptions.values().map(|(f, _)| f)
     }
 
     /// A transport to the server is open: queue CONNECT.
@@ -396,6 +413,12 @@ impl Client {
     /// [`State::Disconnected`]; otherwise it does nothing.
     pub fn connect(&mut self, now: Instant) {
         if self.state != State::Disconnected {
+            return;
+        }
+        if let Err(e) = self.config.validate() {
+            self.events.push_back(Event::Disconnected {
+                reason: DisconnectReason::InvalidConfig(e),
+            });
             return;
         }
         self.decoder = decoder_for(&self.config);
@@ -427,17 +450,21 @@ impl Client {
             p.authentication_method = c.authentication_method.clone();
             p.authentication_data = c.authentication_data.clone();
         }
+        // Pings are timed from what the server was told.
+        self.link.keep_alive = Duration::from_secs(connect.keep_alive.into());
+        self.link.clean_start = clean_start;
         self.state = State::Connecting;
-        // CONNECT comes from a checked configuration; an error here is a
-        // configuration the version cannot carry (say, a will property in
-        // 3.1.1 is dropped by the encoder, but a 65 KB string is not).
-        if let Err(e) = self.write(&Packet::from(connect), now) {
+        // The configuration was checked; what is left is what the encoder
+        // refuses (a string or property over 65,535 bytes).
+        if let Err(e) = Packet::from(connect).encode(self.config.version, &mut self.out) {
             self.state = State::Disconnected;
+            self.out.clear();
             self.events.push_back(Event::Disconnected {
-                reason: DisconnectReason::ProtocolError(ReasonCode::ProtocolError),
+                reason: DisconnectReason::InvalidConfig(ConfigError::Encode(e.to_string())),
             });
-            debug_assert!(false, "CONNECT cannot be encoded: {e}");
+            return;
         }
+        self.link.last_sent = Some(now);
     }
 
     /// Bytes came from the server: decode and handle every whole packet in
@@ -460,6 +487,10 @@ impl Client {
         match (self.state, packet) {
             (State::Disconnected, _) => {}
             (State::Connecting, Packet::ConnAck(ack)) => self.on_connack(ack, now),
+            (_, Packet::Auth(_)) if self.config.authentication_method.is_none() => {
+                // AUTH only follows a CONNECT that named a method (§4.12).
+                self.protocol_error(ReasonCode::ProtocolError, now)
+            }
             (_, Packet::Auth(auth)) if self.config.version.is_v5() => {
                 self.events.push_back(Event::Auth {
                     reason: auth.reason_code,
@@ -473,8 +504,8 @@ impl Client {
                 Packet::PubRec(a) => self.on_pubrec(a, now),
                 Packet::PubRel(a) => self.on_pubrel(a, now),
                 Packet::PubComp(a) => self.on_pubcomp(a, now),
-                Packet::SubAck(a) => self.on_suback(a),
-                Packet::UnsubAck(a) => self.on_unsuback(a),
+                Packet::SubAck(a) => self.on_suback(a, now),
+                Packet::UnsubAck(a) => self.on_unsuback(a, now),
                 Packet::PingResp => self.link.ping_deadline = None,
                 Packet::Disconnect(d) => self.lost(DisconnectReason::Server {
                     reason: d.reason_code,
@@ -534,7 +565,15 @@ impl Client {
 
     /// Bytes to write to the transport, all that is pending in one buffer.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        (!self.out.is_empty()).then(|| self.out.split().freeze())
+        if self.out.is_empty() {
+            return None;
+        }
+        let out = self.out.split().freeze();
+        // Room again: encode what waited for it, for the next call.
+        if let Some(now) = self.link.last_sent {
+            self.send_queued(now);
+        }
+        Some(out)
     }
 
     /// The next event for the application.
@@ -554,6 +593,8 @@ impl Client {
         let item = Queued { id, message };
         if self.state == State::Connected
             && self.store.queued_len() == 0
+            && self.resend.is_empty()
+            && self.out.len() < OUT_HIGH
             && self.may_send(item.message.qos)
         {
             self.send_message(item, now);
@@ -601,13 +642,23 @@ impl Client {
         filters: Vec<TopicFilter>,
         now: Instant,
     ) -> Result<RequestId, RequestError> {
+        self.unsubscribe_with(filters, UnsubscribeProperties::default(), now)
+    }
+
+    /// Unsubscribes with properties (5.0 user properties).
+    pub fn unsubscribe_with(
+        &mut self,
+        filters: Vec<TopicFilter>,
+        properties: UnsubscribeProperties,
+        now: Instant,
+    ) -> Result<RequestId, RequestError> {
         if filters.is_empty() {
             return Err(RequestError::NoFilters);
         }
         let unsub = Unsubscribe {
             packet_id: PLACEHOLDER,
             filters,
-            properties: UnsubscribeProperties::default(),
+            properties,
         };
         self.request(ReqKind::Unsubscribe(unsub), now)
     }
@@ -629,7 +680,10 @@ impl Client {
     /// Sends AUTH (5.0 enhanced authentication): Continue Authentication
     /// with the next step's data, or Re-authenticate.
     pub fn auth(&mut self, reason: ReasonCode, data: Option<Bytes>, now: Instant) {
-        if self.state == State::Disconnected || !self.config.version.is_v5() {
+        if self.state == State::Disconnected
+            || !self.config.version.is_v5()
+            || self.config.authentication_method.is_none()
+        {
             return;
         }
         let auth = Auth {
@@ -668,6 +722,10 @@ impl Client {
         if ack.reason_code != ReasonCode::Success {
             self.lost(DisconnectReason::Refused(ack.reason_code));
             return;
+        }
+        if ack.session_present && self.link.clean_start {
+            // [MQTT-3.2.2-4] (5.0), [MQTT-3.2.2-1] (3.1.1).
+            return self.protocol_error(ReasonCode::ProtocolError, now);
         }
         self.state = State::Connected;
         self.connected_once = true;
@@ -718,24 +776,68 @@ impl Client {
     /// The server kept the session: send again what it has not
     /// acknowledged, in the order it was first sent.
     fn resume(&mut self, now: Instant) {
-        for item in self.store.inflight_in_order() {
-            let Some(pid) = item.publish.qos.packet_id() else {
+        self.resend = self
+            .store
+            .inflight_in_order()
+            .iter()
+            .filter_map(|i| i.publish.qos.packet_id())
+            .collect();
+        self.send_resends(now);
+        // QoS 1 messages the application had not acknowledged come again.
+        self.retain_qos2_acks();
+    }
+
+    /// Sends again, in order, the messages of an earlier connection, as
+    /// far as the new connection's Receive Maximum allows.
+    fn send_resends(&mut self, now: Instant) {
+        if self.resend.is_empty() {
+            return;
+        }
+        let mut items: BTreeMap<u16, Inflight> = self
+            .store
+            .inflight_in_order()
+            .into_iter()
+            .filter_map(|i| Some((i.publish.qos.packet_id()?.get(), i)))
+            .collect();
+        while self.state == State::Connected && self.sent_inflight() < self.window() {
+            let Some(pid) = self.resend.pop_front() else {
+                return;
+            };
+            let Some(item) = items.remove(&pid.get()) else {
                 continue;
             };
             if item.released {
                 self.write_ack(Packet::PubRel(Ack::new(pid)), now);
-            } else {
-                self.store.set_dup(pid);
-                let mut p = item.publish;
-                p.dup = true;
-                if let Err(e) = self.write_publish(&p, now) {
-                    self.store.remove_inflight(pid);
-                    self.fail(item.id, PublishError::Invalid(e.to_string()));
-                }
+                continue;
+            }
+            // The new connection's limits apply to what goes again.
+            let m = Message::from_publish(item.publish.clone());
+            if let Err(e) = self.check(&m) {
+                self.store.remove_inflight(pid);
+                self.fail(item.id, e);
+                continue;
+            }
+            self.store.set_dup(pid);
+            let mut p = item.publish;
+            p.dup = true;
+            if let Err(e) = self.write_publish(&p, now) {
+                self.store.remove_inflight(pid);
+                self.fail(item.id, e);
             }
         }
-        // QoS 1 messages the application had not acknowledged come again.
+    }
+
+    /// Messages in flight that were sent on this connection.
+    fn sent_inflight(&self) -> usize {
+        self.store.inflight_len() - self.resend.len()
+    }
+
+    /// After a lost connection: QoS 1 messages not yet acknowledged by the
+    /// application will come again; QoS 2 ones stay until it acks them.
+    fn retain_qos2_acks(&mut self) {
         self.acks.retain(|a| a.qos == QoS::ExactlyOnce);
+        let keep: std::collections::BTreeSet<u16> = self.acks.iter().map(|a| a.pid.get()).collect();
+        self.unacked.retain(|pid, _| keep.contains(pid));
     }
 
     /// The server did not keep the session: what it acknowledged is done,
@@ -765,20 +867,30 @@ impl Client {
         }
         self.store.clear_incoming();
         self.acks.clear();
-        self.unacked_qos2.clear();
+        self.unacked.clear();
         if self.config.resubscribe && !self.subscriptions.is_empty() {
-            let filters: Vec<SubscribeFilter> = self.subscriptions.values().cloned().collect();
-            // Sent after the CONNACK handling, with the other requests.
-            let id = self.request_id();
-            let sub = Subscribe {
-                packet_id: PLACEHOLDER,
-                filters,
-                properties: SubscribeProperties::default(),
-            };
-            self.waiting.push_front(Request {
-                id,
-                kind: ReqKind::Resubscribe(sub),
-            });
+            // One SUBSCRIBE per distinct set of properties (a subscription
+            // identifier, user properties), sent after the CONNACK handling
+            // with the other requests.
+            let mut groups: Vec<(SubscribeProperties, Vec<SubscribeFilter>)> = Vec::new();
+            for (f, props) in self.subscriptions.values() {
+                match groups.iter_mut().find(|(p, _)| p == props) {
+                    Some((_, fs)) => fs.push(f.clone()),
+                    None => groups.push((props.clone(), vec![f.clone()])),
+                }
+            }
+            for (properties, filters) in groups.into_iter().rev() {
+                let id = self.request_id();
+                let sub = Subscribe {
+                    packet_id: PLACEHOLDER,
+                    filters,
+                    properties,
+                };
+                self.waiting.push_front(Request {
+                    id,
+                    kind: ReqKind::Resubscribe(sub),
+                });
+            }
         }
         let _ = now;
     }
@@ -806,11 +918,16 @@ impl Client {
         match p.qos {
             QosPid::AtMostOnce => self.deliver(p, dup, None),
             QosPid::AtLeastOnce(pid) => {
+                if self.unacked.contains_key(&pid.get()) {
+                    // Sent again before the application acked it: it has it.
+                    return;
+                }
                 if !self.receive_quota_left() {
                     return self.protocol_error(ReasonCode::ReceiveMaximumExceeded, now);
                 }
                 if self.config.manual_ack {
                     let seq = self.push_ack(pid, QoS::AtLeastOnce);
+                    self.unacked.insert(pid.get(), seq);
                     self.deliver(p, dup, Some(AckId(seq)));
                 } else {
                     self.deliver(p, dup, None);
@@ -823,7 +940,7 @@ impl Client {
                     self.write_ack(Packet::PubRec(Ack::new(pid)), now);
                     return;
                 }
-                if self.unacked_qos2.contains_key(&pid.get()) {
+                if self.unacked.contains_key(&pid.get()) {
                     // Delivered already; the application has yet to ack.
                     return;
                 }
@@ -832,7 +949,7 @@ impl Client {
                 }
                 if self.config.manual_ack {
                     let seq = self.push_ack(pid, QoS::ExactlyOnce);
-                    self.unacked_qos2.insert(pid.get(), seq);
+                    self.unacked.insert(pid.get(), seq);
                     self.deliver(p, dup, Some(AckId(seq)));
                 } else {
                     self.store.insert_incoming(pid);
@@ -877,8 +994,8 @@ impl Client {
             let Some(a) = self.acks.pop_front() else {
                 break;
             };
+            self.unacked.remove(&a.pid.get());
             if a.qos == QoS::ExactlyOnce {
-                self.unacked_qos2.remove(&a.pid.get());
                 self.store.insert_incoming(a.pid);
                 self.write_ack(Packet::PubRec(Ack::new(a.pid)), now);
             } else {
@@ -946,8 +1063,16 @@ impl Client {
         self.write_ack(Packet::PubComp(comp), now);
     }
 
-    fn on_suback(&mut self, a: SubAck) {
-        let Some(req) = self.requests.remove(&a.packet_id.get()) else {
+    fn on_suback(&mut self, a: SubAck, now: Instant) {
+        let pid = a.packet_id.get();
+        match self.requests.get(&pid).map(|r| &r.kind) {
+            None => return,
+            Some(ReqKind::Subscribe(s) | ReqKind::Resubscribe(s))
+                if s.filters.len() == a.reason_codes.len() => {}
+            // An answer to another request, or not one code per filter.
+            Some(_) => return self.protocol_error(ReasonCode::ProtocolError, now),
+        }
+        let Some(req) = self.requests.remove(&pid) else {
             return;
         };
         let (ReqKind::Subscribe(sub) | ReqKind::Resubscribe(sub)) = &req.kind else {
@@ -958,8 +1083,10 @@ impl Client {
             if code.is_error() {
                 self.subscriptions.remove(f.filter.bytes());
             } else {
-                self.subscriptions
-                    .insert(f.filter.bytes().clone(), f.clone());
+                self.subscriptions.insert(
+                    f.filter.bytes().clone(),
+                    (f.clone(), sub.properties.clone()),
+                );
             }
             results.push((f.filter.clone(), code));
         }
@@ -972,8 +1099,15 @@ impl Client {
         });
     }
 
-    fn on_unsuback(&mut self, a: UnsubAck) {
-        let Some(req) = self.requests.remove(&a.packet_id.get()) else {
+    fn on_unsuback(&mut self, a: UnsubAck, now: Instant) {
+        let pid = a.packet_id.get();
+        match self.requests.get(&pid).map(|r| &r.kind) {
+            None => return,
+            Some(ReqKind::Unsubscribe(u))
+                if a.reason_codes.is_empty() || a.reason_codes.len() == u.filters.len() => {}
+            Some(_) => return self.protocol_error(ReasonCode::ProtocolError, now),
+        }
+        let Some(req) = self.requests.remove(&pid) else {
             return;
         };
         if let ReqKind::Unsubscribe(unsub) = req.kind {
@@ -1071,7 +1205,7 @@ impl Client {
     }
 
     fn may_send(&self, qos: QoS) -> bool {
-        qos == QoS::AtMostOnce || self.store.inflight_len() < self.window()
+        qos == QoS::AtMostOnce || self.sent_inflight() < self.window()
     }
 
     /// Checks a message against what the server said it accepts.
@@ -1087,7 +1221,11 @@ impl Client {
 
     /// Sends queued messages while connected and the window allows.
     fn send_queued(&mut self, now: Instant) {
-        while self.state == State::Connected {
+        self.send_resends(now);
+        if !self.resend.is_empty() {
+            return;
+        }
+        while self.state == State::Connected && self.out.len() < OUT_HIGH {
             match self.store.front_qos() {
                 Some(qos) if self.may_send(qos) => {}
                 _ => break,
@@ -1124,7 +1262,10 @@ impl Client {
             }
         };
         let mut properties = m.properties;
+        // The client chooses aliases; Subscription Identifiers are the
+        // server's to send [MQTT-3.3.4-6].
         properties.topic_alias = None;
+        properties.subscription_identifiers.clear();
         let publish = Publish {
             dup: false,
             qos,
@@ -1133,15 +1274,8 @@ impl Client {
             payload: m.payload,
             properties,
         };
-        if let Some(max) = self.link.maximum_packet_size {
-            let size = publish.encoded_len(self.config.version);
-            if size > max as usize {
-                self.fail(id, PublishError::PacketTooLarge { size, max });
-                return true;
-            }
-        }
         if let Err(e) = self.write_publish(&publish, now) {
-            self.fail(id, PublishError::Invalid(e.to_string()));
+            self.fail(id, e);
             return true;
         }
         if qos == QosPid::AtMostOnce {
@@ -1175,38 +1309,45 @@ impl Client {
         });
     }
 
-    /// Encodes a PUBLISH, with a topic alias when the server allows them.
-    fn write_publish(&mut self, p: &Publish, now: Instant) -> Result<(), tern_codec::EncodeError> {
+    /// Encodes a PUBLISH, with a topic alias when the server allows them,
+    /// within the server's Maximum Packet Size.
+    fn write_publish(&mut self, p: &Publish, now: Instant) -> Result<(), PublishError> {
         let v = self.config.version;
+        let mut new_alias = None;
+        let mut aliased = None;
         if v.is_v5() && self.config.use_topic_aliases && self.link.topic_alias_maximum > 0 {
-            let key = p.topic.bytes();
-            let (alias, known) = match self.link.aliases_out.get(key) {
-                Some(&a) => (Some(a), true),
+            let alias = match self.link.aliases_out.get(p.topic.bytes()) {
+                Some(&a) => Some((a, true)),
                 None => {
                     let n = self.link.aliases_out.len();
-                    if n < usize::from(self.link.topic_alias_maximum) {
-                        let a = n as u16 + 1;
-                        (Some(a), false)
-                    } else {
-                        (None, false)
-                    }
+                    (n < usize::from(self.link.topic_alias_maximum)).then(|| {
+                        new_alias = Some(n as u16 + 1);
+                        (n as u16 + 1, false)
+                    })
                 }
             };
-            if let Some(a) = alias {
-                let mut aliased = p.clone();
-                aliased.properties.topic_alias = std::num::NonZeroU16::new(a);
+            if let Some((a, known)) = alias {
+                let mut q = p.clone();
+                q.properties.topic_alias = std::num::NonZeroU16::new(a);
                 if known {
-                    aliased.topic = TopicName::empty();
+                    q.topic = TopicName::empty();
                 }
-                aliased.encode(v, &mut self.out)?;
-                if !known {
-                    self.link.aliases_out.insert(key.clone(), a);
-                }
-                self.link.last_sent = Some(now);
-                return Ok(());
+                aliased = Some(q);
             }
         }
-        p.encode(v, &mut self.out)?;
+        let packet = aliased.as_ref().unwrap_or(p);
+        if let Some(max) = self.link.maximum_packet_size {
+            let size = packet.encoded_len(v);
+            if size > max as usize {
+                return Err(PublishError::PacketTooLarge { size, max });
+            }
+        }
+        packet
+            .encode(v, &mut self.out)
+            .map_err(|e| PublishError::Invalid(e.to_string()))?;
+        if let Some(a) = new_alias {
+            self.link.aliases_out.insert(p.topic.bytes().clone(), a);
+        }
         self.link.last_sent = Some(now);
         Ok(())
     }
@@ -1217,6 +1358,12 @@ impl Client {
     }
 
     fn write(&mut self, p: &Packet, now: Instant) -> Result<(), tern_codec::EncodeError> {
+        if let Some(max) = self.link.maximum_packet_size {
+            let size = p.encoded_len(self.config.version);
+            if size > max as usize {
+                return Err(tern_codec::EncodeError::PacketTooLarge(size));
+            }
+        }
         p.encode(self.config.version, &mut self.out)?;
         self.link.last_sent = Some(now);
         Ok(())
@@ -1235,9 +1382,8 @@ impl Client {
         self.state = State::Disconnected;
         self.link.ping_deadline = None;
         self.link.connack_deadline = None;
-        // QoS 1 messages not yet acknowledged will come again; QoS 2 ones
-        // stay pending until the application acks them.
-        self.acks.retain(|a| a.qos == QoS::ExactlyOnce);
+        self.resend.clear();
+        self.retain_qos2_acks();
         self.events.push_back(Event::Disconnected { reason });
     }
 }
@@ -1250,9 +1396,10 @@ const PLACEHOLDER: PacketId = match PacketId::new(1) {
 
 fn decoder_for(c: &ClientConfig) -> Decoder {
     let mut d = Decoder::client(c.version);
-    if let Some(max) = c.maximum_packet_size {
-        d.set_max_packet_size(max);
-    }
+    d.set_max_packet_size(
+        c.maximum_packet_size
+            .unwrap_or(tern_codec::PROTOCOL_MAX_PACKET_SIZE),
+    );
     d
 }
 

@@ -6,6 +6,29 @@ use std::time::Duration;
 use bytes::Bytes;
 use tern_codec::{MqttString, ProtocolVersion, UserProperty, Will};
 
+/// A configuration the spec or the chosen protocol version does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// MQTT 3.1.1 allows a password only with a user name.
+    #[error("MQTT 3.1.1 allows a password only with a user name")]
+    PasswordWithoutUsername,
+    /// MQTT 3.1.1 allows an empty client id only with clean session.
+    #[error("MQTT 3.1.1 allows an empty client id only with clean session")]
+    EmptyClientIdKeepsNoSession,
+    /// This setting cannot be zero.
+    #[error("{0} cannot be zero")]
+    Zero(&'static str),
+    /// Keep alive is at most 65,535 seconds.
+    #[error("keep alive of {0:?} is over 65,535 s")]
+    KeepAliveTooLong(Duration),
+    /// This needs MQTT 5.0.
+    #[error("{0} needs MQTT 5.0")]
+    NeedsV5(&'static str),
+    /// CONNECT cannot be encoded (a string or property too long).
+    #[error("CONNECT cannot be encoded: {0}")]
+    Encode(String),
+}
+
 /// What to do with a new message when the queue of messages waiting to be
 /// sent is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -39,13 +62,14 @@ pub struct ClientConfig {
     /// decides whether the server kept it); a 3.1.1 client sends this flag
     /// every time, since clean session there discards the session.
     pub clean_start: bool,
-    /// Keep alive; zero turns it off. The server may override it (5.0
-    /// Server Keep Alive).
+    /// Keep alive, in whole seconds (at most 65,535); zero turns it off.
+    /// The server may override it (5.0 Server Keep Alive).
     pub keep_alive: Duration,
     /// How long to wait for PINGRESP after PINGREQ before declaring the
     /// connection lost.
     pub ping_timeout: Duration,
-    /// How long to wait for CONNACK after CONNECT.
+    /// How long to wait for CONNACK after CONNECT (the transport's own
+    /// handshake is the adapter's business).
     pub connect_timeout: Duration,
     /// User name.
     pub username: Option<MqttString>,
@@ -60,7 +84,9 @@ pub struct ClientConfig {
     /// Receive Maximum (5.0): how many QoS 1/2 messages the server may have
     /// in flight towards us.
     pub receive_maximum: u16,
-    /// The largest packet we accept; also enforced by our decoder.
+    /// The largest packet we accept, announced to a 5.0 server (which then
+    /// drops what is larger) and enforced by our decoder (a larger packet
+    /// closes the connection). `None`: the protocol's limit, 256 MiB.
     pub maximum_packet_size: Option<u32>,
     /// Topic Alias Maximum (5.0): how many topic aliases the server may set
     /// towards us. Zero means none.
@@ -134,6 +160,37 @@ impl ClientConfig {
     pub fn with_version(mut self, version: ProtocolVersion) -> ClientConfig {
         self.version = version;
         self
+    }
+
+    /// Checks what the spec or the protocol version forbids, before any
+    /// byte is sent. [`Client::connect`](crate::Client::connect) refuses an
+    /// invalid configuration with this error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let v5 = self.version.is_v5();
+        if !v5 && self.password.is_some() && self.username.is_none() {
+            // [MQTT-3.1.2-22]
+            return Err(ConfigError::PasswordWithoutUsername);
+        }
+        if !v5 && self.client_id.is_empty() && !self.clean_start {
+            // [MQTT-3.1.3-7]
+            return Err(ConfigError::EmptyClientIdKeepsNoSession);
+        }
+        if self.receive_maximum == 0 {
+            return Err(ConfigError::Zero("receive_maximum"));
+        }
+        if self.max_inflight == 0 {
+            return Err(ConfigError::Zero("max_inflight"));
+        }
+        if self.maximum_packet_size == Some(0) {
+            return Err(ConfigError::Zero("maximum_packet_size"));
+        }
+        if self.keep_alive.as_secs() > u64::from(u16::MAX) {
+            return Err(ConfigError::KeepAliveTooLong(self.keep_alive));
+        }
+        if !v5 && (self.authentication_method.is_some() || self.authentication_data.is_some()) {
+            return Err(ConfigError::NeedsV5("enhanced authentication"));
+        }
+        Ok(())
     }
 
     /// Whether a reconnection can resume the session.

@@ -58,5 +58,5 @@ pub mod store;
 pub use client::{
     AckId, Client, Delivery, DisconnectReason, Event, Message, PublishError, RequestError, State,
 };
-pub use config::{ClientConfig, QueuePolicy};
-pub use store::{MemoryStore, RequestId, Store};
+pub use config::{ClientConfig, ConfigError, QueuePolicy};
+pub use store::{InflightState, MemoryStore, RequestId, Store};

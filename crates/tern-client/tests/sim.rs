@@ -965,3 +965,174 @@ fn the_will_is_published_when_the_link_dies_and_not_after_disconnect() {
         assert_eq!(payloads(&net.events(sub)), ["gone"], "{version}");
     }
 }
+
+fn connack(present: bool, f: impl FnOnce(&mut tern_codec::ConnAckProperties)) -> Packet {
+    let mut a = tern_codec::ConnAck::new(present);
+    f(&mut a.properties);
+    Packet::ConnAck(a)
+}
+
+#[test]
+fn an_invalid_configuration_is_refused_before_anything_is_sent() {
+    let mut cfg = config("c", V311);
+    cfg.password = Some(Bytes::from_static(b"secret"));
+    let mut c = Client::new(cfg);
+    #[allow(clippy::disallowed_methods)]
+    let now = std::time::Instant::now();
+    c.connect(now);
+    assert_eq!(c.poll_transmit(), None);
+    assert_eq!(c.state(), State::Disconnected);
+    assert_eq!(
+        c.poll_event(),
+        Some(Event::Disconnected {
+            reason: DisconnectReason::InvalidConfig(
+                tern_client::ConfigError::PasswordWithoutUsername
+            )
+        })
+    );
+    let mut cfg = config("", V311);
+    cfg.clean_start = false;
+    assert_eq!(
+        cfg.validate(),
+        Err(tern_client::ConfigError::EmptyClientIdKeepsNoSession)
+    );
+}
+
+#[test]
+fn session_present_after_a_clean_start_is_a_protocol_error() {
+    let (mut c, now) = raw(config("c", V5));
+    c.handle_packet(connack(true, |_| {}), now);
+    assert_eq!(
+        c.poll_event(),
+        Some(Event::Disconnected {
+            reason: DisconnectReason::ProtocolError(tern_codec::ReasonCode::ProtocolError)
+        })
+    );
+}
+
+#[test]
+fn a_resumed_session_resends_within_the_new_receive_maximum() {
+    let (mut c, now) = raw(persistent("c", V5));
+    c.handle_packet(connack(false, |_| {}), now);
+    c.poll_event();
+    for i in 0..5 {
+        c.publish(
+            Message::new(topic("t"), i.to_string()).with_qos(QoS::AtLeastOnce),
+            now,
+        )
+        .unwrap();
+    }
+    assert_eq!(sent(&mut c, V5).len(), 5);
+    c.handle_closed(now);
+    c.poll_event();
+    c.connect(now);
+    c.poll_transmit();
+    c.handle_packet(
+        connack(true, |p| p.receive_maximum = std::num::NonZeroU16::new(2)),
+        now,
+    );
+    let resent = |c: &mut Client| -> Vec<u16> {
+        sent(c, V5)
+            .into_iter()
+            .map(|p| match p {
+                Packet::Publish(p) => {
+                    assert!(p.dup);
+                    p.qos.packet_id().unwrap().get()
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    assert_eq!(resent(&mut c), [1, 2]);
+    c.handle_packet(
+        Packet::PubAck(tern_codec::Ack::new(tern_codec::PacketId::new(1).unwrap())),
+        now,
+    );
+    assert_eq!(resent(&mut c), [3]);
+}
+
+#[test]
+fn outbound_publishes_carry_no_subscription_identifiers() {
+    let (mut c, now) = raw(config("c", V5));
+    c.handle_packet(connack(false, |_| {}), now);
+    c.poll_event();
+    let mut m = Message::new(topic("t"), "x");
+    m.properties
+        .subscription_identifiers
+        .push(std::num::NonZeroU32::new(7).unwrap());
+    c.publish(m, now).unwrap();
+    let out = sent(&mut c, V5);
+    assert!(
+        matches!(&out[..], [Packet::Publish(p)] if p.properties.subscription_identifiers.is_empty())
+    );
+}
+
+#[test]
+fn a_transport_that_takes_nothing_does_not_grow_the_output() {
+    let mut cfg = config("c", V5);
+    cfg.max_queued = 100;
+    let (mut c, now) = raw(cfg);
+    c.handle_packet(connack(false, |_| {}), now);
+    c.poll_event();
+    let payload = Bytes::from(vec![0u8; 1000]);
+    let mut accepted = 0;
+    while c
+        .publish(Message::new(topic("t"), payload.clone()), now)
+        .is_ok()
+    {
+        accepted += 1;
+        assert!(accepted < 10_000, "nothing bounds the output");
+    }
+    // About 64 KiB encoded, then the queue of 100 filled.
+    assert!((150..=200).contains(&accepted), "{accepted}");
+    // Taking the output lets the queue move on, in order.
+    let first = c.poll_transmit().unwrap();
+    assert!(first.len() >= 64 * 1024 && first.len() < 64 * 1024 + 2000);
+    assert!(c.queued() < 100);
+}
+
+#[test]
+fn answers_that_do_not_fit_the_request_are_protocol_errors() {
+    let (mut c, now) = raw(config("c", V5));
+    c.handle_packet(connack(false, |_| {}), now);
+    c.poll_event();
+    c.subscribe(
+        vec![filter("a", QoS::AtMostOnce), filter("b", QoS::AtMostOnce)],
+        Default::default(),
+        now,
+    )
+    .unwrap();
+    let pid = match &sent(&mut c, V5)[..] {
+        [Packet::Subscribe(s)] => s.packet_id,
+        other => panic!("{other:?}"),
+    };
+    c.handle_packet(
+        Packet::SubAck(tern_codec::SubAck {
+            packet_id: pid,
+            reason_codes: vec![tern_codec::ReasonCode::Success],
+            properties: Default::default(),
+        }),
+        now,
+    );
+    assert_eq!(
+        c.poll_event(),
+        Some(Event::Disconnected {
+            reason: DisconnectReason::ProtocolError(tern_codec::ReasonCode::ProtocolError)
+        })
+    );
+    // AUTH when CONNECT named no method.
+    let (mut c, now) = raw(config("c", V5));
+    c.handle_packet(
+        Packet::Auth(tern_codec::Auth {
+            reason_code: tern_codec::ReasonCode::ContinueAuthentication,
+            properties: Default::default(),
+        }),
+        now,
+    );
+    assert!(matches!(
+        c.poll_event(),
+        Some(Event::Disconnected {
+            reason: DisconnectReason::ProtocolError(_)
+        })
+    ));
+}

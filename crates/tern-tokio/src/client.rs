@@ -20,14 +20,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::Stream;
 use tern_client::{
-    AckId, Client, ClientConfig, Delivery, DisconnectReason, Event, Message, PublishError,
-    RequestError, RequestId, State,
+    AckId, Client, ClientConfig, ConfigError, Delivery, DisconnectReason, Event, Message,
+    PublishError, RequestError, RequestId, State,
 };
 use tern_codec::{
-    AuthProperties, Disconnect, ReasonCode, SubscribeFilter, SubscribeProperties, TopicFilter,
+    AuthProperties, ConnAckProperties, Disconnect, ReasonCode, SubscribeFilter,
+    SubscribeProperties, TopicFilter,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -164,6 +165,9 @@ pub enum Incoming {
     Connected {
         /// The server resumed the session.
         session_present: bool,
+        /// The CONNACK's properties (5.0): assigned client id, limits,
+        /// reason string, ...
+        properties: ConnAckProperties,
     },
     /// The connection ended; the client reconnects if configured to.
     Disconnected(DisconnectReason),
@@ -203,6 +207,10 @@ struct Inner {
     dropped: u64,
     /// `disconnect` was called: no reconnect.
     closing: bool,
+    /// The stream was dropped: messages are acknowledged and discarded.
+    reader_gone: bool,
+    /// A refusal no reconnection will change.
+    fatal: bool,
     /// The task has ended.
     finished: bool,
 }
@@ -231,7 +239,7 @@ impl Shared {
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let (client, mut incoming) =
-///     AsyncClient::start(ClientOptions::new(ClientConfig::new("doorbell"), "127.0.0.1", 1883));
+///     AsyncClient::start(ClientOptions::new(ClientConfig::new("doorbell"), "127.0.0.1", 1883))?;
 /// let msg = Message::new(TopicName::new("home/doorbell/pressed")?, "1").with_qos(QoS::AtLeastOnce);
 /// client.publish(msg).await?; // resolves at PUBACK
 /// while let Some(event) = incoming.recv().await {
@@ -287,9 +295,14 @@ impl std::fmt::Debug for Messages {
 }
 
 impl AsyncClient {
-    /// Starts the client's task (on the current tokio runtime): it
-    /// connects, and reconnects as `options` say.
-    pub fn start(options: ClientOptions) -> (AsyncClient, Messages) {
+    /// Starts the client's task: it connects, and reconnects as `options`
+    /// say. Fails only for a configuration the protocol cannot carry.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn start(options: ClientOptions) -> Result<(AsyncClient, Messages), ConfigError> {
+        options.config.validate()?;
         let manual_ack = options.config.manual_ack;
         let mut config = options.config.clone();
         // Messages are acknowledged when the application takes them.
@@ -306,6 +319,8 @@ impl AsyncClient {
                 manual_ack,
                 dropped: 0,
                 closing: false,
+                reader_gone: false,
+                fatal: false,
                 finished: false,
             }),
             wake: Notify::new(),
@@ -313,7 +328,7 @@ impl AsyncClient {
         });
         tokio::spawn(run(shared.clone(), options));
         let owner = Arc::new(Owner(shared.clone()));
-        (
+        Ok((
             AsyncClient {
                 shared: shared.clone(),
                 _owner: owner.clone(),
@@ -322,11 +337,11 @@ impl AsyncClient {
                 shared,
                 _owner: owner,
             },
-        )
+        ))
     }
 
     /// Publishes `message` and resolves when it is done: at PUBACK (QoS 1),
-    /// PUBCOMP (QoS 2), or once handed to the transport (QoS 0). While
+    /// PUBCOMP (QoS 2), or once queued for the transport (QoS 0). While
     /// offline it waits in the client's bounded queue. Dropping the future
     /// does not withdraw the message.
     pub async fn publish(&self, message: Message) -> Result<ReasonCode, ClientError> {
@@ -345,7 +360,7 @@ impl AsyncClient {
     /// Hands `message` to the client without waiting for the outcome.
     pub fn try_publish(&self, message: Message) -> Result<(), ClientError> {
         let mut inner = self.shared.lock();
-        if inner.finished {
+        if inner.finished || inner.closing {
             return Err(ClientError::Closed);
         }
         let now = Instant::now();
@@ -462,6 +477,12 @@ impl AsyncClient {
         }
         let id = f(&mut inner.client, Instant::now())?;
         inner.waiters.insert(id, Slot::Waiting(None));
+        // Outcomes decided at once (a message dropped from a full queue
+        // while offline) reach their waiters now, not at the next
+        // connection.
+        if inner.finished || inner.client.state() == State::Disconnected {
+            dispatch(&mut inner);
+        }
         drop(inner);
         self.shared.wake.notify_one();
         Ok(id)
@@ -537,6 +558,25 @@ impl Messages {
     }
 }
 
+impl Drop for Messages {
+    fn drop(&mut self) {
+        // Nobody will take these: acknowledge them, and from now on every
+        // message as it comes, so the server's window does not stall.
+        let mut inner = self.shared.lock();
+        inner.reader_gone = true;
+        let now = Instant::now();
+        for item in std::mem::take(&mut inner.incoming) {
+            if let Incoming::Message(Delivery { ack: Some(id), .. }) = item {
+                inner.client.ack(id, now);
+            }
+        }
+        inner.qos0 = 0;
+        inner.notices = 0;
+        drop(inner);
+        self.shared.wake.notify_one();
+    }
+}
+
 impl Stream for Messages {
     type Item = Incoming;
 
@@ -550,6 +590,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
 
 /// The client's task: connect, drive, wait, again.
 async fn run(shared: Arc<Shared>, options: ClientOptions) {
+    // Whatever ends the task (a panic included), callers stop waiting.
+    let _finish = Finish(&shared);
     let mut attempt = 0u32;
     let mut random = std::collections::hash_map::RandomState::new()
         .build_hasher()
@@ -559,11 +601,21 @@ async fn run(shared: Arc<Shared>, options: ClientOptions) {
         if shared.lock().closing {
             break;
         }
-        let opened = tokio::time::timeout(options.connect_timeout, open(&options.transport)).await;
+        let opening = tokio::time::timeout(options.connect_timeout, open(&options.transport));
+        let opened = tokio::select! {
+            o = opening => o,
+            () = closing(&shared) => break,
+        };
         match opened {
             Ok(Ok(io)) => {
-                if drive(&shared, io).await {
-                    attempt = 0;
+                let started = tokio::time::Instant::now();
+                match drive(&shared, io).await {
+                    End::Fatal => break,
+                    // A connection that lasted resets the backoff; one the
+                    // server keeps ending at once (a session taken over by
+                    // another client with the same id) does not.
+                    End::Lost if started.elapsed() >= STABLE => attempt = 0,
+                    End::Lost => {}
                 }
             }
             Ok(Err(e)) => {
@@ -575,45 +627,59 @@ async fn run(shared: Arc<Shared>, options: ClientOptions) {
         let Some(backoff) = options.reconnect else {
             break;
         };
-        if shared.lock().closing {
-            break;
-        }
         // xorshift: jitter needs no more than that.
         random ^= random << 13;
         random ^= random >> 7;
         random ^= random << 17;
         let until = tokio::time::Instant::now() + backoff.delay(attempt, random);
         attempt = attempt.saturating_add(1);
-        // A disconnect() while waiting ends the client at once; other calls
-        // only queue.
-        let stop = loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => break false,
-                _ = shared.wake.notified() => {
-                    if shared.lock().closing {
-                        break true;
-                    }
+        tokio::select! {
+            () = tokio::time::sleep_until(until) => {}
+            () = closing(&shared) => break,
+        }
+    }
+}
+
+/// How long the last packets (DISCONNECT) may take to write when a
+/// connection ends.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// A connection that lasted this long resets the reconnection backoff.
+const STABLE: Duration = Duration::from_secs(10);
+
+/// Resolves once `disconnect` (or the last handle's drop) asked the client
+/// to stop; other wake-ups only queue work.
+async fn closing(shared: &Shared) {
+    loop {
+        let woken = shared.wake.notified();
+        if shared.lock().closing {
+            return;
+        }
+        woken.await;
+    }
+}
+
+/// Marks the client finished when its task ends, however it ends.
+struct Finish<'a>(&'a Shared);
+
+impl Drop for Finish<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock();
+        inner.finished = true;
+        dispatch(&mut inner);
+        for slot in inner.waiters.values_mut() {
+            if let Slot::Waiting(w) = slot {
+                if let Some(w) = w.take() {
+                    w.wake();
                 }
             }
-        };
-        if stop {
-            break;
         }
-    }
-    let mut inner = shared.lock();
-    inner.finished = true;
-    for slot in inner.waiters.values_mut() {
-        if let Slot::Waiting(w) = slot {
-            if let Some(w) = w.take() {
-                w.wake();
-            }
+        if let Some(w) = inner.reader.take() {
+            w.wake();
         }
+        drop(inner);
+        self.0.done.notify_waiters();
     }
-    if let Some(w) = inner.reader.take() {
-        w.wake();
-    }
-    drop(inner);
-    shared.done.notify_waiters();
 }
 
 fn notice(shared: &Shared, item: Incoming) {
@@ -706,46 +772,56 @@ async fn tls(
         .await
 }
 
-/// One connection: CONNECT, then bytes both ways until it ends. Returns
-/// whether CONNACK accepted it.
-async fn drive(shared: &Shared, mut io: Box<dyn ByteStream>) -> bool {
+/// How a connection ended.
+enum End {
+    /// Reconnect (if configured).
+    Lost,
+    /// Do not: the configuration is invalid, or the server refused us for
+    /// good (bad credentials, not authorized, banned, ...).
+    Fatal,
+}
+
+/// One connection: CONNECT, then bytes both ways until it ends. Reads,
+/// writes, timers and calls are served together: a peer that stops
+/// reading stalls only the writes.
+async fn drive(shared: &Shared, io: Box<dyn ByteStream>) -> End {
     {
         let mut inner = shared.lock();
         if inner.closing {
-            return false;
+            return End::Lost;
         }
         inner.client.connect(Instant::now());
     }
+    let (mut rd, mut wr) = tokio::io::split(io);
     let mut buf = BytesMut::with_capacity(8 * 1024);
-    let mut accepted = false;
+    // Bytes being written, and whether a flush is owed.
+    let mut writing = Bytes::new();
+    let mut unflushed = false;
     loop {
-        let (out, deadline, state) = {
+        let (deadline, state) = {
             let mut inner = shared.lock();
-            let out = inner.client.poll_transmit();
-            if out.is_none() {
-                // Events after the bytes they follow were written: a QoS 0
-                // publish completes once handed to the transport.
-                accepted |= dispatch(&mut inner);
+            // Events first: passing them on may queue packets (acks).
+            dispatch(&mut inner);
+            if writing.is_empty() {
+                if let Some(out) = inner.client.poll_transmit() {
+                    writing = out;
+                }
             }
-            (out, inner.client.poll_timeout(), inner.client.state())
+            (inner.client.poll_timeout(), inner.client.state())
         };
-        if let Some(out) = out {
-            if let Err(e) = io.write_all(&out).await {
-                debug!(error = %e, "write failed");
-                lost(shared);
-                return accepted;
-            }
-            if let Err(e) = io.flush().await {
-                debug!(error = %e, "flush failed");
-                lost(shared);
-                return accepted;
-            }
-            continue;
-        }
         if state == State::Disconnected {
-            let _ = io.shutdown().await;
-            lost(shared);
-            return accepted;
+            // The last words (DISCONNECT), if the peer takes them soon.
+            let last = async {
+                wr.write_all(&writing).await?;
+                loop {
+                    let out = shared.lock().client.poll_transmit();
+                    let Some(out) = out else { break };
+                    wr.write_all(&out).await?;
+                }
+                wr.shutdown().await
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, last).await;
+            return fatal(shared);
         }
         let sleep = async {
             match deadline {
@@ -753,20 +829,53 @@ async fn drive(shared: &Shared, mut io: Box<dyn ByteStream>) -> bool {
                 None => std::future::pending().await,
             }
         };
+        let write = async {
+            if writing.is_empty() {
+                wr.flush().await.map(|()| 0)
+            } else {
+                wr.write(&writing).await
+            }
+        };
         tokio::select! {
-            r = io.read_buf(&mut buf) => match r {
+            r = write, if !writing.is_empty() || unflushed => match r {
+                Ok(n) if n > 0 || writing.is_empty() => {
+                    writing.advance(n);
+                    if writing.is_empty() {
+                        // Let go of the buffer, so that the state machine
+                        // writes into it again instead of a new one.
+                        writing = Bytes::new();
+                    }
+                    unflushed = n > 0;
+                }
+                Ok(_) | Err(_) => {
+                    lost(shared);
+                    return fatal(shared);
+                }
+            },
+            r = rd.read_buf(&mut buf) => match r {
                 Ok(0) | Err(_) => {
                     lost(shared);
-                    return accepted;
+                    return fatal(shared);
                 }
                 Ok(_) => shared.lock().client.handle_read(&mut buf, Instant::now()),
             },
-            _ = shared.wake.notified() => {}
-            _ = sleep => shared.lock().client.handle_timeout(Instant::now()),
+            () = shared.wake.notified() => {}
+            () = sleep => shared.lock().client.handle_timeout(Instant::now()),
         }
-        if buf.capacity() - buf.len() < 1024 && buf.is_empty() {
+        if buf.is_empty() && buf.capacity() < 1024 {
             buf = BytesMut::with_capacity(8 * 1024);
         }
+    }
+}
+
+/// After a connection: whether the last reason it ended says to stop.
+fn fatal(shared: &Shared) -> End {
+    let mut inner = shared.lock();
+    dispatch(&mut inner);
+    if inner.fatal {
+        End::Fatal
+    } else {
+        End::Lost
     }
 }
 
@@ -776,14 +885,31 @@ fn lost(shared: &Shared) {
     inner.client.handle_closed(Instant::now());
     // Bytes it queued for a dead transport are dropped; what matters is
     // kept in its session state.
-    let _ = inner.client.poll_transmit();
+    while inner.client.poll_transmit().is_some() {}
     dispatch(&mut inner);
 }
 
-/// Moves the state machine's events to waiters and the stream. Returns
-/// whether one was `Connected`.
-fn dispatch(inner: &mut Inner) -> bool {
-    let mut connected = false;
+/// Refusals no reconnection will change.
+fn is_fatal(reason: &DisconnectReason) -> bool {
+    match reason {
+        DisconnectReason::InvalidConfig(_) => true,
+        DisconnectReason::Refused(code) => matches!(
+            code,
+            ReasonCode::UnsupportedProtocolVersion
+                | ReasonCode::ClientIdentifierNotValid
+                | ReasonCode::BadUserNameOrPassword
+                | ReasonCode::NotAuthorized
+                | ReasonCode::Banned
+                | ReasonCode::BadAuthenticationMethod
+        ),
+        _ => false,
+    }
+}
+
+/// Moves the state machine's events to waiters and the stream. Returns how
+/// the connection ended if an event says it did.
+fn dispatch(inner: &mut Inner) -> Option<End> {
+    let mut end = None;
     let mut wake_reader = false;
     while let Some(e) = inner.client.poll_event() {
         match e {
@@ -792,6 +918,14 @@ fn dispatch(inner: &mut Inner) -> bool {
                 finish(inner, id, Slot::Answered(reason_codes))
             }
             Event::Message(d) => {
+                if inner.reader_gone {
+                    // Nobody reads: acknowledge, so the server's window
+                    // does not stall.
+                    if let Some(id) = d.ack {
+                        inner.client.ack(id, Instant::now());
+                    }
+                    continue;
+                }
                 if d.ack.is_none() {
                     if inner.qos0 >= inner.capacity {
                         inner.dropped += 1;
@@ -809,13 +943,19 @@ fn dispatch(inner: &mut Inner) -> bool {
                 wake_reader = true;
             }
             Event::Connected {
-                session_present, ..
+                session_present,
+                properties,
             } => {
-                connected = true;
-                inner.push_notice(Incoming::Connected { session_present });
+                inner.push_notice(Incoming::Connected {
+                    session_present,
+                    properties,
+                });
                 wake_reader = true;
             }
             Event::Disconnected { reason } => {
+                let fatal = is_fatal(&reason);
+                inner.fatal |= fatal;
+                end = Some(if fatal { End::Fatal } else { End::Lost });
                 inner.push_notice(Incoming::Disconnected(reason));
                 wake_reader = true;
             }
@@ -834,7 +974,7 @@ fn dispatch(inner: &mut Inner) -> bool {
             w.wake();
         }
     }
-    connected
+    end
 }
 
 fn finish(inner: &mut Inner, id: RequestId, outcome: Slot) {
@@ -863,6 +1003,8 @@ mod tests {
             manual_ack: false,
             dropped: 0,
             closing: false,
+            reader_gone: false,
+            fatal: false,
             finished: false,
         };
         let m = Message::new(tern_codec::TopicName::from_static("t"), "x");

@@ -230,7 +230,9 @@ async fn next_message(m: &mut Messages) -> tern_client::Delivery {
 async fn connected(m: &mut Messages) -> bool {
     loop {
         match timeout(LIMIT, m.recv()).await.expect("connected in time") {
-            Some(Incoming::Connected { session_present }) => return session_present,
+            Some(Incoming::Connected {
+                session_present, ..
+            }) => return session_present,
             Some(Incoming::Message(d)) => panic!("message before connected: {d:?}"),
             Some(_) => {}
             None => panic!("the client stopped"),
@@ -239,14 +241,16 @@ async fn connected(m: &mut Messages) -> bool {
 }
 
 async fn round_trip(port: u16, version: ProtocolVersion) {
-    let (sub, mut sub_rx) = AsyncClient::start(options("rt-sub", version, port));
+    let (sub, mut sub_rx) =
+        AsyncClient::start(options("rt-sub", version, port)).expect("a valid configuration");
     connected(&mut sub_rx).await;
     let granted = sub
         .subscribe(vec![filter("home/+/pressed", QoS::ExactlyOnce)])
         .await
         .expect("subscribed");
     assert_eq!(granted, [ReasonCode::GrantedQoS2]);
-    let (publ, _pub_rx) = AsyncClient::start(options("rt-pub", version, port));
+    let (publ, _pub_rx) =
+        AsyncClient::start(options("rt-pub", version, port)).expect("a valid configuration");
     for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
         .into_iter()
         .enumerate()
@@ -304,7 +308,7 @@ async fn publish_from_the_handler(port: u16) {
     o.config.max_inflight = 1;
     o.config.max_queued = 1;
     o.config.receive_maximum = 1;
-    let (echo, mut rx) = AsyncClient::start(o);
+    let (echo, mut rx) = AsyncClient::start(o).expect("a valid configuration");
     connected(&mut rx).await;
     echo.subscribe(vec![filter("ping", QoS::AtLeastOnce)])
         .await
@@ -321,12 +325,14 @@ async fn publish_from_the_handler(port: u16) {
         }
         echo.disconnect().await;
     });
-    let (sink, mut sink_rx) = AsyncClient::start(options("sink", ProtocolVersion::V5, port));
+    let (sink, mut sink_rx) = AsyncClient::start(options("sink", ProtocolVersion::V5, port))
+        .expect("a valid configuration");
     connected(&mut sink_rx).await;
     sink.subscribe(vec![filter("pong", QoS::AtLeastOnce)])
         .await
         .expect("subscribed");
-    let (publ, _p) = AsyncClient::start(options("pinger", ProtocolVersion::V5, port));
+    let (publ, _p) = AsyncClient::start(options("pinger", ProtocolVersion::V5, port))
+        .expect("a valid configuration");
     let sender = tokio::spawn(async move {
         for i in 0..200 {
             publ.publish(message("ping", &i.to_string(), QoS::AtLeastOnce))
@@ -360,7 +366,8 @@ async fn reconnects(port: u16) {
     let proxy = Proxy::start(port).await;
     for version in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
         // Clean session: resubscribed after the cut.
-        let (sub, mut rx) = AsyncClient::start(options("clean", version, proxy.port));
+        let (sub, mut rx) = AsyncClient::start(options("clean", version, proxy.port))
+            .expect("a valid configuration");
         assert!(!connected(&mut rx).await);
         sub.subscribe(vec![filter("r/clean", QoS::AtLeastOnce)])
             .await
@@ -379,7 +386,8 @@ async fn reconnects(port: u16) {
             }
             other => panic!("{version}: expected the resubscription, got {other:?}"),
         }
-        let (publ, _p) = AsyncClient::start(options("rpub", version, port));
+        let (publ, _p) =
+            AsyncClient::start(options("rpub", version, port)).expect("a valid configuration");
         publ.publish(message("r/clean", "after", QoS::AtLeastOnce))
             .await
             .expect("published");
@@ -398,7 +406,7 @@ async fn reconnects(port: u16) {
             initial: Duration::from_millis(300),
             max: Duration::from_millis(300),
         });
-        let (kept, mut krx) = AsyncClient::start(o);
+        let (kept, mut krx) = AsyncClient::start(o).expect("a valid configuration");
         connected(&mut krx).await;
         kept.subscribe(vec![filter("r/kept", QoS::AtLeastOnce)])
             .await
@@ -441,7 +449,7 @@ async fn websocket_transport() {
         url: format!("ws://127.0.0.1:{}/mqtt", t.ws.port()),
         tls: None,
     };
-    let (c, mut rx) = AsyncClient::start(o);
+    let (c, mut rx) = AsyncClient::start(o).expect("a valid configuration");
     connected(&mut rx).await;
     c.subscribe(vec![filter("ws/#", QoS::AtLeastOnce)])
         .await
@@ -547,7 +555,7 @@ async fn tls_transport_checks_the_server_certificate() {
         port,
         config,
     };
-    let (c, mut rx) = AsyncClient::start(o);
+    let (c, mut rx) = AsyncClient::start(o).expect("a valid configuration");
     connected(&mut rx).await;
     c.subscribe(vec![filter("tls", QoS::AtLeastOnce)])
         .await
@@ -585,7 +593,7 @@ async fn tls_transport_checks_the_server_certificate() {
         port,
         config,
     };
-    let (_c, mut rx) = AsyncClient::start(o);
+    let (_c, mut rx) = AsyncClient::start(o).expect("a valid configuration");
     match timeout(LIMIT, rx.recv()).await.expect("in time") {
         Some(Incoming::ConnectFailed(e)) => {
             assert!(e.contains("certificate") || e.contains("Unknown"), "{e}")
@@ -609,7 +617,7 @@ async fn dropping_every_handle_disconnects_and_ends_the_task() {
     let port = listener.local_addr().expect("address").port();
     let mut o = options("dropped", ProtocolVersion::V5, port);
     o.reconnect = Some(Backoff::default());
-    let (client, rx) = AsyncClient::start(o);
+    let (client, rx) = AsyncClient::start(o).expect("a valid configuration");
     let (mut s, _) = timeout(LIMIT, listener.accept())
         .await
         .expect("in time")
@@ -668,4 +676,144 @@ async fn dropping_every_handle_disconnects_and_ends_the_task() {
     // The default backoff would have reconnected within 100 ms.
     let again = timeout(Duration::from_millis(500), listener.accept()).await;
     assert!(again.is_err(), "no reconnect after the last handle went");
+}
+
+/// A server played by the test, packet by packet.
+struct Scripted {
+    s: TcpStream,
+    decoder: tern_codec::Decoder,
+    buf: bytes::BytesMut,
+    version: ProtocolVersion,
+}
+
+impl Scripted {
+    async fn accept(listener: &TcpListener, version: ProtocolVersion) -> Scripted {
+        let (s, _) = timeout(LIMIT, listener.accept())
+            .await
+            .expect("in time")
+            .expect("accepted");
+        let mut decoder = tern_codec::Decoder::server();
+        decoder.set_version(version);
+        Scripted {
+            s,
+            decoder,
+            buf: bytes::BytesMut::new(),
+            version,
+        }
+    }
+
+    /// The next packet, `None` at the end of the stream.
+    async fn next(&mut self) -> Option<tern_codec::Packet> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(p) = self.decoder.decode(&mut self.buf).expect("well-formed") {
+                return Some(p);
+            }
+            let n = timeout(LIMIT, self.s.read_buf(&mut self.buf))
+                .await
+                .expect("in time")
+                .expect("read");
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    async fn send(&mut self, p: tern_codec::Packet) {
+        use tokio::io::AsyncWriteExt;
+        let b = p.to_bytes(self.version).expect("encoded");
+        self.s.write_all(&b).await.expect("written");
+    }
+
+    /// Reads CONNECT and answers with `connack`.
+    async fn handshake(&mut self, connack: tern_codec::ConnAck) {
+        assert!(matches!(
+            self.next().await,
+            Some(tern_codec::Packet::Connect(_))
+        ));
+        self.send(tern_codec::Packet::ConnAck(connack)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_stops_reading_cannot_stall_keep_alive() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
+    let port = listener.local_addr().expect("address").port();
+    let mut o = options("stalled", ProtocolVersion::V5, port);
+    o.config.keep_alive = Duration::from_secs(1);
+    o.config.ping_timeout = Duration::from_secs(1);
+    o.reconnect = None;
+    let (c, mut rx) = AsyncClient::start(o).expect("a valid configuration");
+    let mut server = Scripted::accept(&listener, ProtocolVersion::V5).await;
+    server.handshake(tern_codec::ConnAck::new(false)).await;
+    assert!(!connected(&mut rx).await);
+    // Far more than the socket buffers hold; the server reads none of it.
+    let big = "x".repeat(64 * 1024);
+    for _ in 0..400 {
+        if c.try_publish(message("t", &big, QoS::AtMostOnce)).is_err() {
+            break;
+        }
+    }
+    match timeout(LIMIT, rx.recv()).await.expect("in time") {
+        Some(Incoming::Disconnected(DisconnectReason::KeepAliveTimeout)) => {}
+        other => panic!("expected a keep-alive timeout, got {other:?}"),
+    }
+    assert_eq!(timeout(LIMIT, rx.recv()).await.expect("in time"), None);
+    drop(server);
+}
+
+#[tokio::test]
+async fn a_refusal_for_good_stops_the_client() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
+    let port = listener.local_addr().expect("address").port();
+    let (c, mut rx) =
+        AsyncClient::start(options("refused", ProtocolVersion::V5, port)).expect("valid");
+    let mut server = Scripted::accept(&listener, ProtocolVersion::V5).await;
+    let mut refusal = tern_codec::ConnAck::new(false);
+    refusal.reason_code = ReasonCode::NotAuthorized;
+    server.handshake(refusal).await;
+    match timeout(LIMIT, rx.recv()).await.expect("in time") {
+        Some(Incoming::Disconnected(DisconnectReason::Refused(ReasonCode::NotAuthorized))) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(timeout(LIMIT, rx.recv()).await.expect("in time"), None);
+    assert_eq!(
+        c.publish(message("t", "x", QoS::AtMostOnce)).await,
+        Err(ClientError::Closed)
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_configuration_is_an_error_at_start() {
+    let mut o = options("bad", ProtocolVersion::V3_1_1, 1);
+    o.config.password = Some(bytes::Bytes::from_static(b"pw"));
+    assert_eq!(
+        AsyncClient::start(o).err(),
+        Some(tern_client::ConfigError::PasswordWithoutUsername)
+    );
+}
+
+#[tokio::test]
+async fn without_a_reader_messages_are_still_acknowledged() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
+    let port = listener.local_addr().expect("address").port();
+    let (c, rx) = AsyncClient::start(options("deaf", ProtocolVersion::V5, port)).expect("valid");
+    let mut server = Scripted::accept(&listener, ProtocolVersion::V5).await;
+    server.handshake(tern_codec::ConnAck::new(false)).await;
+    drop(rx);
+    for i in 1..=3u16 {
+        let pid = tern_codec::PacketId::new(i).expect("non-zero");
+        server
+            .send(tern_codec::Packet::Publish(tern_codec::Publish::new(
+                TopicName::new("t").expect("topic"),
+                tern_codec::QosPid::AtLeastOnce(pid),
+                "x",
+            )))
+            .await;
+        match server.next().await {
+            Some(tern_codec::Packet::PubAck(a)) => assert_eq!(a.packet_id, pid),
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(c);
 }
