@@ -43,9 +43,15 @@ pub struct SessionId(NonZeroU64);
 pub struct Transmit {
     /// Where to write them.
     pub conn: ConnId,
-    /// One or more encoded packets.
+    /// One or more encoded packets. They may share their allocation with
+    /// other transmits (the core encodes into chunks): an embedding that
+    /// keeps bytes unwritten for long should copy them, so that a slow
+    /// connection does not pin a chunk (the tokio server does).
     pub data: Bytes,
 }
+
+/// Bytes of one encoding chunk of the arena.
+const ARENA_CHUNK: usize = 16 * 1024;
 
 /// A request the embedding answers with [`Broker::answer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -408,6 +414,12 @@ pub struct Broker {
     scratch: Matches<SessionId, Sub>,
     /// Encoded QoS 0 PUBLISH packets of the message being routed.
     wire_cache: Vec<(WireKey, Bytes)>,
+    /// Where outgoing packets are encoded: each is split off as its own
+    /// `Bytes` sharing the chunk, so encoding allocates once per chunk, not
+    /// once per packet.
+    arena: BytesMut,
+    /// Routing's list of deliveries, kept between messages.
+    deliveries: Vec<(SessionId, QoS, bool, Vec<NonZeroU32>)>,
     next_conn: u64,
     next_session: u64,
     next_token: u64,
@@ -449,6 +461,8 @@ impl Broker {
             events: VecDeque::new(),
             scratch: Matches::new(),
             wire_cache: Vec::new(),
+            arena: BytesMut::new(),
+            deliveries: Vec::new(),
             next_conn: 1,
             next_session: 1,
             next_token: 1,
@@ -1564,7 +1578,8 @@ impl Broker {
     fn route_inner(&mut self, msg: &Arc<Message>, now: Instant) -> usize {
         let mut scratch = std::mem::take(&mut self.scratch);
         self.subs.matches(&msg.topic, &mut scratch);
-        let mut deliveries = Vec::new();
+        // Reused from message to message: routing allocates nothing.
+        let mut deliveries = std::mem::take(&mut self.deliveries);
         for entries in scratch.per_subscriber() {
             let sid = entries[0].0;
             let mut qos = None;
@@ -1613,7 +1628,7 @@ impl Broker {
         }
         self.scratch = scratch;
         let n = deliveries.len();
-        for (sid, qos, retain, sub_ids) in deliveries {
+        for (sid, qos, retain, sub_ids) in deliveries.drain(..) {
             let d = Delivery {
                 msg: msg.clone(),
                 qos,
@@ -1622,6 +1637,7 @@ impl Broker {
             };
             self.deliver(sid, d, now);
         }
+        self.deliveries = deliveries;
         n
     }
 
@@ -1841,9 +1857,10 @@ impl Broker {
                 .outgoing
                 .insert(m.topic.clone(), a);
         }
-        let data = Packet::Publish(p)
-            .to_bytes(version)
-            .expect("broker packets encode");
+        let len = p.encoded_len(version);
+        let arena = self.arena_for(len);
+        p.encode(version, arena).expect("broker packets encode");
+        let data = arena.split().freeze();
         if let Some(k) = key {
             self.wire_cache.push((k, data.clone()));
         }
@@ -2380,8 +2397,20 @@ impl Broker {
 
     fn send_as(&mut self, conn: ConnId, v: ProtocolVersion, p: &Packet) {
         // Packets the broker builds are valid by construction.
-        let data = p.to_bytes(v).expect("broker packets encode");
+        let arena = self.arena_for(p.encoded_len(v));
+        p.encode(v, arena).expect("broker packets encode");
+        let data = arena.split().freeze();
         self.push_transmit(conn, data);
+    }
+
+    /// The arena, with room for `len` more bytes: a full chunk is left to
+    /// the packets already split off it (freed with the last of them) and a
+    /// new one started.
+    fn arena_for(&mut self, len: usize) -> &mut BytesMut {
+        if self.arena.capacity() - self.arena.len() < len {
+            self.arena = BytesMut::with_capacity(len.max(ARENA_CHUNK));
+        }
+        &mut self.arena
     }
 
     fn push_transmit(&mut self, conn: ConnId, data: Bytes) {

@@ -213,6 +213,13 @@ impl Link {
     /// empty: with bytes already queued, it is either about to take them or
     /// waiting for the socket to take the ones it has.
     fn push(&self, b: Bytes) {
+        // The task may hold it a while (TLS, WebSocket framing): its own
+        // copy, not a slice pinning the core's encoding chunk.
+        let b = if b.is_unique() {
+            b
+        } else {
+            Bytes::copy_from_slice(&b)
+        };
         self.update(|st| {
             st.out.push(b);
             st.out.len() == 1
@@ -1079,6 +1086,16 @@ fn poll_write_batch<S: AsyncWrite + ?Sized>(
     Poll::Ready(Ok(()))
 }
 
+/// Makes every buffer of `queue` its own allocation (those already are
+/// stay as they are).
+fn own(queue: &mut [Bytes]) {
+    for b in queue.iter_mut() {
+        if !b.is_unique() {
+            *b = Bytes::copy_from_slice(b);
+        }
+    }
+}
+
 /// Buffers handed to one vectored write at most.
 const MAX_SLICES: usize = 64;
 
@@ -1786,6 +1803,10 @@ impl Shard {
         if n.out.is_empty() {
             // Give the drained queue's memory back.
             n.out = Vec::new();
+        } else {
+            // Behind: what waits is copied out of the core's shared
+            // encoding chunks, so a slow reader pins only its own bytes.
+            own(&mut n.out);
         }
         let (conn, closing, done) = (n.conn, n.closing, n.out.is_empty());
         if failed {
@@ -1985,5 +2006,26 @@ impl Shard {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_waits_for_a_slow_reader_stops_sharing_the_cores_chunks() {
+        let mut chunk = BytesMut::with_capacity(16 * 1024);
+        chunk.extend_from_slice(&[1u8; 100]);
+        let a = chunk.split_to(40).freeze();
+        let b = chunk.split().freeze();
+        let owned = Bytes::from(vec![2u8; 10]);
+        let ptr = owned.as_ptr();
+        let mut queue = vec![a.clone(), owned, b];
+        own(&mut queue);
+        assert!(queue.iter_mut().all(|b| b.is_unique()));
+        assert_eq!(queue[0], a);
+        assert_eq!(queue[1].as_ptr(), ptr, "already its own: not copied");
+        assert_eq!(queue[2].len(), 60);
     }
 }
