@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 use tern_client::{ClientConfig, Message};
 use tern_codec::{
     MqttString, ProtocolVersion, PublishProperties, QoS, SubscribeFilter, SubscribeProperties,
-    SubscriptionOptions, TopicFilter, TopicName, Will,
+    SubscriptionOptions, TopicFilter, TopicName, UserProperty, Will,
 };
 use tern_tokio::{AsyncClient, Backoff, ClientOptions, Incoming, Messages, Transport};
 
@@ -230,7 +230,12 @@ fn property_groups(c: &ConnArgs) -> Result<Vec<Vec<String>>, Fail> {
 }
 
 /// The client's options from the shared flags.
-fn options(c: &ConnArgs, role: &str, reconnect: bool) -> Result<ClientOptions, Fail> {
+fn options(
+    c: &ConnArgs,
+    props: &Properties,
+    role: &str,
+    reconnect: bool,
+) -> Result<ClientOptions, Fail> {
     let version = c.version.protocol();
     let id = match &c.id {
         Some(id) => id.clone(),
@@ -268,25 +273,7 @@ fn options(c: &ConnArgs, role: &str, reconnect: bool) -> Result<ClientOptions, F
             properties: Default::default(),
         });
     }
-    for p in &property_groups(c)? {
-        if !version.is_v5() {
-            return Err(usage("-D (properties) needs MQTT 5 (-V mqttv5)"));
-        }
-        if p[0] == "connect" {
-            match (p[1].as_str(), &p[2..]) {
-                ("user-property", [k, v]) => config.user_properties.push((
-                    mqtt_string(k, "user property")?,
-                    mqtt_string(v, "user property")?,
-                )),
-                _ => {
-                    return Err(usage(format!(
-                        "-D connect {}: not supported",
-                        p[1..].join(" ")
-                    )))
-                }
-            }
-        }
-    }
+    config.user_properties = props.connect.clone();
     let tls = c.cafile.is_some() || c.cert.is_some();
     let port = c.port.unwrap_or(if tls { 8883 } else { 1883 });
     let mut o = ClientOptions::new(config, c.host.clone(), port);
@@ -304,62 +291,63 @@ fn options(c: &ConnArgs, role: &str, reconnect: bool) -> Result<ClientOptions, F
     Ok(o)
 }
 
-fn publish_properties(c: &ConnArgs) -> Result<PublishProperties, Fail> {
-    let mut props = PublishProperties::default();
-    for p in property_groups(c)?.iter().filter(|p| p[0] == "publish") {
-        let bad = || usage(format!("-D publish {}: not supported", p[1..].join(" ")));
-        match (p[1].as_str(), &p[2..]) {
-            ("user-property", [k, v]) => props.user_properties.push((
-                mqtt_string(k, "user property")?,
-                mqtt_string(v, "user property")?,
-            )),
-            ("content-type", [v]) => props.content_type = Some(mqtt_string(v, "content type")?),
-            ("message-expiry-interval", [v]) => {
-                props.message_expiry_interval = Some(v.parse().map_err(|_| bad())?)
-            }
-            ("response-topic", [v]) => {
-                props.response_topic =
-                    Some(TopicName::new(v).map_err(|e| usage(format!("response topic: {e}")))?)
-            }
-            ("payload-format-indicator", [v]) => {
-                props.payload_format_indicator = Some(match v.as_str() {
-                    "0" => false,
-                    "1" => true,
-                    _ => return Err(bad()),
-                })
-            }
-            _ => return Err(bad()),
-        }
-    }
-    Ok(props)
+/// The `-D` properties, by the packet they go in.
+#[derive(Debug, Default)]
+struct Properties {
+    connect: Vec<UserProperty>,
+    publish: PublishProperties,
+    subscribe: SubscribeProperties,
 }
 
-fn subscribe_properties(c: &ConnArgs) -> Result<SubscribeProperties, Fail> {
-    let mut props = SubscribeProperties::default();
-    let groups = property_groups(c)?;
-    for p in groups.iter().filter(|p| p[0] == "subscribe") {
-        match (p[1].as_str(), &p[2..]) {
-            ("user-property", [k, v]) => props.user_properties.push((
-                mqtt_string(k, "user property")?,
-                mqtt_string(v, "user property")?,
-            )),
-            _ => {
-                return Err(usage(format!(
-                    "-D subscribe {}: not supported",
-                    p[1..].join(" ")
-                )))
+impl Properties {
+    fn parse(c: &ConnArgs) -> Result<Properties, Fail> {
+        let groups = property_groups(c)?;
+        if !groups.is_empty() && !c.version.protocol().is_v5() {
+            return Err(usage("-D (properties) needs MQTT 5 (-V mqttv5)"));
+        }
+        let mut props = Properties::default();
+        for p in &groups {
+            let bad = || usage(format!("-D {}: not supported", p.join(" ")));
+            let user = |k: &str, v: &str| -> Result<UserProperty, Fail> {
+                Ok((
+                    mqtt_string(k, "user property")?,
+                    mqtt_string(v, "user property")?,
+                ))
+            };
+            let publish = &mut props.publish;
+            match (p[0].as_str(), p[1].as_str(), &p[2..]) {
+                ("connect", "user-property", [k, v]) => props.connect.push(user(k, v)?),
+                ("subscribe", "user-property", [k, v]) => {
+                    props.subscribe.user_properties.push(user(k, v)?)
+                }
+                ("publish", "user-property", [k, v]) => publish.user_properties.push(user(k, v)?),
+                ("publish", "content-type", [v]) => {
+                    publish.content_type = Some(mqtt_string(v, "content type")?)
+                }
+                ("publish", "message-expiry-interval", [v]) => {
+                    publish.message_expiry_interval = Some(v.parse().map_err(|_| bad())?)
+                }
+                ("publish", "response-topic", [v]) => {
+                    publish.response_topic =
+                        Some(TopicName::new(v).map_err(|e| usage(format!("response topic: {e}")))?)
+                }
+                ("publish", "payload-format-indicator", [v]) => {
+                    publish.payload_format_indicator = Some(match v.as_str() {
+                        "0" => false,
+                        "1" => true,
+                        _ => return Err(bad()),
+                    })
+                }
+                ("connect" | "publish" | "subscribe", _, _) => return Err(bad()),
+                (cmd, _, _) => {
+                    return Err(usage(format!(
+                        "-D {cmd}: the command must be connect, publish or subscribe"
+                    )))
+                }
             }
         }
+        Ok(props)
     }
-    for p in &groups {
-        if !["connect", "publish", "subscribe"].contains(&p[0].as_str()) {
-            return Err(usage(format!(
-                "-D {}: the command must be connect, publish or subscribe",
-                p[0]
-            )));
-        }
-    }
-    Ok(props)
 }
 
 /// Waits for the first connection: Ok once connected, the failure otherwise.
@@ -441,10 +429,10 @@ async fn publish_async(a: PubArgs) -> Result<(), Fail> {
     } else {
         return Err(usage("give the message: -m, -f, -s, -l or -n"));
     };
-    let properties = publish_properties(&a.conn)?;
-    subscribe_properties(&a.conn)?;
-    let (client, mut rx) =
-        AsyncClient::start(options(&a.conn, "pub", false)?).map_err(|e| usage(e.to_string()))?;
+    let props = Properties::parse(&a.conn)?;
+    let properties = props.publish.clone();
+    let (client, mut rx) = AsyncClient::start(options(&a.conn, &props, "pub", false)?)
+        .map_err(|e| usage(e.to_string()))?;
     first_connection(&mut rx, a.conn.debug).await?;
     let make = |payload: Bytes| {
         let mut m = Message::new(topic.clone(), payload)
@@ -529,11 +517,11 @@ async fn subscribe_async(a: SubArgs) -> Result<(), Fail> {
                 .map_err(|e| usage(format!("-t {t:?}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let properties = subscribe_properties(&a.conn)?;
-    publish_properties(&a.conn)?;
+    let props = Properties::parse(&a.conn)?;
+    let properties = props.subscribe.clone();
     let format = a.format.as_deref().map(Format::parse).transpose()?;
-    let (client, mut rx) =
-        AsyncClient::start(options(&a.conn, "sub", true)?).map_err(|e| usage(e.to_string()))?;
+    let (client, mut rx) = AsyncClient::start(options(&a.conn, &props, "sub", true)?)
+        .map_err(|e| usage(e.to_string()))?;
     let deadline = a
         .timeout
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));

@@ -20,6 +20,10 @@ use tern_codec::{
     TopicName,
 };
 
+#[path = "../../../tests/support/peers.rs"]
+mod peers;
+use peers::{make_pki, require, scratch};
+
 const WAIT: Duration = Duration::from_secs(15);
 
 /// A `tern broker` process on a free port.
@@ -112,17 +116,6 @@ impl Drop for Tern {
             let _ = c.wait();
         }
     }
-}
-
-fn require(cmd: &str, what: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{cmd} is missing: these tests need {what}; install it with scripts/install-peers"
-    );
 }
 
 fn mosquitto() {
@@ -644,14 +637,6 @@ fn sigterm_disconnects_v5_clients_with_0x8b_and_exits_cleanly() {
     assert!(status.success(), "{status:?}");
 }
 
-/// A scratch directory for this test's files.
-fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("tern-interop-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
 fn tern_cmd(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tern"))
         .args(args)
@@ -790,82 +775,6 @@ fn a_bad_configuration_stops_startup_naming_file_line_and_key() {
 }
 
 /// Runs openssl, failing loudly if it is missing or fails.
-fn openssl(dir: &std::path::Path, args: &[&str]) {
-    require("openssl", "the openssl command (Debian package openssl)");
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A test CA, a server certificate for 127.0.0.1 and a client certificate
-/// whose common name is `client_cn`, all made now (EC P-256, one day).
-fn make_pki(dir: &std::path::Path, client_cn: &str) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=Tern Test CA",
-    ]);
-    openssl(dir, &ca);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("written");
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("written");
-    for (name, cn) in [("server", "localhost"), ("client", client_cn)] {
-        let mut req = vec!["req"];
-        req.extend(ec);
-        let key = format!("{name}.key");
-        let csr = format!("{name}.csr");
-        let subj = format!("/CN={cn}");
-        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-        openssl(dir, &req);
-        let pem = format!("{name}.pem");
-        let ext = format!("{name}.ext");
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "1",
-                "-extfile",
-                &ext,
-            ],
-        );
-    }
-}
-
 /// The ports of the listeners of `kind` ("tcp", "tls", "ws"), in the
 /// configuration's order, from the broker's log.
 fn listener_ports(tern: &Tern, kind: &str) -> Vec<String> {

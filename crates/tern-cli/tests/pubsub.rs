@@ -7,38 +7,15 @@
 //! is broken.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
 
+#[path = "../../../tests/support/peers.rs"]
+mod peers;
+use peers::{free_port, require, Mosquitto};
+
 const WAIT: Duration = Duration::from_secs(15);
-
-fn require(cmd: &str, what: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{cmd} is missing: these tests need {what}; install it with scripts/install-peers"
-    );
-}
-
-fn mosquitto_bin() -> String {
-    if Path::new("/usr/sbin/mosquitto").exists() {
-        return "/usr/sbin/mosquitto".into();
-    }
-    require("mosquitto", "Debian's mosquitto broker");
-    "mosquitto".into()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// Lines of a child's stream, as they come.
 fn lines_of(r: impl Read + Send + 'static) -> Receiver<String> {
@@ -64,10 +41,9 @@ fn wait_line(rx: &Receiver<String>, needle: &str, what: &str) -> String {
 }
 
 /// A broker process on a free port: `tern broker` or Debian's mosquitto.
-struct Broker {
-    child: Child,
-    port: u16,
-    name: &'static str,
+enum Broker {
+    Tern { child: Child, port: u16 },
+    Mosquitto(Mosquitto),
 }
 
 impl Broker {
@@ -87,49 +63,34 @@ impl Broker {
             .and_then(|p| p.parse().ok())
             .expect("a port in the listening line");
         std::thread::spawn(move || for _ in rx {});
-        Broker {
-            child,
-            port,
-            name: "tern",
-        }
+        Broker::Tern { child, port }
     }
 
     fn mosquitto() -> Broker {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("tern-pubsub-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("scratch");
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .expect("written");
-        let mut child = Command::new(mosquitto_bin())
-            .args(["-v", "-c"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("mosquitto starts");
-        let rx = lines_of(child.stderr.take().expect("piped"));
-        wait_line(&rx, "running", "mosquitto");
-        std::thread::spawn(move || for _ in rx {});
-        Broker {
-            child,
-            port,
-            name: "mosquitto",
+        Broker::Mosquitto(Mosquitto::start())
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Broker::Tern { .. } => "tern",
+            Broker::Mosquitto(_) => "mosquitto",
         }
     }
 
     fn port(&self) -> String {
-        self.port.to_string()
+        match self {
+            Broker::Tern { port, .. } => port.to_string(),
+            Broker::Mosquitto(m) => m.port.to_string(),
+        }
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Broker::Tern { child, .. } = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -248,7 +209,7 @@ fn tern_pub_and_tern_sub_through_mosquitto_and_tern_at_every_qos() {
     for broker in [Broker::mosquitto(), Broker::tern()] {
         let port = broker.port();
         for v in ["mqttv311", "mqttv5"] {
-            let ctx = format!("{} {v}", broker.name);
+            let ctx = format!("{} {v}", broker.name());
             let sub = Subscriber::tern(&[
                 "-p", &port, "-V", v, "-t", "cli/#", "-q", "2", "-v", "-C", "3",
             ]);

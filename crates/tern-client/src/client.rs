@@ -159,6 +159,29 @@ pub enum DisconnectReason {
     Local,
 }
 
+impl DisconnectReason {
+    /// Whether connecting again cannot help until something changes on
+    /// our side: an invalid configuration, or a CONNACK refusal about who
+    /// we are or what we speak (protocol version, client id, credentials,
+    /// authorization, ban, authentication method). Busy or unavailable
+    /// servers, lost links and timeouts are not permanent.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            DisconnectReason::InvalidConfig(_) => true,
+            DisconnectReason::Refused(code) => matches!(
+                code,
+                ReasonCode::UnsupportedProtocolVersion
+                    | ReasonCode::ClientIdentifierNotValid
+                    | ReasonCode::BadUserNameOrPassword
+                    | ReasonCode::NotAuthorized
+                    | ReasonCode::Banned
+                    | ReasonCode::BadAuthenticationMethod
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// What the application should know; see [`Client::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {

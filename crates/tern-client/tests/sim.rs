@@ -560,11 +560,7 @@ fn manual_acks_go_out_in_the_order_messages_came() {
 #[test]
 fn a_server_that_breaks_the_protocol_is_left() {
     // A PUBLISH before CONNACK is a protocol error.
-    let mut client = Client::new(config("c", V5));
-    let mut net = Net::default();
-    let now = net.now();
-    client.connect(now);
-    client.poll_transmit();
+    let (mut client, now) = raw(config("c", V5));
     let p = Packet::Publish(tern_codec::Publish::new(
         topic("t"),
         tern_codec::QosPid::AtMostOnce,
@@ -575,7 +571,6 @@ fn a_server_that_breaks_the_protocol_is_left() {
     let out = client.poll_transmit().expect("DISCONNECT");
     assert_eq!(out[0] >> 4, 14);
     assert_eq!(out[2], 0x82);
-    let _ = net.add(client);
 }
 
 /// Which link a cut-point run cuts.
@@ -990,6 +985,15 @@ fn an_invalid_configuration_is_refused_before_anything_is_sent() {
             )
         })
     );
+    let invalid =
+        DisconnectReason::InvalidConfig(tern_client::ConfigError::PasswordWithoutUsername);
+    assert!(
+        invalid.is_permanent(),
+        "reconnecting cannot fix a configuration"
+    );
+    assert!(DisconnectReason::Refused(tern_codec::ReasonCode::NotAuthorized).is_permanent());
+    assert!(!DisconnectReason::Refused(tern_codec::ReasonCode::ServerBusy).is_permanent());
+    assert!(!DisconnectReason::KeepAliveTimeout.is_permanent());
     let mut cfg = config("", V311);
     cfg.clean_start = false;
     assert_eq!(

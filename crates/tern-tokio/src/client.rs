@@ -119,7 +119,8 @@ pub struct ClientOptions {
     /// How many QoS 0 messages may wait for the application; more are
     /// dropped (counted by [`AsyncClient::dropped`]). QoS 1/2 messages are
     /// never dropped: they are acknowledged when the application takes them,
-    /// so the server's flow control (our Receive Maximum) bounds them.
+    /// so the server's flow control bounds them (our Receive Maximum in
+    /// 5.0; in 3.1.1, at most 65,535, one per packet identifier).
     pub capacity: usize,
     /// How long to wait for the TCP, TLS and WebSocket handshakes.
     pub connect_timeout: Duration,
@@ -346,12 +347,7 @@ impl AsyncClient {
     /// does not withdraw the message.
     pub async fn publish(&self, message: Message) -> Result<ReasonCode, ClientError> {
         let id = self.submit(|c, now| c.publish(message, now).map_err(ClientError::from))?;
-        match (Wait {
-            shared: &self.shared,
-            id,
-        })
-        .await?
-        {
+        match self.outcome(id).await? {
             Slot::Published(r) => r.map_err(ClientError::from),
             _ => Err(ClientError::Closed),
         }
@@ -390,15 +386,7 @@ impl AsyncClient {
             c.subscribe(filters, properties, now)
                 .map_err(ClientError::from)
         })?;
-        match (Wait {
-            shared: &self.shared,
-            id,
-        })
-        .await?
-        {
-            Slot::Answered(codes) => Ok(codes),
-            _ => Err(ClientError::Closed),
-        }
+        self.answer(id).await
     }
 
     /// Unsubscribes and resolves with one reason code per filter.
@@ -407,12 +395,21 @@ impl AsyncClient {
         filters: Vec<TopicFilter>,
     ) -> Result<Vec<ReasonCode>, ClientError> {
         let id = self.submit(|c, now| c.unsubscribe(filters, now).map_err(ClientError::from))?;
-        match (Wait {
+        self.answer(id).await
+    }
+
+    /// Waits for the outcome of request `id`.
+    async fn outcome(&self, id: RequestId) -> Result<Slot, ClientError> {
+        Wait {
             shared: &self.shared,
             id,
-        })
-        .await?
-        {
+        }
+        .await
+    }
+
+    /// The reason codes a SUBACK or UNSUBACK gave request `id`.
+    async fn answer(&self, id: RequestId) -> Result<Vec<ReasonCode>, ClientError> {
+        match self.outcome(id).await? {
             Slot::Answered(codes) => Ok(codes),
             _ => Err(ClientError::Closed),
         }
@@ -889,23 +886,6 @@ fn lost(shared: &Shared) {
     dispatch(&mut inner);
 }
 
-/// Refusals no reconnection will change.
-fn is_fatal(reason: &DisconnectReason) -> bool {
-    match reason {
-        DisconnectReason::InvalidConfig(_) => true,
-        DisconnectReason::Refused(code) => matches!(
-            code,
-            ReasonCode::UnsupportedProtocolVersion
-                | ReasonCode::ClientIdentifierNotValid
-                | ReasonCode::BadUserNameOrPassword
-                | ReasonCode::NotAuthorized
-                | ReasonCode::Banned
-                | ReasonCode::BadAuthenticationMethod
-        ),
-        _ => false,
-    }
-}
-
 /// Moves the state machine's events to waiters and the stream. Returns how
 /// the connection ended if an event says it did.
 fn dispatch(inner: &mut Inner) -> Option<End> {
@@ -953,7 +933,7 @@ fn dispatch(inner: &mut Inner) -> Option<End> {
                 wake_reader = true;
             }
             Event::Disconnected { reason } => {
-                let fatal = is_fatal(&reason);
+                let fatal = reason.is_permanent();
                 inner.fatal |= fatal;
                 end = Some(if fatal { End::Fatal } else { End::Lost });
                 inner.push_notice(Incoming::Disconnected(reason));

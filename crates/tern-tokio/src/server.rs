@@ -215,11 +215,7 @@ impl Link {
     fn push(&self, b: Bytes) {
         // The task may hold it a while (TLS, WebSocket framing): its own
         // copy, not a slice pinning the core's encoding chunk.
-        let b = if b.is_unique() {
-            b
-        } else {
-            Bytes::copy_from_slice(&b)
-        };
+        let b = owned(b);
         self.update(|st| {
             st.out.push(b);
             st.out.len() == 1
@@ -1090,9 +1086,16 @@ fn poll_write_batch<S: AsyncWrite + ?Sized>(
 /// stay as they are).
 fn own(queue: &mut [Bytes]) {
     for b in queue.iter_mut() {
-        if !b.is_unique() {
-            *b = Bytes::copy_from_slice(b);
-        }
+        *b = owned(std::mem::take(b));
+    }
+}
+
+/// `b` as its own allocation: itself if it is, a copy if it shares one.
+fn owned(b: Bytes) -> Bytes {
+    if b.is_unique() {
+        b
+    } else {
+        Bytes::copy_from_slice(&b)
     }
 }
 

@@ -2,10 +2,7 @@
 //! `mosquitto` broker (started here on a free port) and tern's own server,
 //! over TCP, TLS and WebSocket, with a proxy the tests can cut.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,98 +18,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
+#[path = "../../../tests/support/peers.rs"]
+mod peers;
+use peers::{make_ca, make_pki, scratch, Mosquitto};
+
 /// Every wait in these tests is for an event; this only bounds a broken one.
 const LIMIT: Duration = Duration::from_secs(20);
-
-fn require(cmd: &str, what: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{cmd} is missing: these tests need {what}; install it with scripts/install-peers"
-    );
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tern-client-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// The Debian mosquitto broker on a free loopback port.
-struct Mosquitto {
-    child: Child,
-    port: u16,
-}
-
-/// The broker binary: Debian installs it in /usr/sbin, which a user's PATH
-/// may lack.
-fn mosquitto_bin() -> String {
-    let on_path = Command::new("sh")
-        .args(["-c", "command -v mosquitto"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if on_path {
-        return "mosquitto".into();
-    }
-    if Path::new("/usr/sbin/mosquitto").exists() {
-        return "/usr/sbin/mosquitto".into();
-    }
-    require("mosquitto", "Debian's mosquitto broker");
-    unreachable!()
-}
-
-impl Mosquitto {
-    fn start() -> Mosquitto {
-        let dir = scratch(&format!("mosquitto-{}", free_port()));
-        let port = free_port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .expect("config written");
-        let mut child = Command::new(mosquitto_bin())
-            .args(["-v", "-c"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("mosquitto starts");
-        // Wait for its "running" line: the listener is open then.
-        let stderr = child.stderr.take().expect("piped");
-        let mut lines = BufReader::new(stderr).lines();
-        loop {
-            let line = lines
-                .next()
-                .expect("mosquitto exited before running")
-                .expect("readable");
-            if line.contains("running") {
-                break;
-            }
-        }
-        // Keep draining so mosquitto never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Mosquitto { child, port }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Tern's server in this process, on free ports: TCP, WebSocket, and TLS
 /// when given settings.
@@ -464,79 +375,24 @@ async fn websocket_transport() {
     c.disconnect().await;
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    require("openssl", "the openssl command (Debian package openssl)");
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Options for a TLS connection to `localhost:port` trusting the CA in
+/// `dir`.
+fn tls_options(id: &str, port: u16, dir: &std::path::Path) -> ClientOptions {
+    let config =
+        tern_tokio::tls_client_config(Some(&dir.join("ca.pem")), None, None).expect("client TLS");
+    let mut o = options(id, ProtocolVersion::V5, port);
+    o.transport = Transport::Tls {
+        host: "localhost".into(),
+        port,
+        config,
+    };
+    o
 }
 
 #[tokio::test]
 async fn tls_transport_checks_the_server_certificate() {
-    let dir = scratch("tls");
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=Test CA",
-    ]);
-    openssl(&dir, &ca);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("written");
-    let mut req = vec!["req"];
-    req.extend(ec);
-    req.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    openssl(&dir, &req);
-    openssl(
-        &dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "1",
-            "-extfile",
-            "server.ext",
-        ],
-    );
+    let dir = scratch("client-tls");
+    make_pki(&dir, "client");
     let settings = TlsSettings::load(
         &dir.join("server.pem"),
         &dir.join("server.key"),
@@ -547,15 +403,8 @@ async fn tls_transport_checks_the_server_certificate() {
     let t = Tern::start(Some(settings)).await;
     let port = t.tls.expect("TLS listener").port();
 
-    let config =
-        tern_tokio::tls_client_config(Some(&dir.join("ca.pem")), None, None).expect("client TLS");
-    let mut o = options("tls", ProtocolVersion::V5, port);
-    o.transport = Transport::Tls {
-        host: "localhost".into(),
-        port,
-        config,
-    };
-    let (c, mut rx) = AsyncClient::start(o).expect("a valid configuration");
+    let (c, mut rx) =
+        AsyncClient::start(tls_options("tls", port, &dir)).expect("a valid configuration");
     connected(&mut rx).await;
     c.subscribe(vec![filter("tls", QoS::AtLeastOnce)])
         .await
@@ -570,29 +419,10 @@ async fn tls_transport_checks_the_server_certificate() {
     c.disconnect().await;
 
     // A CA that did not sign the server's certificate: no connection.
-    let other = scratch("tls-other");
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=Other CA",
-    ]);
-    openssl(&other, &ca);
-    let config =
-        tern_tokio::tls_client_config(Some(&other.join("ca.pem")), None, None).expect("client TLS");
-    let mut o = options("tls-bad", ProtocolVersion::V5, port);
+    let other = scratch("client-tls-other");
+    make_ca(&other, "Other CA");
+    let mut o = tls_options("tls-bad", port, &other);
     o.reconnect = None;
-    o.transport = Transport::Tls {
-        host: "localhost".into(),
-        port,
-        config,
-    };
     let (_c, mut rx) = AsyncClient::start(o).expect("a valid configuration");
     match timeout(LIMIT, rx.recv()).await.expect("in time") {
         Some(Incoming::ConnectFailed(e)) => {
@@ -609,40 +439,15 @@ async fn tls_transport_checks_the_server_certificate() {
 
 #[tokio::test]
 async fn dropping_every_handle_disconnects_and_ends_the_task() {
-    use bytes::BytesMut;
-    use tern_codec::{ConnAck, Decoder, Packet};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tern_codec::Packet;
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
     let port = listener.local_addr().expect("address").port();
     let mut o = options("dropped", ProtocolVersion::V5, port);
     o.reconnect = Some(Backoff::default());
     let (client, rx) = AsyncClient::start(o).expect("a valid configuration");
-    let (mut s, _) = timeout(LIMIT, listener.accept())
-        .await
-        .expect("in time")
-        .expect("accepted");
-    let mut decoder = Decoder::server();
-    let mut buf = BytesMut::new();
-    let mut packets = Vec::new();
-    // CONNECT, answered.
-    while packets.is_empty() {
-        assert!(
-            timeout(LIMIT, s.read_buf(&mut buf))
-                .await
-                .expect("in time")
-                .expect("read")
-                > 0
-        );
-        while let Some(p) = decoder.decode(&mut buf).expect("well-formed") {
-            packets.push(p);
-        }
-    }
-    assert!(matches!(packets[0], Packet::Connect(_)));
-    let connack = Packet::ConnAck(ConnAck::new(false))
-        .to_bytes(ProtocolVersion::V5)
-        .expect("encoded");
-    s.write_all(&connack).await.expect("written");
+    let mut server = Scripted::accept(&listener, ProtocolVersion::V5).await;
+    server.handshake(tern_codec::ConnAck::new(false)).await;
     let clone = client.clone();
     drop(client);
     drop(rx);
@@ -657,17 +462,8 @@ async fn dropping_every_handle_disconnects_and_ends_the_task() {
     drop(clone);
     // Now DISCONNECT, then the end of the stream, and no reconnect.
     let mut rest = Vec::new();
-    loop {
-        let n = timeout(LIMIT, s.read_buf(&mut buf))
-            .await
-            .expect("in time")
-            .expect("read");
-        while let Some(p) = decoder.decode(&mut buf).expect("well-formed") {
-            rest.push(p);
-        }
-        if n == 0 {
-            break;
-        }
+    while let Some(p) = server.next().await {
+        rest.push(p);
     }
     assert!(
         matches!(&rest[..], [Packet::Publish(p), Packet::Disconnect(_)] if p.topic.as_str() == "still"),
