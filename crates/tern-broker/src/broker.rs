@@ -1261,10 +1261,7 @@ impl Broker {
         s.client.username = connect.username.as_ref().map(|u| u.as_str().to_owned());
         s.window = client_window.min(self.config.max_inflight).max(1);
 
-        let keep_alive = match self.config.server_keep_alive {
-            Some(k) if version.is_v5() => k,
-            _ => connect.keep_alive,
-        };
+        let keep_alive = self.keep_alive_for(version, connect.keep_alive);
         let c = self.conns.get_mut(&conn).expect("connection exists");
         c.phase = Phase::Active(sid);
         c.keep_alive = keep_alive;
@@ -1318,8 +1315,8 @@ impl Broker {
             if !cfg.shared_subscriptions {
                 p.shared_subscription_available = Some(false);
             }
-            if let Some(k) = cfg.server_keep_alive {
-                p.server_keep_alive = Some(k);
+            if cfg.server_keep_alive.is_some() || keep_alive != connect.keep_alive {
+                p.server_keep_alive = Some(keep_alive);
             }
             let c = self.conns.get_mut(&conn).expect("connection exists");
             p.authentication_method = c.auth_method();
@@ -1337,6 +1334,20 @@ impl Broker {
             self.resend_inflight(conn, sid, now);
         }
         self.drain_queue(sid, now);
+    }
+
+    /// The keep alive a client asking for `asked` gets: the server's if it
+    /// sets one, the cap if it asks for more or for none; on 5.0 only, which
+    /// can say so in CONNACK (3.1.1 clients keep their own).
+    fn keep_alive_for(&self, version: ProtocolVersion, asked: u16) -> u16 {
+        if !version.is_v5() {
+            return asked;
+        }
+        match (self.config.server_keep_alive, self.config.max_keep_alive) {
+            (Some(k), _) => k,
+            (None, Some(max)) if asked == 0 || asked > max => max,
+            _ => asked,
+        }
     }
 
     /// An AUTH from the client: the next step of an exchange, or the start

@@ -58,6 +58,13 @@ pub struct Config {
     /// If set, the keep alive every client must use (sent to 5.0 clients as
     /// Server Keep Alive; 3.1.1 clients keep their own).
     pub server_keep_alive: Option<u16>,
+    /// If set, the longest keep alive a client may have, in seconds
+    /// (Mosquitto's `max_keepalive`): a 5.0 client asking for more, or for
+    /// none (0), is told to use this one (Server Keep Alive in CONNACK).
+    /// 3.1 and 3.1.1 have no way to tell a client its keep alive, and a
+    /// server that timed a client out sooner than the client's own keep
+    /// alive would drop clients that keep to it: they keep their own.
+    pub max_keep_alive: Option<u16>,
     /// Topic aliases a 5.0 client may set on its PUBLISH packets.
     pub topic_alias_maximum: u16,
     /// The highest QoS clients may publish and be granted.
@@ -82,7 +89,9 @@ pub struct Config {
     pub max_retained_messages: usize,
     /// Payload bytes of retained messages kept at once.
     pub max_retained_bytes: usize,
-    /// Levels in a topic name or filter.
+    /// Levels in a topic name or filter. 200, as Mosquitto allows: matching
+    /// is iterative (no recursion to overflow) and costs per level of the
+    /// topic, so deep topics cost their publisher, not the broker.
     pub max_topic_levels: usize,
     /// Bytes in a topic name or filter (the protocol allows 65535).
     pub max_topic_length: usize,
@@ -121,6 +130,7 @@ impl Default for Config {
             queue_qos0_offline: false,
             max_session_expiry: u32::MAX,
             server_keep_alive: None,
+            max_keep_alive: None,
             topic_alias_maximum: 64,
             maximum_qos: QoS::ExactlyOnce,
             retain_available: true,
@@ -132,7 +142,7 @@ impl Default for Config {
             max_sessions: 1_000_000,
             max_retained_messages: 100_000,
             max_retained_bytes: 256 * 1024 * 1024,
-            max_topic_levels: 64,
+            max_topic_levels: 200,
             max_topic_length: 65535,
             max_client_id_len: 256,
             sys_interval: Some(Duration::from_secs(10)),

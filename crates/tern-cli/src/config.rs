@@ -23,6 +23,7 @@
 //! [limits]
 //! max_packet_size = 1048576
 //! max_connections = 100000
+//! max_keep_alive = 300             # 5.0 clients asking for more are told 300
 //!
 //! [auth]
 //! allow_anonymous = false
@@ -137,6 +138,14 @@ pub struct Limits {
     pub receive_maximum: Option<u16>,
     /// Topic aliases per 5.0 client.
     pub topic_alias_maximum: Option<u16>,
+    /// The longest keep alive a 5.0 client may have, seconds (Mosquitto's
+    /// `max_keepalive`, which is accepted too): one asking for more, or for
+    /// none, is told this one. 3.1.1 clients keep their own (the protocol
+    /// cannot tell them).
+    #[serde(alias = "max_keepalive")]
+    pub max_keep_alive: Option<u16>,
+    /// Levels in a topic name or filter (default 200, as Mosquitto).
+    pub max_topic_levels: Option<usize>,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout: Option<u64>,
     /// New connections per second at most.
@@ -276,8 +285,12 @@ impl File {
             max_retained_bytes,
             max_session_expiry,
             receive_maximum,
-            topic_alias_maximum
+            topic_alias_maximum,
+            max_topic_levels
         );
+        if let Some(k) = l.max_keep_alive {
+            c.max_keep_alive = Some(k);
+        }
         if let Some(b) = l.max_unwritten_bytes {
             c.max_unwritten_bytes = Some(b);
         }
@@ -334,6 +347,8 @@ bind = "127.0.0.1:1884"
 max_packet_size = 4096
 max_inflight = 10
 connect_timeout = 5
+max_keepalive = 60
+max_topic_levels = 300
 [auth]
 allow_anonymous = false
 password_file = "passwd"
@@ -353,6 +368,8 @@ level = "debug"
         assert_eq!(c.max_packet_size, 4096);
         assert_eq!(c.max_inflight, 10);
         assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_keep_alive, Some(60));
+        assert_eq!(c.max_topic_levels, 300);
         assert_eq!(c.sys_interval, None);
         assert!(f.acl().is_some());
         assert!(!f.auth.allow_anonymous);

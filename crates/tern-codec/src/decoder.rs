@@ -213,7 +213,12 @@ impl Decoder {
             return Err(DecodeError::ReservedPacketType(first >> 4));
         };
         let flags = first & 0x0f;
-        if ty != PacketType::Publish && flags != ty.fixed_flags() {
+        // MQTT 3.1 gave PUBREL, SUBSCRIBE and UNSUBSCRIBE QoS 1 and a DUP
+        // flag, which its clients set on a resend; 3.1.1 fixed the flags.
+        let dup_ok = self.version == Some(ProtocolVersion::V3_1);
+        let fixed = ty.fixed_flags();
+        let valid = flags == fixed || (dup_ok && fixed == 0b0010 && flags == 0b1010);
+        if ty != PacketType::Publish && !valid {
             return Err(DecodeError::InvalidFlags { packet: ty, flags });
         }
         let Some(version) = self.version else {

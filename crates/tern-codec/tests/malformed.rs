@@ -73,6 +73,29 @@ fn reserved_fixed_header_flags_are_malformed() {
 }
 
 #[test]
+fn a_mqtt_3_1_resend_may_set_dup_on_pubrel_subscribe_and_unsubscribe() {
+    // MQTT 3.1 gave these packets QoS 1 and a DUP flag; its clients set
+    // DUP when they send one again. 3.1.1 and 5.0 fixed the flags.
+    let wires: [&[u8]; 3] = [
+        &[0x6A, 2, 0, 1],
+        &[0x8A, 6, 0, 1, 0, 1, b'a', 0],
+        &[0xAA, 5, 0, 1, 0, 1, b'a'],
+    ];
+    for wire in wires {
+        let mut d = server(ProtocolVersion::V3_1);
+        let mut buf = BytesMut::from(wire);
+        assert!(d.decode(&mut buf).expect("accepted").is_some(), "{wire:?}");
+        for v in [V4, V5] {
+            let e = decode_err(server(v), wire);
+            assert!(matches!(e, DecodeError::InvalidFlags { .. }), "{v}: {e}");
+        }
+    }
+    // Only DUP: other flags stay malformed on 3.1 too.
+    let e = decode_err(server(ProtocolVersion::V3_1), &[0x6B, 2, 0, 1]);
+    assert!(matches!(e, DecodeError::InvalidFlags { .. }), "{e}");
+}
+
+#[test]
 fn flags_are_checked_before_the_body_arrives() {
     // Only the first byte: the error comes at once, not after waiting.
     assert!(matches!(

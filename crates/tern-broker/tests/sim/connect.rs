@@ -276,6 +276,63 @@ fn server_keep_alive_overrides_the_clients_on_v5() {
 }
 
 #[test]
+fn max_keep_alive_caps_a_v5_client_and_leaves_a_v3_client_its_own() {
+    let cfg = Config {
+        max_keep_alive: Some(60),
+        ..Config::default()
+    };
+    let mut sim = Sim::new(cfg);
+    // 5.0: more than the cap, or none at all, is told the cap...
+    for (asked, told) in [(600, Some(60)), (0, Some(60)), (30, None), (60, None)] {
+        let mut cn = connect(V5, &format!("v5-{asked}"), true);
+        cn.keep_alive = asked;
+        let c = sim.client(V5);
+        let ack = sim.connect_with(c, cn);
+        assert_eq!(ack.properties.server_keep_alive, told, "asked {asked}");
+    }
+    // ...and is held to it: 1.5 times 60 s.
+    let mut cn = connect(V5, "capped", true);
+    cn.keep_alive = 600;
+    let c = sim.client(V5);
+    sim.connect_with(c, cn);
+    sim.advance(Duration::from_millis(89_999));
+    assert!(sim.is_open(c));
+    sim.advance(Duration::from_millis(1));
+    assert!(!sim.is_open(c));
+    expect_disconnect(&mut sim, c, ReasonCode::KeepAliveTimeout);
+    // 3.1.1 cannot be told: the client keeps its 600 s.
+    let mut cn = connect(V3, "v3", true);
+    cn.keep_alive = 600;
+    let c = sim.client(V3);
+    sim.connect_with(c, cn);
+    sim.advance(Duration::from_secs(899));
+    assert!(sim.is_open(c));
+    sim.advance(Duration::from_secs(1));
+    assert!(!sim.is_open(c));
+}
+
+#[test]
+fn topics_of_200_levels_are_accepted_and_201_refused() {
+    let mut sim = Sim::default();
+    let deep = |n: usize| vec!["l"; n].join("/");
+    for v in VERSIONS {
+        let s = connected(&mut sim, v, &format!("s{v}"), true);
+        sim.send(
+            s,
+            subscribe(1, &[(deep(200).as_str(), 0), (deep(201).as_str(), 0)]),
+        );
+        let Some(Packet::SubAck(ack)) = sim.recv(s) else {
+            panic!("SUBACK")
+        };
+        assert_eq!(ack.reason_codes[0], ReasonCode::Success, "{v}");
+        assert!(ack.reason_codes[1].is_error(), "{v}");
+        let p = connected(&mut sim, v, &format!("p{v}"), true);
+        sim.send(p, publish(&deep(200), 0, 0, "deep"));
+        assert_eq!(payloads(&mut sim, s), ["deep"], "{v}");
+    }
+}
+
+#[test]
 fn malformed_packet_closes_with_0x81_on_v5() {
     let mut sim = Sim::default();
     let c = connected(&mut sim, V5, "dev", true);
@@ -446,4 +503,19 @@ fn shutdown_disconnects_everyone_and_publishes_wills() {
     let watcher = sim.client(V3);
     assert!(sim.connect(watcher, "watcher", false).session_present);
     assert_eq!(payloads(&mut sim, watcher), ["gone"]);
+}
+
+#[test]
+fn a_mqtt_3_1_client_that_resends_pubrel_with_dup_is_answered() {
+    let mut sim = Sim::default();
+    let v31 = tern_codec::ProtocolVersion::V3_1;
+    let c = connected(&mut sim, v31, "old-device", true);
+    sim.send(c, publish("t", 2, 1, "x"));
+    assert!(matches!(sim.recv(c), Some(Packet::PubRec(_))));
+    // PUBREL with DUP and QoS 1, as 3.1 clients send it again.
+    for _ in 0..2 {
+        sim.send_bytes(c, &[0x6A, 2, 0, 1]);
+        assert!(matches!(sim.recv(c), Some(Packet::PubComp(_))), "answered");
+    }
+    assert!(sim.is_open(c));
 }
