@@ -1,0 +1,260 @@
+//! Inbound PUBLISH: topic aliases, QoS 2 duplicates, authorization, the
+//! message made and routed, and the acknowledgements of both directions.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tern_codec::{
+    Ack, Packet, PacketType, Publish, PublishProperties, QosPid, ReasonCode, TopicName,
+};
+
+use super::conn::{Held, Phase};
+use super::{ack, fit, refusal, Broker, ConnId, Event, SessionId};
+use crate::policy::Verdict;
+use crate::session::{Message, OutState};
+
+impl Broker {
+    /// Routes a message that another broker instance (a shard of the same
+    /// server) forwarded with [`Event::Forward`] to this instance's
+    /// subscribers, and stores or clears it as retained if it is, so every
+    /// shard answers subscriptions from a full retained set. Returns how
+    /// many sessions it was delivered to.
+    pub fn route_foreign(&mut self, msg: Arc<Message>, now: Instant) -> usize {
+        if msg.retain {
+            // Over the limit, this shard's copy is not kept; the publisher's
+            // shard answered the client.
+            let _ = self.retain(&msg);
+        }
+        self.route(&msg, now)
+    }
+
+    pub(super) fn on_publish(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        mut p: Publish,
+        now: Instant,
+    ) {
+        let c = self.conns.get_mut(&conn).expect("connection exists");
+        if p.qos.qos() > self.config.maximum_qos {
+            return self.disconnect(conn, ReasonCode::QoSNotSupported, now);
+        }
+        if p.retain && !self.config.retain_available {
+            return self.disconnect(conn, ReasonCode::RetainNotSupported, now);
+        }
+        // Topic alias: [MQTT-3.3.2-7] ... [MQTT-3.3.2-12].
+        if let Some(alias) = p.properties.topic_alias.take() {
+            let i = usize::from(alias.get());
+            if i > usize::from(self.config.topic_alias_maximum) {
+                return self.disconnect(conn, ReasonCode::TopicAliasInvalid, now);
+            }
+            let aliases_in = &mut c.aliases.get_or_insert_with(Box::default).incoming;
+            if aliases_in.len() < i {
+                aliases_in.resize(i, None);
+            }
+            if p.topic.is_empty() {
+                match &aliases_in[i - 1] {
+                    Some(t) => p.topic = t.clone(),
+                    None => return self.disconnect(conn, ReasonCode::ProtocolError, now),
+                }
+            } else {
+                aliases_in[i - 1] = Some(p.topic.clone());
+            }
+        }
+        if p.topic.is_empty() {
+            return self.disconnect(conn, ReasonCode::ProtocolError, now);
+        }
+        // QoS 2 resent before PUBREL: acknowledge again, do not route again.
+        if let QosPid::ExactlyOnce(id) = p.qos {
+            let received = &self.sessions[&sid].flow().incoming_qos2;
+            if received.contains(&id.get()) {
+                return self.send(conn, &Packet::PubRec(Ack::new(id)));
+            }
+            if received.len() >= usize::from(self.config.receive_maximum) {
+                return self.disconnect(conn, ReasonCode::ReceiveMaximumExceeded, now);
+            }
+        }
+        self.stats.messages_received += 1;
+        let topic = p.topic.clone();
+        if topic.levels().count() > self.config.max_topic_levels
+            || topic.len() > self.config.max_topic_length
+        {
+            return self.publish_decided(
+                conn,
+                p,
+                topic,
+                Verdict::Deny(ReasonCode::TopicNameInvalid),
+                now,
+            );
+        }
+        // Clients do not publish to `$SYS`: it is the broker's.
+        if topic.as_str().starts_with("$SYS") {
+            return self.publish_decided(
+                conn,
+                p,
+                topic,
+                Verdict::Deny(ReasonCode::NotAuthorized),
+                now,
+            );
+        }
+        match self.authz.publish(&self.sessions[&sid].client, &topic) {
+            Verdict::Ask => {
+                let client = self.sessions[&sid].client.clone();
+                let token = self.token(conn);
+                let c = self.conns.get_mut(&conn).expect("connection exists");
+                c.held = Some(Box::new((token, Held::Publish(p, topic.clone()))));
+                self.out.events.push_back(Event::AuthorizePublish {
+                    token,
+                    client,
+                    topic,
+                });
+            }
+            v => self.publish_decided(conn, p, topic, v, now),
+        }
+    }
+
+    pub(super) fn publish_decided(
+        &mut self,
+        conn: ConnId,
+        p: Publish,
+        topic: TopicName,
+        v: Verdict,
+        now: Instant,
+    ) {
+        let Some(Phase::Active(sid)) = self.conns.get(&conn).map(|c| &c.phase) else {
+            return;
+        };
+        let sid = *sid;
+        let mut code = match v {
+            Verdict::Deny(code) => refusal(code, PacketType::PubAck),
+            _ => ReasonCode::Success,
+        };
+        if !code.is_error() {
+            let props = p.properties;
+            let msg = Arc::new(Message {
+                topic,
+                payload: p.payload,
+                qos: p.qos.qos(),
+                retain: p.retain,
+                expires_at: props
+                    .message_expiry_interval
+                    .map(|s| now + Duration::from_secs(s.into())),
+                properties: PublishProperties {
+                    message_expiry_interval: None,
+                    topic_alias: None,
+                    subscription_identifiers: Vec::new(),
+                    ..props
+                },
+                publisher: Some(sid),
+            });
+            if msg.retain {
+                if let Err(c) = self.retain(&msg) {
+                    // A 5.0 QoS 1/2 message is refused (0x97). Where no
+                    // refusal can be said (QoS 0, or 3.1.1, which answers
+                    // positively by [MQTT-3.3.5-2]) the message is
+                    // delivered, just not kept.
+                    if self.conns[&conn].version().is_v5() && p.qos != QosPid::AtMostOnce {
+                        code = c;
+                    }
+                }
+            }
+            if !code.is_error() {
+                let n = self.route(&msg, now);
+                if self.config.forward {
+                    self.out.events.push_back(Event::Forward(msg));
+                } else if n == 0 {
+                    code = ReasonCode::NoMatchingSubscribers;
+                }
+            }
+        }
+        let v5 = self.conns[&conn].version().is_v5();
+        match p.qos {
+            QosPid::AtMostOnce => {}
+            QosPid::AtLeastOnce(id) => {
+                let code = fit(code, PacketType::PubAck);
+                self.send(conn, &Packet::PubAck(ack(id, code, v5)))
+            }
+            QosPid::ExactlyOnce(id) => {
+                let code = fit(code, PacketType::PubRec);
+                if !code.is_error() {
+                    if let Some(s) = self.sessions.get_mut(&sid) {
+                        s.flow_mut().incoming_qos2.insert(id.get());
+                    }
+                }
+                self.send(conn, &Packet::PubRec(ack(id, code, v5)));
+            }
+        }
+    }
+
+    pub(super) fn on_ack(
+        &mut self,
+        _conn: ConnId,
+        sid: SessionId,
+        a: Ack,
+        expect: OutState,
+        now: Instant,
+    ) {
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        let id = a.packet_id.get();
+        let Some(f) = s.flow_if_any() else { return };
+        if f.inflight.get(&id).is_some_and(|o| o.state == expect) {
+            f.inflight.remove(&id);
+            self.drain_queue(sid, now);
+        }
+    }
+
+    pub(super) fn on_pubrec(&mut self, conn: ConnId, sid: SessionId, a: Ack, now: Instant) {
+        let v5 = self.conns[&conn].version().is_v5();
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        let id = a.packet_id;
+        match s.flow_if_any().and_then(|f| f.inflight.get_mut(&id.get())) {
+            Some(o) if o.state == OutState::Rec => {
+                if a.reason_code.is_error() {
+                    // The exchange ends here: [MQTT-4.3.3-4] (5.0).
+                    s.flow_mut().inflight.remove(&id.get());
+                    self.drain_queue(sid, now);
+                } else {
+                    o.state = OutState::Comp;
+                    self.send(conn, &Packet::PubRel(Ack::new(id)));
+                }
+            }
+            Some(o) if o.state == OutState::Comp => {
+                self.send(conn, &Packet::PubRel(Ack::new(id)));
+            }
+            _ => {
+                let code = ReasonCode::PacketIdentifierNotFound;
+                self.send(conn, &Packet::PubRel(ack(id, code, v5)));
+            }
+        }
+    }
+
+    pub(super) fn on_pubrel(&mut self, conn: ConnId, sid: SessionId, a: Ack) {
+        let v5 = self.conns[&conn].version().is_v5();
+        let s = self.sessions.get_mut(&sid).expect("session exists");
+        let released = s
+            .flow_if_any()
+            .is_some_and(|f| f.incoming_qos2.remove(&a.packet_id.get()));
+        let code = if released {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        self.send(conn, &Packet::PubComp(ack(a.packet_id, code, v5)));
+    }
+
+    pub(super) fn publish_will(
+        &mut self,
+        will: &tern_codec::Will,
+        publisher: Option<SessionId>,
+        now: Instant,
+    ) {
+        let msg = Arc::new(Message::from_will(will, now, publisher));
+        if msg.retain {
+            let _ = self.retain(&msg);
+        }
+        self.route(&msg, now);
+        if self.config.forward {
+            self.out.events.push_back(Event::Forward(msg));
+        }
+    }
+}

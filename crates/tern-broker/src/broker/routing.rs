@@ -1,0 +1,170 @@
+//! Who gets a message: the subscription index (with shared groups), the
+//! retained index and its limits, and the interest this instance reports
+//! to the shards beside it.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tern_codec::{QoS, ReasonCode, TopicFilter};
+use tern_topic::{Matches, RetainedIndex, SubscriptionIndex};
+
+use super::{compact_message, Broker, Event, SessionId};
+use crate::session::{Delivery, Message, Sub};
+
+/// The indexes a message is routed through, and routing's reusable
+/// buffers.
+pub(super) struct Routing {
+    pub(super) subs: SubscriptionIndex<SessionId, Sub>,
+    pub(super) retained: RetainedIndex<Arc<Message>>,
+    /// With `forward`: how many local subscriptions each (inner) filter
+    /// has, to tell the shared routing when one is first made or last goes.
+    pub(super) interest: BTreeMap<String, u32>,
+    pub(super) scratch: Matches<SessionId, Sub>,
+    /// Routing's list of deliveries, kept between messages.
+    pub(super) deliveries: Vec<(SessionId, QoS, bool, Vec<NonZeroU32>)>,
+}
+
+impl Routing {
+    pub(super) fn new(seed: u64) -> Routing {
+        Routing {
+            subs: SubscriptionIndex::with_seed(seed),
+            retained: RetainedIndex::with_seed(seed),
+            interest: BTreeMap::new(),
+            scratch: Matches::new(),
+            deliveries: Vec::new(),
+        }
+    }
+}
+
+impl Broker {
+    /// Stores or clears a retained message.
+    pub(super) fn retain(&mut self, msg: &Arc<Message>) -> Result<(), ReasonCode> {
+        if msg.payload.is_empty() {
+            // [MQTT-3.3.1-6]: an empty payload clears the retained message.
+            self.routing.retained.remove(&msg.topic);
+            return Ok(());
+        }
+        let replaced = self
+            .routing
+            .retained
+            .get(&msg.topic)
+            .map_or(0, |m| m.weight());
+        let full_count =
+            self.routing.retained.len() >= self.config.max_retained_messages && replaced == 0;
+        let full_bytes = self.routing.retained.total_weight() - replaced + msg.weight()
+            > self.config.max_retained_bytes;
+        if full_count || full_bytes {
+            return Err(ReasonCode::QuotaExceeded);
+        }
+        self.routing
+            .retained
+            .insert(msg.topic.clone(), compact_message(msg), msg.weight());
+        Ok(())
+    }
+
+    /// Delivers `msg` to every matching session; returns how many.
+    pub(super) fn route(&mut self, msg: &Arc<Message>, now: Instant) -> usize {
+        self.out.forget_wires();
+        let n = self.route_inner(msg, now);
+        self.out.forget_wires();
+        n
+    }
+
+    pub(super) fn route_inner(&mut self, msg: &Arc<Message>, now: Instant) -> usize {
+        let mut scratch = std::mem::take(&mut self.routing.scratch);
+        self.routing.subs.matches(&msg.topic, &mut scratch);
+        // Reused from message to message: routing allocates nothing.
+        let mut deliveries = std::mem::take(&mut self.routing.deliveries);
+        for entries in scratch.per_subscriber() {
+            let sid = entries[0].0;
+            let mut qos = None;
+            let mut retain = false;
+            let mut sub_ids = Vec::new();
+            for (_, sub) in entries {
+                // [MQTT-3.8.3-3]: No Local.
+                if sub.options.no_local && msg.publisher == Some(sid) {
+                    continue;
+                }
+                qos = qos.max(Some(sub.options.qos));
+                retain |= sub.options.retain_as_published && msg.retain;
+                sub_ids.extend(sub.id);
+            }
+            if let Some(q) = qos {
+                deliveries.push((sid, q.min(msg.qos), retain, sub_ids));
+            }
+        }
+        let sessions = &self.sessions;
+        // Round robin over the connected members; over all of them (to
+        // queue) when none is connected.
+        let mut online_first = |m: &[(SessionId, Sub)], cursor: &mut usize| {
+            let n = m.len();
+            let online = |i: usize| sessions.get(&m[i].0).is_some_and(|s| s.conn.is_some());
+            let start = *cursor % n;
+            let at = (0..n)
+                .map(|k| (start + k) % n)
+                .find(|&i| online(i))
+                .unwrap_or(start);
+            *cursor = at + 1;
+            Some(at)
+        };
+        for &g in scratch.groups() {
+            let group = self.routing.subs.group(g);
+            if !self
+                .shared_routing
+                .delivers(group.name(), group.filter(), msg)
+            {
+                continue;
+            }
+            if let Some(&(sid, sub)) = self.routing.subs.pick(g, &mut online_first) {
+                let retain = sub.options.retain_as_published && msg.retain;
+                let ids = sub.id.into_iter().collect();
+                deliveries.push((sid, sub.options.qos.min(msg.qos), retain, ids));
+            }
+        }
+        self.routing.scratch = scratch;
+        let n = deliveries.len();
+        for (sid, qos, retain, sub_ids) in deliveries.drain(..) {
+            let d = Delivery {
+                msg: msg.clone(),
+                qos,
+                retain,
+                sub_ids,
+            };
+            self.deliver(sid, d, now);
+        }
+        self.routing.deliveries = deliveries;
+        n
+    }
+
+    /// A local subscription to `filter` was made or went: the shared
+    /// routing hears of a filter's first subscription and of its last (a
+    /// shared one counts for its inner filter; only with `forward`), and a
+    /// shared group's member count is reported.
+    pub(super) fn subscription_changed(&mut self, filter: &TopicFilter, subscribed: bool) {
+        if self.config.forward {
+            let inner = filter.filter();
+            if subscribed {
+                let n = self.routing.interest.entry(inner.to_owned()).or_insert(0);
+                *n += 1;
+                if *n == 1 {
+                    self.shared_routing.interest(inner, true);
+                }
+            } else if let Some(n) = self.routing.interest.get_mut(inner) {
+                *n -= 1;
+                if *n == 0 {
+                    self.routing.interest.remove(inner);
+                    self.shared_routing.interest(inner, false);
+                }
+            }
+        }
+        if let Some(share) = filter.share_group() {
+            self.out.events.push_back(Event::SharedMembers {
+                share: share.to_owned(),
+                filter: filter.filter().to_owned(),
+                members: self.routing.subs.shared_members(filter),
+            });
+        }
+    }
+}
