@@ -105,9 +105,12 @@ pub struct Config {
     /// (one per core). Session ids carry it, so they are unique across
     /// shards.
     pub shard: u16,
-    /// Whether to emit [`Event::Forward`](crate::Event::Forward) for every
-    /// message this instance's clients publish (wills included), for the
-    /// embedding to pass to the other shards' [`route_foreign`](crate::Broker::route_foreign).
+    /// Whether this instance shares a [`Router`](crate::router::Router)
+    /// with others (the shards of a server): it reports its subscriptions
+    /// and every message published on it
+    /// ([`Broker::poll_report`](crate::Broker::poll_report)), leaves shared
+    /// groups' turns to the router, and takes what the router forwards
+    /// ([`Broker::handle_forward`](crate::Broker::handle_forward)).
     pub forward: bool,
     /// Seeds the hash tables keyed by what clients choose (client ids,
     /// topic levels). Fixed by default, so that runs repeat; a broker

@@ -43,8 +43,8 @@
 mod broker;
 mod config;
 pub mod policy;
+pub mod router;
 mod session;
-pub mod shard;
 mod stamp;
 pub mod store;
 

@@ -39,6 +39,19 @@ pub struct Message {
 }
 
 impl Message {
+    /// A QoS 0 message, not retained, without properties, from nobody.
+    pub fn new(topic: TopicName, payload: impl Into<Bytes>) -> Message {
+        Message {
+            topic,
+            payload: payload.into(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: PublishProperties::default(),
+            expires_at: None,
+            publisher: None,
+        }
+    }
+
     /// Whether the message has expired at `now`.
     pub fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| t <= now)

@@ -10,6 +10,11 @@
 //! Links can have latency ([`Sim::set_latency`]), writes can be cut into
 //! chunks ([`Sim::set_chunk`]) and a link can be dropped ([`Sim::kill`]).
 //!
+//! [`Sim::sharded`] makes several simulations, one broker instance each,
+//! that share the production [`Router`]: the shards of one server (or the
+//! nodes of a cluster), with messages crossing between them as the server
+//! moves them.
+//!
 //! ```
 //! use tern_sim::Sim;
 //! use tern_codec::{Packet, ProtocolVersion};
@@ -30,12 +35,14 @@ mod net;
 
 pub use net::{Net, PeerRef};
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tern_broker::{AuthStep, Broker, Config, ConnId, Event, Message, Token};
+use tern_broker::router::{Forward, InstanceId, Report, Router};
+use tern_broker::{AuthStep, Broker, Config, ConnId, Event, Token};
 use tern_codec::{
     ConnAck, Connect, Decoder, MqttString, Packet, ProtocolVersion, ReasonCode, TopicName,
 };
@@ -106,8 +113,18 @@ pub struct Sim {
     requests: VecDeque<Request>,
     dropped: Vec<(String, TopicName)>,
     transcript: Vec<(ClientRef, Bytes)>,
-    forwarded: Vec<Arc<Message>>,
-    shared_members: Vec<(String, String, usize)>,
+    /// Reports of a broker with `forward` that shares no router.
+    reports: Vec<Report>,
+    /// The router shared with the other instances of [`Sim::sharded`].
+    fabric: Option<(InstanceId, Rc<RefCell<Fabric>>)>,
+}
+
+/// What the instances of [`Sim::sharded`] share: the router, and the
+/// messages it forwarded to each instance that has not taken them yet.
+#[derive(Debug)]
+struct Fabric {
+    router: Router,
+    inboxes: BTreeMap<InstanceId, VecDeque<Forward>>,
 }
 
 impl Default for Sim {
@@ -123,6 +140,11 @@ impl Sim {
         // differences from it matter, so runs are deterministic.
         #[allow(clippy::disallowed_methods)]
         let start = Instant::now();
+        Sim::starting_at(config, start)
+    }
+
+    /// A simulation whose virtual clock starts at `start`.
+    fn starting_at(config: Config, start: Instant) -> Sim {
         Sim {
             broker: Broker::new(config, start),
             now: start,
@@ -136,9 +158,66 @@ impl Sim {
             requests: VecDeque::new(),
             dropped: Vec::new(),
             transcript: Vec::new(),
-            forwarded: Vec::new(),
-            shared_members: Vec::new(),
+            reports: Vec::new(),
+            fabric: None,
         }
+    }
+
+    /// `n` broker instances with `config` (each its own `shard`, with
+    /// `forward` on) sharing one [`Router`], as the shards of a server: a
+    /// message published on one reaches the others' subscribers, each
+    /// message of a shared group spread over several goes to one member,
+    /// and every instance keeps the retained set. Messages for an instance
+    /// arrive when it is next driven (any call on its `Sim` that reads or
+    /// sends).
+    pub fn sharded(n: u16, config: Config) -> Vec<Sim> {
+        let ids: Vec<_> = (0..n).map(InstanceId).collect();
+        let fabric = Rc::new(RefCell::new(Fabric {
+            router: Router::new(ids.iter().copied()),
+            inboxes: BTreeMap::new(),
+        }));
+        // One clock for all: messages carry instants from one to another.
+        #[allow(clippy::disallowed_methods)]
+        let start = Instant::now();
+        ids.into_iter()
+            .map(|id| {
+                let mut sim = Sim::starting_at(
+                    Config {
+                        shard: id.0,
+                        forward: true,
+                        ..config.clone()
+                    },
+                    start,
+                );
+                sim.fabric = Some((id, fabric.clone()));
+                sim
+            })
+            .collect()
+    }
+
+    /// This instance's place among those of [`Sim::sharded`].
+    pub fn instance(&self) -> Option<InstanceId> {
+        self.fabric.as_ref().map(|(id, _)| *id)
+    }
+
+    /// Checks the shared router's index against what the instances
+    /// reported.
+    ///
+    /// # Panics
+    ///
+    /// If it does not agree.
+    pub fn check_router(&self) {
+        if let Some((_, f)) = &self.fabric {
+            if let Err(e) = f.borrow().router.check_invariants() {
+                panic!("router invariant broken: {e}");
+            }
+        }
+    }
+
+    /// Takes in what the router forwarded to this instance.
+    pub fn sync(&mut self) {
+        self.pump();
+        self.deliver_due();
     }
 
     /// The current virtual instant.
@@ -258,11 +337,13 @@ impl Sim {
 
     /// The next packet the client received, if any.
     pub fn recv(&mut self, c: ClientRef) -> Option<Packet> {
+        self.sync();
         self.clients[c.0].received.pop_front()
     }
 
     /// Every packet the client received and has not read yet.
     pub fn take(&mut self, c: ClientRef) -> Vec<Packet> {
+        self.sync();
         self.clients[c.0].received.drain(..).collect()
     }
 
@@ -316,23 +397,10 @@ impl Sim {
         &self.transcript
     }
 
-    /// Messages the broker asked to forward to other shards
-    /// ([`Event::Forward`]), oldest first.
-    pub fn take_forwarded(&mut self) -> Vec<Arc<Message>> {
-        std::mem::take(&mut self.forwarded)
-    }
-
-    /// Shared group membership changes the broker reported
-    /// ([`Event::SharedMembers`]): (share, filter, members here).
-    pub fn take_shared_members(&mut self) -> Vec<(String, String, usize)> {
-        std::mem::take(&mut self.shared_members)
-    }
-
-    /// Hands the broker a message forwarded by another shard.
-    pub fn route_foreign(&mut self, msg: Arc<Message>) -> usize {
-        let n = self.broker.route_foreign(msg, self.now);
-        self.pump();
-        n
+    /// What a broker with `forward` and no shared router reported
+    /// ([`Broker::poll_report`]), oldest first.
+    pub fn take_reports(&mut self) -> Vec<Report> {
+        std::mem::take(&mut self.reports)
     }
 
     /// Answers a request, then lets the connection's buffered input through.
@@ -448,7 +516,7 @@ impl Sim {
     /// acted on.
     fn pump(&mut self) {
         loop {
-            let mut any = false;
+            let mut any = self.route();
             while let Some(t) = self.broker.poll_transmit() {
                 any = true;
                 if let Some(&i) = self.by_conn.get(&t.conn) {
@@ -470,13 +538,7 @@ impl Sim {
                         }
                     }
                     Event::Dropped { client_id, topic } => self.dropped.push((client_id, topic)),
-                    Event::Forward(msg) => self.forwarded.push(msg),
                     Event::Connected { .. } => {}
-                    Event::SharedMembers {
-                        share,
-                        filter,
-                        members,
-                    } => self.shared_members.push((share, filter, members)),
                     Event::Authenticate { token, .. }
                     | Event::AuthContinue { token, .. }
                     | Event::AuthorizePublish { token, .. }
@@ -494,6 +556,7 @@ impl Sim {
         if let Err(e) = self.broker.check_invariants() {
             panic!("broker invariant broken: {e}");
         }
+        self.check_router();
         if self.latency.is_zero() {
             // Deliver to clients at once; the client side never answers on
             // its own, so this cannot loop.
@@ -507,6 +570,49 @@ impl Sim {
                 let t = self.transit.remove(&k).expect("present");
                 let cl = &mut self.clients[t.client];
                 cl.receive(&t.data);
+            }
+        }
+    }
+
+    /// Reports go to the router (before the transmits, as the call
+    /// contract says), and what it forwards to this instance is taken in:
+    /// whatever it decides for this instance at once, for the others when
+    /// they are next driven. Returns whether anything happened.
+    fn route(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let mut forwards = Vec::new();
+            let mut reported = false;
+            while let Some(r) = self.broker.poll_report() {
+                reported = true;
+                match &self.fabric {
+                    Some((me, f)) => f.borrow_mut().router.handle_report(*me, r, &mut forwards),
+                    None => self.reports.push(r),
+                }
+            }
+            let Some((me, f)) = &self.fabric else {
+                return any || reported;
+            };
+            let me = *me;
+            {
+                let mut f = f.borrow_mut();
+                for fwd in forwards {
+                    f.inboxes.entry(fwd.to).or_default().push_back(fwd);
+                }
+            }
+            let mine: Vec<_> = f
+                .borrow_mut()
+                .inboxes
+                .entry(me)
+                .or_default()
+                .drain(..)
+                .collect();
+            if mine.is_empty() && !reported {
+                return any;
+            }
+            any = true;
+            for fwd in mine {
+                self.broker.handle_forward(fwd, self.now);
             }
         }
     }

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use tern_broker::policy::{AskEmbedding, Credentials};
 use tern_broker::policy::{Authenticator, Authorizer};
-use tern_broker::shard::SharedRouting;
-use tern_broker::{Broker, Config, ConnId, Event, Message, Stats, Token};
+use tern_broker::router::{Forward, InstanceId, Report, RouteScratch, Router};
+use tern_broker::{Broker, Config, ConnId, Event, Stats, Token};
 use tern_codec::ReasonCode;
 use tern_codec::{Decoder, Packet};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -132,7 +132,7 @@ enum ToShard {
     Closed {
         conn: ConnId,
     },
-    Forward(Arc<Message>),
+    Forward(Forward),
     Stats(oneshot::Sender<Stats>),
     Sys(Stats),
     Shutdown(oneshot::Sender<()>),
@@ -327,12 +327,11 @@ impl Server {
     /// accepting, DISCONNECT 0x8B to 5.0 clients, wills published, writes
     /// flushed (up to `shutdown_grace`).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
-        // Shared groups are tracked per shard in a 64-bit mask.
         let n = match self.config.shards {
             0 => default_shards(),
             n => n,
         }
-        .min(64);
+        .min(usize::from(u16::MAX));
         let live = Arc::new(Live::default());
         let mut txs = Vec::with_capacity(n);
         let mut inboxes = Vec::with_capacity(n);
@@ -378,8 +377,16 @@ impl Server {
                 other => tokio_listeners.push((l, other)),
             }
         }
-        let registry = Registry::default();
-        let interest = Interest::default();
+        // Facing the network: filters nobody can make collide.
+        let seed = match self.config.broker.hash_seed {
+            0 => std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                "router",
+            ),
+            seed => seed,
+        };
+        let router = Router::new((0..n).map(|i| InstanceId(i as u16))).with_seed(seed);
+        let router = Arc::new(RwLock::new(router));
         let runtime = tokio::runtime::Handle::current();
         for (i, (rx, poll, notified)) in inboxes.into_iter().enumerate() {
             let mut config = self.config.broker.clone();
@@ -404,11 +411,6 @@ impl Server {
             if let Some(f) = &self.config.authorizer {
                 broker.set_authorizer(BoxedAuthz(f()));
             }
-            broker.set_shared_routing(SpreadShared {
-                me: i,
-                registry: registry.clone(),
-                interest: interest.clone(),
-            });
             let mut listeners = Vec::new();
             for (j, l) in tcp_listeners.iter().enumerate() {
                 let mut l = mio::net::TcpListener::from_std(l.try_clone()?);
@@ -440,9 +442,9 @@ impl Server {
                 scratch: vec![0; 4 * READ_CHUNK],
                 budget: self.config.broker.max_packet_size as usize + READ_CHUNK,
                 grace: self.config.shutdown_grace,
-                registry: registry.clone(),
-                interest: interest.clone(),
-                matches: tern_topic::Matches::new(),
+                router: router.clone(),
+                route_scratch: RouteScratch::default(),
+                forwards: Vec::new(),
                 check: self.config.check_credentials.clone(),
                 runtime: runtime.clone(),
                 stopping: None,
@@ -1135,59 +1137,6 @@ fn advance(queue: &mut Vec<Bytes>, mut n: usize) {
     queue.drain(..done);
 }
 
-/// Which shards have members of each shared group.
-type Registry = Arc<RwLock<HashMap<(String, String), u64>>>;
-
-/// Among the shards with members of a group, the message's own identity
-/// (the same `Arc` on every shard) picks the one that delivers it.
-struct SpreadShared {
-    me: usize,
-    registry: Registry,
-    interest: Interest,
-}
-
-/// Which shards have subscriptions to which filters: kept by every shard's
-/// core (through [`SharedRouting::interest`], before the SUBACK goes out),
-/// read when a message is forwarded, so that it goes only to the shards
-/// that want it.
-type Interest = Arc<RwLock<tern_topic::SubscriptionIndex<usize, ()>>>;
-
-impl SharedRouting for SpreadShared {
-    fn delivers(&mut self, share: &str, filter: &str, msg: &Arc<Message>) -> bool {
-        let r = self.registry.read().unwrap_or_else(|e| e.into_inner());
-        let mask = r
-            .get(&(share.to_owned(), filter.to_owned()))
-            .copied()
-            .unwrap_or(0);
-        if mask == 0 {
-            return true;
-        }
-        let n = mask.count_ones() as usize;
-        let mut pick = (Arc::as_ptr(msg) as usize >> 4) % n;
-        for shard in 0..64 {
-            if mask & (1 << shard) != 0 {
-                if pick == 0 {
-                    return shard == self.me;
-                }
-                pick -= 1;
-            }
-        }
-        true
-    }
-
-    fn interest(&mut self, filter: &str, subscribed: bool) {
-        let Ok(filter) = tern_codec::TopicFilter::new(filter) else {
-            return;
-        };
-        let mut index = self.interest.write().unwrap_or_else(|e| e.into_inner());
-        if subscribed {
-            index.subscribe(&filter, self.me, ());
-        } else {
-            index.unsubscribe(&filter, &self.me);
-        }
-    }
-}
-
 /// The sending side of a shard's inbox: a channel, and a wake-up of the
 /// shard's poll when the shard may be asleep (one per drain, not one per
 /// message).
@@ -1315,9 +1264,11 @@ struct Shard {
     scratch: Vec<u8>,
     budget: usize,
     grace: Duration,
-    registry: Registry,
-    interest: Interest,
-    matches: tern_topic::Matches<usize, ()>,
+    /// Where messages go between shards, shared by every shard.
+    router: Arc<RwLock<Router>>,
+    route_scratch: RouteScratch,
+    /// The router's decisions for the message at hand.
+    forwards: Vec<Forward>,
     check: Option<CredentialCheck>,
     runtime: tokio::runtime::Handle,
     /// After shutdown: when to stop waiting for the last writes.
@@ -1460,8 +1411,8 @@ impl Shard {
                     self.broker.handle_closed(conn, now);
                 }
             }
-            ToShard::Forward(msg) => {
-                self.broker.route_foreign(msg, now);
+            ToShard::Forward(fwd) => {
+                self.broker.handle_forward(fwd, now);
             }
             ToShard::Stats(reply) => {
                 let _ = reply.send(self.broker.stats());
@@ -1903,7 +1854,9 @@ impl Shard {
 
     fn drain(&mut self, now: Instant) {
         loop {
-            let mut any = false;
+            // Reports first: a subscription reaches the router before its
+            // SUBACK reaches the client.
+            let mut any = self.report(now);
             while let Some(t) = self.broker.poll_transmit() {
                 any = true;
                 match self.conns.get(&t.conn).copied() {
@@ -1933,6 +1886,38 @@ impl Shard {
         }
     }
 
+    /// Hands the core's reports to the router, and the router's decisions
+    /// to the shards they name (this one's at once). Returns whether there
+    /// were any.
+    fn report(&mut self, now: Instant) -> bool {
+        let me = InstanceId(self.index as u16);
+        let mut any = false;
+        while let Some(r) = self.broker.poll_report() {
+            any = true;
+            match r {
+                Report::Published(msg) => {
+                    let router = self.router.read().unwrap_or_else(|e| e.into_inner());
+                    router.route(me, &msg, &mut self.route_scratch, &mut self.forwards);
+                }
+                Report::Subscriptions { filter, count } => {
+                    let mut router = self.router.write().unwrap_or_else(|e| e.into_inner());
+                    router.subscriptions(me, filter, count);
+                }
+                _ => {}
+            }
+            let mut forwards = std::mem::take(&mut self.forwards);
+            for fwd in forwards.drain(..) {
+                if fwd.to == me {
+                    self.broker.handle_forward(fwd, now);
+                } else if let Some(p) = self.peers.get(usize::from(fwd.to.0)) {
+                    let _ = p.send(ToShard::Forward(fwd));
+                }
+            }
+            self.forwards = forwards;
+        }
+        any
+    }
+
     fn event(&mut self, ev: Event, now: Instant) {
         match ev {
             Event::Close { conn, reason } => {
@@ -1948,38 +1933,6 @@ impl Shard {
                 session_present,
             } => {
                 info!(shard = self.index, conn = conn.get(), %client_id, session_present, "connected");
-            }
-            Event::Forward(msg) => {
-                // Retained messages go everywhere (every shard keeps the
-                // retained set); the others where a subscription matches.
-                let mut to: u64 = 0;
-                if msg.retain {
-                    to = u64::MAX;
-                } else {
-                    let index = self.interest.read().unwrap_or_else(|e| e.into_inner());
-                    index.matches(&msg.topic, &mut self.matches);
-                    for &(shard, ()) in self.matches.subscriptions() {
-                        to |= 1 << shard;
-                    }
-                }
-                for (i, p) in self.peers.iter().enumerate() {
-                    if i != self.index && to & (1 << i) != 0 {
-                        let _ = p.send(ToShard::Forward(msg.clone()));
-                    }
-                }
-            }
-            Event::SharedMembers {
-                share,
-                filter,
-                members,
-            } => {
-                let mut r = self.registry.write().unwrap_or_else(|e| e.into_inner());
-                let mask = r.entry((share, filter)).or_insert(0);
-                if members > 0 {
-                    *mask |= 1 << self.index;
-                } else {
-                    *mask &= !(1 << self.index);
-                }
             }
             Event::Dropped { client_id, topic } => {
                 debug!(shard = self.index, %client_id, %topic, "message dropped: queue full or slow consumer");

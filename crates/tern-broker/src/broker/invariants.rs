@@ -15,10 +15,10 @@ impl Broker {
     pub fn check_invariants(&self) -> Result<(), String> {
         let cfg = &self.config;
         if cfg.forward {
-            let mut counted: BTreeMap<String, u32> = BTreeMap::new();
+            let mut counted = BTreeMap::new();
             for s in self.sessions.values() {
                 for f in s.subscriptions.keys() {
-                    *counted.entry(f.filter().to_owned()).or_insert(0) += 1;
+                    *counted.entry(f.clone()).or_insert(0) += 1;
                 }
             }
             if counted != self.routing.interest {

@@ -41,8 +41,8 @@ use tern_codec::{
 };
 
 use crate::policy::{AllowAll, AuthStep, Authenticator, Authorizer};
+use crate::router::Report;
 use crate::session::{Message, OutState, Session};
-use crate::shard::{LocalShared, SharedRouting};
 use crate::stamp::{Epoch, Stamp};
 use crate::Config;
 
@@ -97,9 +97,13 @@ type Sessions = BTreeMap<SessionId, Box<Session>>;
 ///   [`handle_timeout`](Broker::handle_timeout) at
 ///   [`poll_timeout`](Broker::poll_timeout), and [`answer`](Broker::answer)
 ///   the requests. Every input carries `now`; the broker never reads a clock.
-/// - Outputs, after every input: drain [`poll_transmit`](Broker::poll_transmit)
-///   (write the bytes in order), then [`poll_event`](Broker::poll_event),
-///   then read [`poll_timeout`](Broker::poll_timeout).
+/// - Outputs, after every input: with [`Config::forward`], drain
+///   [`poll_report`](Broker::poll_report) into the shared
+///   [`Router`](crate::router::Router) (and its [`Forward`](crate::router::Forward)s
+///   into [`handle_forward`](Broker::handle_forward)); then drain
+///   [`poll_transmit`](Broker::poll_transmit) (write the bytes in order),
+///   then [`poll_event`](Broker::poll_event), then read
+///   [`poll_timeout`](Broker::poll_timeout).
 /// - A connection whose packet awaits an answer reads no further input:
 ///   `handle_read` leaves the bytes in the buffer. After answering, call
 ///   `handle_read` again with that connection's buffer.
@@ -110,7 +114,6 @@ pub struct Broker {
     config: Config,
     authn: Box<dyn Authenticator>,
     authz: Box<dyn Authorizer>,
-    shared_routing: Box<dyn SharedRouting>,
     // Boxed values: a tree node moves entries, not whole connections, and
     // holds no slack the size of one.
     conns: BTreeMap<ConnId, Box<Conn>>,
@@ -155,7 +158,6 @@ impl Broker {
             config,
             authn: Box::new(AllowAll),
             authz: Box::new(AllowAll),
-            shared_routing: Box::new(LocalShared),
             conns: BTreeMap::new(),
             sessions: BTreeMap::new(),
             by_client_id: ClientIds::new(seed),
@@ -186,11 +188,6 @@ impl Broker {
     /// Replaces the authorization policy.
     pub fn set_authorizer(&mut self, a: impl Authorizer + 'static) {
         self.authz = Box::new(a);
-    }
-
-    /// Replaces how shared groups are split across broker instances.
-    pub fn set_shared_routing(&mut self, r: impl SharedRouting + 'static) {
-        self.shared_routing = Box::new(r);
     }
 
     /// The configuration.
@@ -316,6 +313,15 @@ impl Broker {
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.out.pop()
+    }
+
+    /// The next report for the [`Router`](crate::router::Router) shared
+    /// with other instances (only with [`Config::forward`]). Drain these
+    /// first, before the transmits: a subscription must reach the router
+    /// before its SUBACK reaches the client.
+    #[must_use]
+    pub fn poll_report(&mut self) -> Option<Report> {
+        self.out.reports.pop_front()
     }
 
     /// The next event.

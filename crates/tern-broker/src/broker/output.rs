@@ -2,7 +2,6 @@
 //! (encoded into shared chunks) and events.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -10,7 +9,7 @@ use tern_codec::{Packet, ProtocolVersion, Publish, ReasonCode, TopicFilter, Topi
 
 use super::{Broker, ConnId, Token};
 use crate::policy::{ClientInfo, Credentials};
-use crate::Message;
+use crate::router::Report;
 
 /// Bytes to write to a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,19 +86,6 @@ pub enum Event {
         /// To what.
         filter: TopicFilter,
     },
-    /// A message published here, to pass to the other shards'
-    /// [`Broker::route_foreign`] (only with [`Config::forward`]).
-    Forward(Arc<Message>),
-    /// The number of this instance's members of a shared group changed
-    /// (for [`SharedRouting`](crate::shard::SharedRouting) across shards).
-    SharedMembers {
-        /// The share name.
-        share: String,
-        /// The shared filter.
-        filter: String,
-        /// Members on this instance now.
-        members: usize,
-    },
     /// A message was dropped for a session because its queue was full.
     Dropped {
         /// The session's client id.
@@ -127,6 +113,8 @@ pub(super) struct WireKey {
 pub(super) struct Outbox {
     transmits: VecDeque<Transmit>,
     pub(super) events: VecDeque<Event>,
+    /// For the router, with `Config::forward`.
+    pub(super) reports: VecDeque<Report>,
     /// Where outgoing packets are encoded: each is split off as its own
     /// `Bytes` sharing the chunk, so encoding allocates once per chunk, not
     /// once per packet.

@@ -9,23 +9,29 @@ use tern_codec::{
 };
 
 use super::conn::{Held, Phase};
+use super::routing::Scope;
 use super::{ack, fit, refusal, Broker, ConnId, Event, SessionId};
 use crate::policy::Verdict;
+use crate::router::{Forward, Report};
 use crate::session::{Message, OutState};
 
 impl Broker {
-    /// Routes a message that another broker instance (a shard of the same
-    /// server) forwarded with [`Event::Forward`] to this instance's
-    /// subscribers, and stores or clears it as retained if it is, so every
-    /// shard answers subscriptions from a full retained set. Returns how
+    /// Takes a message as the [`Router`](crate::router::Router) decided:
+    /// delivers it to this instance's subscriptions and shared groups as
+    /// `fwd` says, and keeps it as retained if it says so, so every
+    /// instance answers subscriptions from a full retained set. Returns how
     /// many sessions it was delivered to.
-    pub fn route_foreign(&mut self, msg: Arc<Message>, now: Instant) -> usize {
-        if msg.retain {
-            // Over the limit, this shard's copy is not kept; the publisher's
-            // shard answered the client.
-            let _ = self.retain(&msg);
+    pub fn handle_forward(&mut self, fwd: Forward, now: Instant) -> usize {
+        if fwd.retain {
+            // Over the limit, this instance's copy is not kept; the
+            // publisher's instance answered the client.
+            let _ = self.retain(&fwd.msg);
         }
-        self.route(&msg, now)
+        let scope = Scope::Forwarded {
+            subscribers: fwd.subscribers,
+            groups: &fwd.groups,
+        };
+        self.route(&fwd.msg, scope, now)
     }
 
     pub(super) fn on_publish(
@@ -159,9 +165,9 @@ impl Broker {
                 }
             }
             if !code.is_error() {
-                let n = self.route(&msg, now);
+                let n = self.route(&msg, self.local_scope(), now);
                 if self.config.forward {
-                    self.out.events.push_back(Event::Forward(msg));
+                    self.out.reports.push_back(Report::Published(msg));
                 } else if n == 0 {
                     code = ReasonCode::NoMatchingSubscribers;
                 }
@@ -252,9 +258,9 @@ impl Broker {
         if msg.retain {
             let _ = self.retain(&msg);
         }
-        self.route(&msg, now);
+        self.route(&msg, self.local_scope(), now);
         if self.config.forward {
-            self.out.events.push_back(Event::Forward(msg));
+            self.out.reports.push_back(Report::Published(msg));
         }
     }
 }

@@ -10,7 +10,8 @@ use std::time::Instant;
 use tern_codec::{QoS, ReasonCode, TopicFilter};
 use tern_topic::{Matches, RetainedIndex, SubscriptionIndex};
 
-use super::{compact_message, Broker, Event, SessionId};
+use super::{compact_message, Broker, SessionId};
+use crate::router::Report;
 use crate::session::{Delivery, Message, Sub};
 
 /// The indexes a message is routed through, and routing's reusable
@@ -18,12 +19,49 @@ use crate::session::{Delivery, Message, Sub};
 pub(super) struct Routing {
     pub(super) subs: SubscriptionIndex<SessionId, Sub>,
     pub(super) retained: RetainedIndex<Arc<Message>>,
-    /// With `forward`: how many local subscriptions each (inner) filter
-    /// has, to tell the shared routing when one is first made or last goes.
-    pub(super) interest: BTreeMap<String, u32>,
+    /// With `forward`: how many local subscriptions each filter has (as
+    /// subscribed, shared ones with their prefix), for the router.
+    pub(super) interest: BTreeMap<TopicFilter, u32>,
     pub(super) scratch: Matches<SessionId, Sub>,
     /// Routing's list of deliveries, kept between messages.
     pub(super) deliveries: Vec<(SessionId, QoS, bool, Vec<NonZeroU32>)>,
+}
+
+/// Which of this instance's subscriptions a message is routed to.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Scope<'a> {
+    /// All of them: a broker on its own.
+    All,
+    /// The ordinary ones: published here, beside other instances, whose
+    /// shared groups the router gives their turn.
+    Subscribers,
+    /// As the router decided.
+    Forwarded {
+        /// The ordinary ones too.
+        subscribers: bool,
+        /// The shared groups, by their `$share/...` filter.
+        groups: &'a [TopicFilter],
+    },
+}
+
+impl Scope<'_> {
+    fn subscribers(self) -> bool {
+        match self {
+            Scope::All | Scope::Subscribers => true,
+            Scope::Forwarded { subscribers, .. } => subscribers,
+        }
+    }
+
+    /// Whether this instance delivers to the group `$share/{name}/{filter}`.
+    fn group(self, name: &str, filter: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Subscribers => false,
+            Scope::Forwarded { groups, .. } => groups
+                .iter()
+                .any(|g| g.share_group() == Some(name) && g.filter() == filter),
+        }
+    }
 }
 
 impl Routing {
@@ -64,35 +102,48 @@ impl Broker {
         Ok(())
     }
 
-    /// Delivers `msg` to every matching session; returns how many.
-    pub(super) fn route(&mut self, msg: &Arc<Message>, now: Instant) -> usize {
+    /// How a message published here is routed: to everything, or, beside
+    /// other instances, to the ordinary subscriptions (the router gives
+    /// shared groups their turn).
+    pub(super) fn local_scope(&self) -> Scope<'static> {
+        if self.config.forward {
+            Scope::Subscribers
+        } else {
+            Scope::All
+        }
+    }
+
+    /// Delivers `msg` to the matching sessions in `scope`; returns how many.
+    pub(super) fn route(&mut self, msg: &Arc<Message>, scope: Scope<'_>, now: Instant) -> usize {
         self.out.forget_wires();
-        let n = self.route_inner(msg, now);
+        let n = self.route_inner(msg, scope, now);
         self.out.forget_wires();
         n
     }
 
-    pub(super) fn route_inner(&mut self, msg: &Arc<Message>, now: Instant) -> usize {
+    fn route_inner(&mut self, msg: &Arc<Message>, scope: Scope<'_>, now: Instant) -> usize {
         let mut scratch = std::mem::take(&mut self.routing.scratch);
         self.routing.subs.matches(&msg.topic, &mut scratch);
         // Reused from message to message: routing allocates nothing.
         let mut deliveries = std::mem::take(&mut self.routing.deliveries);
-        for entries in scratch.per_subscriber() {
-            let sid = entries[0].0;
-            let mut qos = None;
-            let mut retain = false;
-            let mut sub_ids = Vec::new();
-            for (_, sub) in entries {
-                // [MQTT-3.8.3-3]: No Local.
-                if sub.options.no_local && msg.publisher == Some(sid) {
-                    continue;
+        if scope.subscribers() {
+            for entries in scratch.per_subscriber() {
+                let sid = entries[0].0;
+                let mut qos = None;
+                let mut retain = false;
+                let mut sub_ids = Vec::new();
+                for (_, sub) in entries {
+                    // [MQTT-3.8.3-3]: No Local.
+                    if sub.options.no_local && msg.publisher == Some(sid) {
+                        continue;
+                    }
+                    qos = qos.max(Some(sub.options.qos));
+                    retain |= sub.options.retain_as_published && msg.retain;
+                    sub_ids.extend(sub.id);
                 }
-                qos = qos.max(Some(sub.options.qos));
-                retain |= sub.options.retain_as_published && msg.retain;
-                sub_ids.extend(sub.id);
-            }
-            if let Some(q) = qos {
-                deliveries.push((sid, q.min(msg.qos), retain, sub_ids));
+                if let Some(q) = qos {
+                    deliveries.push((sid, q.min(msg.qos), retain, sub_ids));
+                }
             }
         }
         let sessions = &self.sessions;
@@ -111,10 +162,7 @@ impl Broker {
         };
         for &g in scratch.groups() {
             let group = self.routing.subs.group(g);
-            if !self
-                .shared_routing
-                .delivers(group.name(), group.filter(), msg)
-            {
+            if !scope.group(group.name(), group.filter()) {
                 continue;
             }
             if let Some(&(sid, sub)) = self.routing.subs.pick(g, &mut online_first) {
@@ -138,33 +186,39 @@ impl Broker {
         n
     }
 
-    /// A local subscription to `filter` was made or went: the shared
-    /// routing hears of a filter's first subscription and of its last (a
-    /// shared one counts for its inner filter; only with `forward`), and a
-    /// shared group's member count is reported.
+    /// A local subscription to `filter` was made (`subscribed`) or went:
+    /// with `forward`, the router hears of a filter's first subscription
+    /// and of its last, and of every change of a shared group's members.
     pub(super) fn subscription_changed(&mut self, filter: &TopicFilter, subscribed: bool) {
-        if self.config.forward {
-            let inner = filter.filter();
-            if subscribed {
-                let n = self.routing.interest.entry(inner.to_owned()).or_insert(0);
-                *n += 1;
-                if *n == 1 {
-                    self.shared_routing.interest(inner, true);
-                }
-            } else if let Some(n) = self.routing.interest.get_mut(inner) {
-                *n -= 1;
-                if *n == 0 {
-                    self.routing.interest.remove(inner);
-                    self.shared_routing.interest(inner, false);
-                }
-            }
+        if !self.config.forward {
+            return;
         }
-        if let Some(share) = filter.share_group() {
-            self.out.events.push_back(Event::SharedMembers {
-                share: share.to_owned(),
-                filter: filter.filter().to_owned(),
-                members: self.routing.subs.shared_members(filter),
-            });
+        let interest = &mut self.routing.interest;
+        let count = match interest.get_mut(filter) {
+            Some(n) if subscribed => {
+                *n += 1;
+                *n
+            }
+            Some(n) => {
+                *n -= 1;
+                *n
+            }
+            None if subscribed => {
+                interest.insert(filter.clone(), 1);
+                1
+            }
+            None => return,
+        };
+        if count == 0 {
+            interest.remove(filter);
+        }
+        let edge = if subscribed { count == 1 } else { count == 0 };
+        if edge || filter.is_shared() {
+            let report = Report::Subscriptions {
+                filter: filter.clone(),
+                count: count as usize,
+            };
+            self.out.reports.push_back(report);
         }
     }
 }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use tern_codec::{PublishProperties, QoS, TopicName};
 
 use super::conn::Phase;
+use super::routing::Scope;
 use super::Broker;
 use crate::session::Message;
 
@@ -110,7 +111,7 @@ impl Broker {
                 publisher: None,
             });
             let _ = self.retain(&msg);
-            self.route(&msg, now);
+            self.route(&msg, Scope::All, now);
         }
     }
 }
