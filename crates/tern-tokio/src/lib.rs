@@ -2,10 +2,13 @@
 //! async client that puts `tern-client` on the network ([`AsyncClient`]),
 //! and the broker server that puts `tern-broker` there.
 //!
-//! The server runs one broker core per CPU core ("shards"); a session lives
-//! on the shard its client id hashes to, and messages cross shards as
-//! shared `Bytes`. The adapter only moves bytes and time: every MQTT
-//! decision is the core's.
+//! The server ([`Server`]) runs broker cores ("shards"; by default one per
+//! CPU core but one), each on its own OS thread with its own poll, owning
+//! its plain TCP connections; TLS and WebSocket connections are tokio tasks
+//! linked to a shard. A session lives on the shard its client id hashes
+//! to, and messages cross shards as tern-broker's `Router` decides, as
+//! shared `Arc<Message>`s. The adapter moves bytes, time and messages
+//! between threads: every MQTT decision is the core's or the router's.
 //!
 //! ```no_run
 //! use tern_tokio::{Server, ServerConfig};

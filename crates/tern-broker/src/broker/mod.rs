@@ -342,6 +342,13 @@ impl Broker {
         self.answer_auth(token, step, now);
     }
 
+    /// Refuses a request the embedding has nobody to answer: as a policy
+    /// that denies would (Not authorized, 0x87, or the nearest code the
+    /// packet and version can carry), rather than leave the client waiting.
+    pub fn decline(&mut self, token: Token, now: Instant) {
+        self.answer(token, Err(ReasonCode::NotAuthorized), now);
+    }
+
     /// Answers an authentication request ([`Event::Authenticate`] or
     /// [`Event::AuthContinue`]) with the next step of an enhanced
     /// authentication: a challenge for the client, success (with optional

@@ -95,6 +95,20 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The token of a request (authentication, authorization), to pass
+    /// back with the answer; `None` for an event that asks nothing.
+    pub fn token(&self) -> Option<Token> {
+        match self {
+            Event::Authenticate { token, .. }
+            | Event::AuthContinue { token, .. }
+            | Event::AuthorizePublish { token, .. }
+            | Event::AuthorizeSubscribe { token, .. } => Some(*token),
+            _ => None,
+        }
+    }
+}
+
 /// Bytes of one encoding chunk of the arena.
 const ARENA_CHUNK: usize = 16 * 1024;
 

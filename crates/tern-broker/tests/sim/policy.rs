@@ -382,3 +382,41 @@ fn a_transport_identity_replaces_the_user_name_and_skips_authentication() {
         [ReasonCode::Success, ReasonCode::NotAuthorized]
     );
 }
+
+#[test]
+fn a_request_nobody_answers_is_declined_as_not_authorized() {
+    for v in VERSIONS {
+        let mut sim = Sim::default();
+        sim.broker.set_authenticator(AskEmbedding);
+        sim.broker.set_authorizer(AskEmbedding);
+        let c = sim.client(v);
+        sim.send(c, connect(v, "dev", true));
+        let req = sim.take_requests().remove(0);
+        // Answered, so that the subscription below can be asked about.
+        sim.answer(req.event.token().expect("a request"), Ok(()));
+        assert!(matches!(sim.recv(c), Some(Packet::ConnAck(_))));
+        sim.send(c, subscribe(1, &[("t", 1)]));
+        let req = sim.take_requests().remove(0);
+        let now = sim.now();
+        sim.broker
+            .decline(req.event.token().expect("a request"), now);
+        let code = expect_suback(&mut sim, c)[0];
+        let want = if v.is_v5() {
+            ReasonCode::NotAuthorized
+        } else {
+            ReasonCode::UnspecifiedError // 0x80, the 3.1.1 failure
+        };
+        assert_eq!(code, want, "{v}");
+        // And a CONNECT nobody answers is refused, not left waiting.
+        let c = sim.client(v);
+        sim.send(c, connect(v, "other", true));
+        let req = sim.take_requests().remove(0);
+        sim.broker
+            .decline(req.event.token().expect("a request"), now);
+        let Some(Packet::ConnAck(a)) = sim.recv(c) else {
+            panic!("CONNACK")
+        };
+        assert_eq!(a.reason_code, ReasonCode::NotAuthorized, "{v}");
+        assert!(!sim.is_open(c));
+    }
+}
