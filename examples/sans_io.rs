@@ -15,7 +15,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tern::client::{Client, ClientConfig, Event, Message, State};
+use tern::client::{Client, ClientConfig, ClientEvent, Message, State};
 use tern::codec::{QoS, SubscribeFilter, SubscriptionOptions, TopicFilter, TopicName};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,7 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // 1. Act on its events (which may queue packets).
         while let Some(event) = client.poll_event() {
             match event {
-                Event::Connected { .. } => {
+                ClientEvent::Connected { .. } => {
                     println!("connected to {addr}");
                     let now = Instant::now();
                     let f = SubscribeFilter {
@@ -48,11 +48,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let m = Message::new(topic.clone(), "no tokio here").with_qos(QoS::AtLeastOnce);
                     client.publish(m, now)?;
                 }
-                Event::Published { result, .. } => {
+                ClientEvent::Published { result, .. } => {
                     println!("publish acknowledged: {result:?}");
                     acked = true;
                 }
-                Event::Message(d) => {
+                ClientEvent::Message(d) => {
                     println!(
                         "{}: {}",
                         d.message.topic,
@@ -60,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     );
                     received = true;
                 }
-                Event::Disconnected { reason } => {
+                ClientEvent::Disconnected { reason } => {
                     return Err(format!("disconnected: {reason:?}").into())
                 }
                 other => println!("{other:?}"),

@@ -13,7 +13,7 @@
 //! ```
 //! use std::time::{Duration, Instant};
 //! use bytes::BytesMut;
-//! use tern_broker::{Broker, Config, Event};
+//! use tern_broker::{Broker, Config, BrokerEvent};
 //! use tern_codec::{Connect, MqttString, Packet, ProtocolVersion};
 //!
 //! let now = Instant::now();
@@ -29,12 +29,12 @@
 //! let out = broker.poll_transmit().expect("CONNACK");
 //! assert_eq!(out.conn, conn);
 //! assert_eq!(out.data[0] >> 4, 2); // CONNACK
-//! assert!(matches!(broker.poll_event(), Some(Event::Connected { .. })));
+//! assert!(matches!(broker.poll_event(), Some(BrokerEvent::Connected { .. })));
 //!
 //! // Without a packet for 1.5 times the keep alive, the connection closes.
 //! let later = now + Duration::from_secs(91);
 //! broker.handle_timeout(later);
-//! assert!(matches!(broker.poll_event(), Some(Event::Close { .. })));
+//! assert!(matches!(broker.poll_event(), Some(BrokerEvent::Close { .. })));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
@@ -48,7 +48,7 @@ mod session;
 mod stamp;
 pub mod store;
 
-pub use broker::{Broker, ConnId, Event, SessionId, Stats, Token, Transmit};
+pub use broker::{Broker, BrokerEvent, ConnId, SessionId, Stats, Token, Transmit};
 pub use config::{Config, QueueFullPolicy};
 pub use policy::AuthStep;
 pub use session::Message;

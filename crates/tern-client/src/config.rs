@@ -38,7 +38,7 @@ pub enum QueuePolicy {
     #[default]
     RejectNew,
     /// Drop the oldest waiting message (its
-    /// [`Event::Published`](crate::Event::Published) reports
+    /// [`ClientEvent::Published`](crate::ClientEvent::Published) reports
     /// [`PublishError::Dropped`](crate::PublishError::Dropped)) and queue the
     /// new one.
     DropOldest,
@@ -54,7 +54,7 @@ pub struct ClientConfig {
     /// The protocol version to speak.
     pub version: ProtocolVersion,
     /// The client identifier. Empty asks the server to assign one (MQTT 5.0
-    /// reports it in [`Event::Connected`](crate::Event::Connected); 3.1.1
+    /// reports it in [`ClientEvent::Connected`](crate::ClientEvent::Connected); 3.1.1
     /// requires `clean_start` for an empty id).
     pub client_id: MqttString,
     /// Clean start (5.0) / clean session (3.1.1) on the first connection.

@@ -25,7 +25,7 @@
 //! ```
 //! use std::time::Instant;
 //! use bytes::BytesMut;
-//! use tern_client::{Client, ClientConfig, Event, Message};
+//! use tern_client::{Client, ClientConfig, ClientEvent, Message};
 //! use tern_codec::{ConnAck, Packet, ProtocolVersion, QoS, TopicName};
 //!
 //! let now = Instant::now();
@@ -41,10 +41,10 @@
 //! // ...and sent once the server's CONNACK arrives.
 //! let mut input = BytesMut::from(&Packet::from(ConnAck::new(false)).to_bytes(ProtocolVersion::V5)?[..]);
 //! client.handle_read(&mut input, now);
-//! assert!(matches!(client.poll_event(), Some(Event::Connected { .. })));
+//! assert!(matches!(client.poll_event(), Some(ClientEvent::Connected { .. })));
 //! let publish = client.poll_transmit().expect("PUBLISH");
 //! assert_eq!(publish[0] >> 4, 3);
-//! assert_eq!(client.inflight(), 1); // until PUBACK: then Event::Published { id, .. }
+//! assert_eq!(client.inflight(), 1); // until PUBACK: then ClientEvent::Published { id, .. }
 //! # let _ = id;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -56,7 +56,8 @@ mod config;
 pub mod store;
 
 pub use client::{
-    AckId, Client, Delivery, DisconnectReason, Event, Message, PublishError, RequestError, State,
+    AckId, Client, ClientEvent, Delivery, DisconnectReason, PublishError, RequestError, State,
 };
 pub use config::{ClientConfig, ConfigError, QueuePolicy};
 pub use store::{InflightState, MemoryStore, RequestId, Store};
+pub use tern_codec::Message;

@@ -16,7 +16,7 @@ use tern_codec::{PacketId, Publish, QoS};
 use crate::Message;
 
 /// A handle for one request (publish, subscribe, unsubscribe), named again by
-/// the [`Event`](crate::Event) that completes it.
+/// the [`ClientEvent`](crate::ClientEvent) that completes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId(pub u64);
 

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use tern_broker::Config;
 use tern_client::Store as _;
 use tern_client::{
-    Client, ClientConfig, Delivery, DisconnectReason, Event, Message, PublishError, RequestId,
-    State,
+    Client, ClientConfig, ClientEvent, Delivery, DisconnectReason, Message, PublishError,
+    RequestId, State,
 };
 use tern_codec::{
     Decoder, Packet, ProtocolVersion, QoS, SubscribeFilter, SubscribeProperties,
@@ -52,12 +52,12 @@ fn connected(net: &mut Net, p: PeerRef) -> bool {
 
 /// Opens the link and runs the network; the events after `Connected` go to
 /// `rest`.
-fn connected_with(net: &mut Net, p: PeerRef, rest: &mut Vec<Event>) -> bool {
+fn connected_with(net: &mut Net, p: PeerRef, rest: &mut Vec<ClientEvent>) -> bool {
     net.open(p);
     net.run();
     let mut events = net.events(p).into_iter();
     match events.next() {
-        Some(Event::Connected {
+        Some(ClientEvent::Connected {
             session_present, ..
         }) => {
             rest.extend(events);
@@ -72,7 +72,7 @@ fn cut(net: &mut Net, p: PeerRef) {
     net.cut(p);
     assert_eq!(
         net.events(p),
-        [Event::Disconnected {
+        [ClientEvent::Disconnected {
             reason: DisconnectReason::TransportClosed
         }]
     );
@@ -88,7 +88,7 @@ fn subscribe(net: &mut Net, p: PeerRef, f: &str, qos: QoS) {
     let events = net.events(p);
     assert!(
         events.iter().any(|e| matches!(e,
-            Event::Subscribed { id: i, reason_codes } if *i == id && !reason_codes[0].is_error())),
+            ClientEvent::Subscribed { id: i, reason_codes } if *i == id && !reason_codes[0].is_error())),
         "{events:?}"
     );
 }
@@ -99,17 +99,17 @@ fn publish(net: &mut Net, p: PeerRef, t: &str, payload: &str, qos: QoS) -> Reque
     net.client(p).publish(m, now).unwrap()
 }
 
-fn deliveries(events: &[Event]) -> Vec<&Delivery> {
+fn deliveries(events: &[ClientEvent]) -> Vec<&Delivery> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::Message(d) => Some(d),
+            ClientEvent::Message(d) => Some(d),
             _ => None,
         })
         .collect()
 }
 
-fn payloads(events: &[Event]) -> Vec<String> {
+fn payloads(events: &[ClientEvent]) -> Vec<String> {
     deliveries(events)
         .iter()
         .map(|d| String::from_utf8(d.message.payload.to_vec()).unwrap())
@@ -117,11 +117,11 @@ fn payloads(events: &[Event]) -> Vec<String> {
 }
 
 fn outcomes(
-    events: &[Event],
+    events: &[ClientEvent],
 ) -> BTreeMap<RequestId, Vec<Result<tern_codec::ReasonCode, PublishError>>> {
     let mut m: BTreeMap<_, Vec<_>> = BTreeMap::new();
     for e in events {
-        if let Event::Published { id, result } = e {
+        if let ClientEvent::Published { id, result } = e {
             m.entry(*id).or_default().push(result.clone());
         }
     }
@@ -218,7 +218,7 @@ fn the_queue_is_bounded_by_its_policy() {
     net.run();
     assert_eq!(
         net.events(p),
-        [Event::Published {
+        [ClientEvent::Published {
             id: first,
             result: Err(PublishError::Dropped)
         }]
@@ -253,7 +253,7 @@ fn keep_alive_pings_an_idle_server_and_gives_up_on_a_silent_one() {
     assert_eq!(net.client(p).state(), State::Disconnected);
     assert_eq!(
         net.events(p),
-        [Event::Disconnected {
+        [ClientEvent::Disconnected {
             reason: DisconnectReason::KeepAliveTimeout
         }]
     );
@@ -270,7 +270,7 @@ fn a_missing_connack_times_out() {
     net.advance(Duration::from_secs(3));
     assert_eq!(
         net.events(p),
-        [Event::Disconnected {
+        [ClientEvent::Disconnected {
             reason: DisconnectReason::ConnectTimeout
         }]
     );
@@ -323,7 +323,7 @@ fn reconnect_without_session_requeues_and_resubscribes() {
     assert!(!connected_with(&mut net, sub, &mut rest));
     assert_eq!(
         rest,
-        [Event::Resubscribed {
+        [ClientEvent::Resubscribed {
             results: vec![(
                 TopicFilter::new("a/#").unwrap(),
                 tern_codec::ReasonCode::GrantedQoS1
@@ -444,7 +444,7 @@ fn server_limits_refuse_what_it_cannot_take() {
     net.run();
     assert!(matches!(
         &net.events(p)[..],
-        [Event::Published { id: i, result: Err(PublishError::PacketTooLarge { max: 200, .. }) }] if *i == id
+        [ClientEvent::Published { id: i, result: Err(PublishError::PacketTooLarge { max: 200, .. }) }] if *i == id
     ));
     assert!(net.is_linked(p), "nothing too large was sent");
 }
@@ -763,7 +763,7 @@ fn enhanced_authentication_is_an_exchange_of_auth_packets() {
     c.handle_packet(Packet::Auth(challenge.clone()), now);
     assert_eq!(
         c.poll_event(),
-        Some(Event::Auth {
+        Some(ClientEvent::Auth {
             reason: challenge.reason_code,
             properties: challenge.properties
         })
@@ -794,7 +794,10 @@ fn enhanced_authentication_is_an_exchange_of_auth_packets() {
         Some("SCRAM-SHA-1")
     );
     c.handle_packet(Packet::ConnAck(tern_codec::ConnAck::new(false)), now);
-    assert!(matches!(c.poll_event(), Some(Event::Connected { .. })));
+    assert!(matches!(
+        c.poll_event(),
+        Some(ClientEvent::Connected { .. })
+    ));
 }
 
 #[test]
@@ -818,7 +821,7 @@ fn a_topic_alias_beyond_our_maximum_or_unknown_is_a_protocol_error() {
         c.handle_packet(Packet::Publish(p), now);
         assert_eq!(
             c.poll_event(),
-            Some(Event::Disconnected {
+            Some(ClientEvent::Disconnected {
                 reason: DisconnectReason::ProtocolError(reason)
             })
         );
@@ -949,7 +952,7 @@ fn the_will_is_published_when_the_link_dies_and_not_after_disconnect() {
         assert!(payloads(&net.events(sub)).is_empty(), "{version}");
         assert_eq!(
             net.events(lights),
-            [Event::Disconnected {
+            [ClientEvent::Disconnected {
                 reason: DisconnectReason::Local
             }]
         );
@@ -979,7 +982,7 @@ fn an_invalid_configuration_is_refused_before_anything_is_sent() {
     assert_eq!(c.state(), State::Disconnected);
     assert_eq!(
         c.poll_event(),
-        Some(Event::Disconnected {
+        Some(ClientEvent::Disconnected {
             reason: DisconnectReason::InvalidConfig(
                 tern_client::ConfigError::PasswordWithoutUsername
             )
@@ -1008,7 +1011,7 @@ fn session_present_after_a_clean_start_is_a_protocol_error() {
     c.handle_packet(connack(true, |_| {}), now);
     assert_eq!(
         c.poll_event(),
-        Some(Event::Disconnected {
+        Some(ClientEvent::Disconnected {
             reason: DisconnectReason::ProtocolError(tern_codec::ReasonCode::ProtocolError)
         })
     );
@@ -1120,7 +1123,7 @@ fn answers_that_do_not_fit_the_request_are_protocol_errors() {
     );
     assert_eq!(
         c.poll_event(),
-        Some(Event::Disconnected {
+        Some(ClientEvent::Disconnected {
             reason: DisconnectReason::ProtocolError(tern_codec::ReasonCode::ProtocolError)
         })
     );
@@ -1135,7 +1138,7 @@ fn answers_that_do_not_fit_the_request_are_protocol_errors() {
     );
     assert!(matches!(
         c.poll_event(),
-        Some(Event::Disconnected {
+        Some(ClientEvent::Disconnected {
             reason: DisconnectReason::ProtocolError(_)
         })
     ));

@@ -32,6 +32,7 @@
 
 mod decoder;
 mod error;
+mod message;
 mod packet;
 mod primitives;
 mod properties;
@@ -40,6 +41,7 @@ mod types;
 
 pub use decoder::{Decoder, Role, DEFAULT_MAX_PACKET_SIZE, PROTOCOL_MAX_PACKET_SIZE};
 pub use error::{DecodeError, EncodeError};
+pub use message::Message;
 pub use packet::{
     Ack, Auth, ConnAck, Connect, Disconnect, Packet, PacketType, Publish, RetainHandling, SubAck,
     Subscribe, SubscribeFilter, SubscriptionOptions, UnsubAck, Unsubscribe, Will,

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tern_broker::router::{Forward, InstanceId, Report, Router};
-use tern_broker::{AuthStep, Broker, Config, ConnId, Event, Token};
+use tern_broker::{AuthStep, Broker, BrokerEvent, Config, ConnId, Token};
 use tern_codec::{
     ConnAck, Connect, Decoder, MqttString, Packet, ProtocolVersion, ReasonCode, TopicName,
 };
@@ -94,7 +94,7 @@ pub struct Request {
     /// Pass to [`Sim::answer`].
     pub token: Token,
     /// The event as the broker emitted it.
-    pub event: Event,
+    pub event: BrokerEvent,
 }
 
 /// One broker, many scripted clients, a virtual clock.
@@ -531,18 +531,20 @@ impl Sim {
             while let Some(e) = self.broker.poll_event() {
                 any = true;
                 match e {
-                    Event::Close { conn, reason } => {
+                    BrokerEvent::Close { conn, reason } => {
                         if let Some(i) = self.by_conn.remove(&conn) {
                             self.clients[i].conn = None;
                             self.clients[i].closed = Some(reason);
                         }
                     }
-                    Event::Dropped { client_id, topic } => self.dropped.push((client_id, topic)),
-                    Event::Connected { .. } => {}
-                    Event::Authenticate { token, .. }
-                    | Event::AuthContinue { token, .. }
-                    | Event::AuthorizePublish { token, .. }
-                    | Event::AuthorizeSubscribe { token, .. } => {
+                    BrokerEvent::Dropped { client_id, topic } => {
+                        self.dropped.push((client_id, topic))
+                    }
+                    BrokerEvent::Connected { .. } => {}
+                    BrokerEvent::Authenticate { token, .. }
+                    | BrokerEvent::AuthContinue { token, .. }
+                    | BrokerEvent::AuthorizePublish { token, .. }
+                    | BrokerEvent::AuthorizeSubscribe { token, .. } => {
                         self.requests.push_back(Request { token, event: e });
                     }
                     other => panic!("unexpected event {other:?}"),

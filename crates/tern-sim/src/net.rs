@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tern_broker::{Broker, Config, ConnId, Event as BrokerEvent};
-use tern_client::{Client, Event, State};
+use tern_broker::{Broker, BrokerEvent, Config, ConnId};
+use tern_client::{Client, ClientEvent, State};
 
 /// A client of a [`Net`], as returned by [`Net::add`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -22,7 +22,7 @@ struct Peer {
     at_broker: BytesMut,
     /// Bytes delivered to the client it has not consumed yet.
     at_client: BytesMut,
-    events: Vec<Event>,
+    events: Vec<ClientEvent>,
     /// Packets from the broker to this client vanish (a half-open link).
     deaf: bool,
 }
@@ -54,13 +54,13 @@ struct Transit {
 ///
 /// ```
 /// use tern_sim::Net;
-/// use tern_client::{Client, ClientConfig, Event};
+/// use tern_client::{Client, ClientConfig, ClientEvent};
 ///
 /// let mut net = Net::default();
 /// let lights = net.add(Client::new(ClientConfig::new("lights")));
 /// net.open(lights);
 /// net.run();
-/// assert!(matches!(net.events(lights)[..], [Event::Connected { .. }]));
+/// assert!(matches!(net.events(lights)[..], [ClientEvent::Connected { .. }]));
 /// ```
 #[derive(Debug)]
 pub struct Net {
@@ -272,7 +272,7 @@ impl Net {
     }
 
     /// Events the client emitted since the last call.
-    pub fn events(&mut self, p: PeerRef) -> Vec<Event> {
+    pub fn events(&mut self, p: PeerRef) -> Vec<ClientEvent> {
         self.pump();
         std::mem::take(&mut self.peers[p.0].events)
     }

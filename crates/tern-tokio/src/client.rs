@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::Stream;
 use tern_client::{
-    AckId, Client, ClientConfig, ConfigError, Delivery, DisconnectReason, Event, Message,
+    AckId, Client, ClientConfig, ClientEvent, ConfigError, Delivery, DisconnectReason, Message,
     PublishError, RequestError, RequestId, State,
 };
 use tern_codec::{
@@ -893,11 +893,12 @@ fn dispatch(inner: &mut Inner) -> Option<End> {
     let mut wake_reader = false;
     while let Some(e) = inner.client.poll_event() {
         match e {
-            Event::Published { id, result } => finish(inner, id, Slot::Published(result)),
-            Event::Subscribed { id, reason_codes } | Event::Unsubscribed { id, reason_codes } => {
+            ClientEvent::Published { id, result } => finish(inner, id, Slot::Published(result)),
+            ClientEvent::Subscribed { id, reason_codes }
+            | ClientEvent::Unsubscribed { id, reason_codes } => {
                 finish(inner, id, Slot::Answered(reason_codes))
             }
-            Event::Message(d) => {
+            ClientEvent::Message(d) => {
                 if inner.reader_gone {
                     // Nobody reads: acknowledge, so the server's window
                     // does not stall.
@@ -922,7 +923,7 @@ fn dispatch(inner: &mut Inner) -> Option<End> {
                 inner.incoming.push_back(Incoming::Message(d));
                 wake_reader = true;
             }
-            Event::Connected {
+            ClientEvent::Connected {
                 session_present,
                 properties,
             } => {
@@ -932,18 +933,18 @@ fn dispatch(inner: &mut Inner) -> Option<End> {
                 });
                 wake_reader = true;
             }
-            Event::Disconnected { reason } => {
+            ClientEvent::Disconnected { reason } => {
                 let fatal = reason.is_permanent();
                 inner.fatal |= fatal;
                 end = Some(if fatal { End::Fatal } else { End::Lost });
                 inner.push_notice(Incoming::Disconnected(reason));
                 wake_reader = true;
             }
-            Event::Resubscribed { results } => {
+            ClientEvent::Resubscribed { results } => {
                 inner.push_notice(Incoming::Resubscribed(results));
                 wake_reader = true;
             }
-            Event::Auth { reason, properties } => {
+            ClientEvent::Auth { reason, properties } => {
                 inner.push_notice(Incoming::Auth { reason, properties });
                 wake_reader = true;
             }

@@ -11,7 +11,7 @@ use tern_codec::{
 };
 
 use super::conn::{Held, Phase};
-use super::{compact_will, fit, refusal, Broker, ConnId, Event, SessionId, Token};
+use super::{compact_will, fit, refusal, Broker, BrokerEvent, ConnId, SessionId, Token};
 use crate::policy::{AuthStep, Credentials, Verdict};
 use crate::session::{Session, SessionWill};
 
@@ -90,7 +90,7 @@ impl Broker {
                 )));
                 self.out
                     .events
-                    .push_back(Event::Authenticate { token, credentials });
+                    .push_back(BrokerEvent::Authenticate { token, credentials });
             }
             v => self.connect_decided(conn, connect, assigned, v, now),
         }
@@ -124,7 +124,7 @@ impl Broker {
         let assigned = assigned && connect.protocol.is_v5();
         let ack = self.connack(conn, &connect, session_present, assigned, accepted);
         self.send(conn, &ack.into());
-        self.out.events.push_back(Event::Connected {
+        self.out.events.push_back(BrokerEvent::Connected {
             conn,
             client_id: connect.client_id.as_str().to_owned(),
             session_present,
@@ -329,7 +329,7 @@ impl Broker {
         let token = self.token(conn);
         let c = self.conns.get_mut(&conn).expect("connection exists");
         c.held = Some(Box::new((token, held)));
-        self.out.events.push_back(Event::AuthContinue {
+        self.out.events.push_back(BrokerEvent::AuthContinue {
             token,
             client_id,
             method: method.as_str().to_owned(),

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tern_codec::{Ack, Packet, PacketId, Publish, PublishProperties, QoS, QosPid};
 
 use super::output::WireKey;
-use super::{Broker, ConnId, Event, SessionId};
+use super::{Broker, BrokerEvent, ConnId, SessionId};
 use crate::session::{Delivery, OutState, Outgoing, Session};
 use crate::{Config, QueueFullPolicy};
 
@@ -29,7 +29,7 @@ impl Broker {
             Some(_) if d.qos == QoS::AtMostOnce && congested => {
                 // A slow consumer loses QoS 0 messages, nobody else does.
                 self.stats.messages_dropped += 1;
-                self.out.events.push_back(Event::Dropped {
+                self.out.events.push_back(BrokerEvent::Dropped {
                     client_id: s.client.client_id.clone(),
                     topic: d.msg.topic.clone(),
                 });
@@ -59,7 +59,7 @@ impl Broker {
                         match s.pop_queue() {
                             Some(old) => {
                                 self.stats.messages_dropped += 1;
-                                self.out.events.push_back(Event::Dropped {
+                                self.out.events.push_back(BrokerEvent::Dropped {
                                     client_id: s.client.client_id.clone(),
                                     topic: old.msg.topic.clone(),
                                 });
@@ -76,7 +76,7 @@ impl Broker {
         match dropped {
             Some(topic) => {
                 self.stats.messages_dropped += 1;
-                self.out.events.push_back(Event::Dropped {
+                self.out.events.push_back(BrokerEvent::Dropped {
                     client_id: s.client.client_id.clone(),
                     topic,
                 });

@@ -8,7 +8,7 @@ use tern_codec::{Disconnect, Packet, PacketType, ReasonCode};
 
 use super::conn::Phase;
 use super::timers::Timer;
-use super::{fit, Broker, ConnId, Event, SessionId, Sessions};
+use super::{fit, Broker, BrokerEvent, ConnId, SessionId, Sessions};
 
 /// Sessions by client id, without a copy of the id: a table of session
 /// ids, hashed by their session's client id.
@@ -100,7 +100,9 @@ impl Broker {
     pub(super) fn close(&mut self, conn: ConnId, reason: ReasonCode, abnormal: bool, now: Instant) {
         if self.conns.contains_key(&conn) {
             self.drop_conn(conn, abnormal, now);
-            self.out.events.push_back(Event::Close { conn, reason });
+            self.out
+                .events
+                .push_back(BrokerEvent::Close { conn, reason });
         }
     }
 

@@ -52,7 +52,7 @@ use output::Outbox;
 use routing::Routing;
 use timers::Timer;
 
-pub use output::{Event, Transmit};
+pub use output::{BrokerEvent, Transmit};
 pub use sys::Stats;
 
 /// A transport connection, as the broker names it. Handed out by
@@ -326,7 +326,7 @@ impl Broker {
 
     /// The next event.
     #[must_use]
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<BrokerEvent> {
         self.out.events.pop_front()
     }
 
@@ -349,8 +349,8 @@ impl Broker {
         self.answer(token, Err(ReasonCode::NotAuthorized), now);
     }
 
-    /// Answers an authentication request ([`Event::Authenticate`] or
-    /// [`Event::AuthContinue`]) with the next step of an enhanced
+    /// Answers an authentication request ([`BrokerEvent::Authenticate`] or
+    /// [`BrokerEvent::AuthContinue`]) with the next step of an enhanced
     /// authentication: a challenge for the client, success (with optional
     /// Authentication Data for the client) or failure. Other requests take
     /// `Success` as accept and `Fail` as refuse.

@@ -26,7 +26,7 @@ pub struct Transmit {
 /// What the embedding must know or do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Event {
+pub enum BrokerEvent {
     /// Close the transport, after writing every [`Transmit`] for it polled
     /// before this event. `reason` says why (`Success` after a client's
     /// normal DISCONNECT).
@@ -95,15 +95,15 @@ pub enum Event {
     },
 }
 
-impl Event {
+impl BrokerEvent {
     /// The token of a request (authentication, authorization), to pass
     /// back with the answer; `None` for an event that asks nothing.
     pub fn token(&self) -> Option<Token> {
         match self {
-            Event::Authenticate { token, .. }
-            | Event::AuthContinue { token, .. }
-            | Event::AuthorizePublish { token, .. }
-            | Event::AuthorizeSubscribe { token, .. } => Some(*token),
+            BrokerEvent::Authenticate { token, .. }
+            | BrokerEvent::AuthContinue { token, .. }
+            | BrokerEvent::AuthorizePublish { token, .. }
+            | BrokerEvent::AuthorizeSubscribe { token, .. } => Some(*token),
             _ => None,
         }
     }
@@ -126,7 +126,7 @@ pub(super) struct WireKey {
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
     transmits: VecDeque<Transmit>,
-    pub(super) events: VecDeque<Event>,
+    pub(super) events: VecDeque<BrokerEvent>,
     /// For the router, with `Config::forward`.
     pub(super) reports: VecDeque<Report>,
     /// Where outgoing packets are encoded: each is split off as its own

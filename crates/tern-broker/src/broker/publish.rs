@@ -10,7 +10,7 @@ use tern_codec::{
 
 use super::conn::{Held, Phase};
 use super::routing::Scope;
-use super::{ack, fit, refusal, Broker, ConnId, Event, SessionId};
+use super::{ack, fit, refusal, Broker, BrokerEvent, ConnId, SessionId};
 use crate::policy::Verdict;
 use crate::router::{Forward, Report};
 use crate::session::{Message, OutState};
@@ -109,7 +109,7 @@ impl Broker {
                 let token = self.token(conn);
                 let c = self.conns.get_mut(&conn).expect("connection exists");
                 c.held = Some(Box::new((token, Held::Publish(p, topic.clone()))));
-                self.out.events.push_back(Event::AuthorizePublish {
+                self.out.events.push_back(BrokerEvent::AuthorizePublish {
                     token,
                     client,
                     topic,

@@ -10,7 +10,7 @@ use tern_codec::{
 };
 
 use super::conn::{Held, Phase};
-use super::{refusal, Broker, ConnId, Event, SessionId};
+use super::{refusal, Broker, BrokerEvent, ConnId, SessionId};
 use crate::policy::Verdict;
 use crate::session::{Delivery, Sub};
 
@@ -67,7 +67,7 @@ impl Broker {
                         codes,
                     },
                 )));
-                self.out.events.push_back(Event::AuthorizeSubscribe {
+                self.out.events.push_back(BrokerEvent::AuthorizeSubscribe {
                     token,
                     client,
                     filter,

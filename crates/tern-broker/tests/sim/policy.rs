@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use tern_broker::policy::{Access, Acl, AskEmbedding, StaticPasswords};
-use tern_broker::{AuthStep, Event};
+use tern_broker::{AuthStep, BrokerEvent};
 use tern_codec::{Auth, AuthProperties, MqttString, Packet, ProtocolVersion, ReasonCode};
 use tern_sim::{ClientRef, Sim};
 
@@ -58,7 +58,7 @@ fn authentication_can_be_answered_later_by_the_embedding() {
     sim.send(c, Packet::PingReq);
     let reqs = sim.take_requests();
     assert_eq!(reqs.len(), 1);
-    let Event::Authenticate { token, credentials } = &reqs[0].event else {
+    let BrokerEvent::Authenticate { token, credentials } = &reqs[0].event else {
         panic!("{reqs:?}")
     };
     assert_eq!(credentials.client_id, "dev");
@@ -145,7 +145,7 @@ fn publish_authorization_can_be_answered_later_and_keeps_order() {
     sim.send(p, publish("t/2", 1, 2, "second"));
     let reqs = sim.take_requests();
     assert_eq!(reqs.len(), 1, "the second waits for the first");
-    let Event::AuthorizePublish { token, topic, .. } = &reqs[0].event else {
+    let BrokerEvent::AuthorizePublish { token, topic, .. } = &reqs[0].event else {
         panic!()
     };
     assert_eq!(topic, "t/1");
@@ -213,7 +213,7 @@ fn enhanced_authentication_runs_a_challenge_and_response() {
     let c = sim.client(V5);
     sim.send(c, enhanced_connect("TEST", b"client-first"));
     let req = sim.take_requests().remove(0);
-    let Event::Authenticate { token, credentials } = req.event else {
+    let BrokerEvent::Authenticate { token, credentials } = req.event else {
         panic!()
     };
     assert_eq!(credentials.method.as_deref(), Some("TEST"));
@@ -236,7 +236,7 @@ fn enhanced_authentication_runs_a_challenge_and_response() {
         auth_packet(ReasonCode::ContinueAuthentication, "TEST", b"client-final"),
     );
     let req = sim.take_requests().remove(0);
-    let Event::AuthContinue {
+    let BrokerEvent::AuthContinue {
         token,
         data,
         reauthenticate,
@@ -270,7 +270,7 @@ fn enhanced_authentication_runs_a_challenge_and_response() {
     // Re-authentication while connected.
     sim.send(c, auth_packet(ReasonCode::ReAuthenticate, "TEST", b"again"));
     let req = sim.take_requests().remove(0);
-    let Event::AuthContinue {
+    let BrokerEvent::AuthContinue {
         token,
         reauthenticate,
         ..

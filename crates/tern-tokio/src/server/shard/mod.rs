@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tern_broker::policy::AskEmbedding;
 use tern_broker::router::{Forward, InstanceId, Report, RouteScratch, Router};
-use tern_broker::{Broker, ConnId, Event, Stats, Token};
+use tern_broker::{Broker, BrokerEvent, ConnId, Stats, Token};
 use tern_codec::ReasonCode;
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
@@ -465,26 +465,26 @@ impl Shard {
         any
     }
 
-    pub(super) fn event(&mut self, ev: Event, now: Instant) {
+    pub(super) fn event(&mut self, ev: BrokerEvent, now: Instant) {
         match ev {
-            Event::Close { conn, reason } => {
+            BrokerEvent::Close { conn, reason } => {
                 info!(shard = self.index, conn = conn.get(), %reason, "closed");
                 // Forgetting a linked connection closes its link.
                 if let Some(Endpoint::Native(k)) = self.forget(conn) {
                     self.close_native(k as usize, now);
                 }
             }
-            Event::Connected {
+            BrokerEvent::Connected {
                 conn,
                 client_id,
                 session_present,
             } => {
                 info!(shard = self.index, conn = conn.get(), %client_id, session_present, "connected");
             }
-            Event::Dropped { client_id, topic } => {
+            BrokerEvent::Dropped { client_id, topic } => {
                 debug!(shard = self.index, %client_id, %topic, "message dropped: queue full or slow consumer");
             }
-            Event::Authenticate { token, credentials } if self.check.is_some() => {
+            BrokerEvent::Authenticate { token, credentials } if self.check.is_some() => {
                 let check = self.check.clone().expect("checked");
                 let back = self.peers[self.index].clone();
                 self.runtime.spawn_blocking(move || {
