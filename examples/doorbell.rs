@@ -18,7 +18,7 @@ use tern::codec::{
     Disconnect, ProtocolVersion, QoS, ReasonCode, SubscribeFilter, SubscriptionOptions,
     TopicFilter, TopicName, Will,
 };
-use tern_tokio::{AsyncClient, ClientOptions, Incoming, Messages, Server, ServerConfig};
+use tern_tokio::{AsyncClient, AsyncEvent, ClientOptions, Events, Server, ServerConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -86,7 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The lights see the press.
     let pressed = loop {
         match tokio::time::timeout(Duration::from_secs(10), lights_rx.recv()).await? {
-            Some(Incoming::Message(m)) => break m,
+            Some(AsyncEvent::Message(m)) => break m,
             Some(_) => {}
             None => return Err("the lights stopped".into()),
         }
@@ -114,21 +114,21 @@ fn filter(f: &str, qos: QoS) -> Result<SubscribeFilter, Box<dyn std::error::Erro
     })
 }
 
-async fn connected(rx: &mut Messages) -> Result<(), Box<dyn std::error::Error>> {
+async fn connected(rx: &mut Events) -> Result<(), Box<dyn std::error::Error>> {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await? {
-            Some(Incoming::Connected { .. }) => return Ok(()),
-            Some(Incoming::ConnectFailed(e)) => return Err(e.into()),
+            Some(AsyncEvent::Connected { .. }) => return Ok(()),
+            Some(AsyncEvent::ConnectFailed(e)) => return Err(e.into()),
             Some(_) => {}
             None => return Err("the client stopped".into()),
         }
     }
 }
 
-async fn presence_of(rx: &mut Messages) -> Result<String, Box<dyn std::error::Error>> {
+async fn presence_of(rx: &mut Events) -> Result<String, Box<dyn std::error::Error>> {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await? {
-            Some(Incoming::Message(m)) => {
+            Some(AsyncEvent::Message(m)) => {
                 return Ok(String::from_utf8_lossy(&m.message.payload).into_owned())
             }
             Some(_) => {}

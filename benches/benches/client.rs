@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tern_client::{ClientConfig, Message};
 use tern_codec::{QoS, TopicName};
-use tern_tokio::{AsyncClient, ClientOptions, Incoming, Server, ServerConfig};
+use tern_tokio::{AsyncClient, AsyncEvent, ClientOptions, Server, ServerConfig};
 use tokio::sync::Notify;
 
 const N: u64 = 200_000;
@@ -76,8 +76,8 @@ async fn tern_client(port: u16, id: &str) -> AsyncClient {
         .expect("a valid configuration");
     loop {
         match rx.recv().await {
-            Some(Incoming::Connected { .. }) => break,
-            Some(Incoming::ConnectFailed(e)) => panic!("{e}"),
+            Some(AsyncEvent::Connected { .. }) => break,
+            Some(AsyncEvent::ConnectFailed(e)) => panic!("{e}"),
             _ => {}
         }
     }

@@ -42,13 +42,14 @@
 
 mod broker;
 mod config;
+pub mod durable;
 pub mod policy;
 pub mod router;
 mod session;
 mod stamp;
-pub mod store;
 
 pub use broker::{Broker, BrokerEvent, ConnId, SessionId, Stats, Token, Transmit};
 pub use config::{Config, QueueFullPolicy};
 pub use policy::AuthStep;
-pub use session::Message;
+pub use session::Envelope;
+pub use tern_codec::Message;

@@ -22,7 +22,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use tern_broker::router::{InstanceId, Report, Router};
-//! use tern_broker::Message;
+//! use tern_broker::{Envelope, Message};
 //! use tern_codec::{TopicFilter, TopicName};
 //!
 //! let (a, b) = (InstanceId(0), InstanceId(1));
@@ -31,7 +31,7 @@
 //! let report = Report::Subscriptions { filter: TopicFilter::new("lights/#")?, count: 1 };
 //! router.handle_report(b, report, &mut Vec::new());
 //! // ...so a message published on a goes to b.
-//! let msg = Arc::new(Message::new(TopicName::new("lights/kitchen")?, "on"));
+//! let msg = Arc::new(Envelope::from(Message::new(TopicName::new("lights/kitchen")?, "on")));
 //! let mut out = Vec::new();
 //! router.handle_report(a, Report::Published(msg), &mut out);
 //! assert_eq!(out.len(), 1);
@@ -47,7 +47,7 @@ use std::sync::Arc;
 use tern_codec::TopicFilter;
 use tern_topic::{Matches, SubscriptionIndex};
 
-use crate::Message;
+use crate::Envelope;
 
 /// One broker instance among those sharing a [`Router`]: a shard of a
 /// server, or a node of a cluster.
@@ -63,7 +63,7 @@ pub enum Report {
     /// the other instances with matching subscriptions get it, every other
     /// instance gets it if it is retained, and the router picks which
     /// instance delivers it to each shared group.
-    Published(Arc<Message>),
+    Published(Arc<Envelope>),
     /// This instance's sessions now hold `count` subscriptions with exactly
     /// `filter`. Said when the count leaves or reaches zero, and, for a
     /// shared filter (`$share/{group}/...`), at every change: the count is
@@ -87,7 +87,7 @@ pub struct Forward {
     /// The instance.
     pub to: InstanceId,
     /// The message (shared: the payload is never copied).
-    pub msg: Arc<Message>,
+    pub msg: Arc<Envelope>,
     /// Deliver it to the instance's ordinary (not shared) subscriptions.
     pub subscribers: bool,
     /// Deliver it to one local member of each of these shared groups.
@@ -237,7 +237,7 @@ impl Router {
     pub fn route(
         &self,
         from: InstanceId,
-        msg: &Arc<Message>,
+        msg: &Arc<Envelope>,
         scratch: &mut RouteScratch,
         out: &mut Vec<Forward>,
     ) {
@@ -328,19 +328,19 @@ fn pick(members: &[(InstanceId, Entry)], group: &Group) -> Option<InstanceId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Message;
     use tern_codec::TopicName;
 
     fn filter(f: &str) -> TopicFilter {
         TopicFilter::new(f).expect("valid")
     }
 
-    fn msg(topic: &str, retain: bool) -> Arc<Message> {
-        let mut m = Message::new(TopicName::new(topic).expect("valid"), "x");
-        m.retain = retain;
-        Arc::new(m)
+    fn msg(topic: &str, retain: bool) -> Arc<Envelope> {
+        let m = Message::new(TopicName::new(topic).expect("valid"), "x").with_retain(retain);
+        Arc::new(Envelope::from(m))
     }
 
-    fn routed(r: &mut Router, from: u16, m: &Arc<Message>) -> Vec<Forward> {
+    fn routed(r: &mut Router, from: u16, m: &Arc<Envelope>) -> Vec<Forward> {
         let mut out = Vec::new();
         r.handle_report(InstanceId(from), Report::Published(m.clone()), &mut out);
         out

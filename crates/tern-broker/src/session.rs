@@ -5,53 +5,53 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use tern_codec::{
-    ProtocolVersion, PublishProperties, QoS, SubscriptionOptions, TopicFilter, TopicName, Will,
+    Message, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions, TopicFilter, Will,
 };
 
 use crate::policy::ClientInfo;
 use crate::stamp::Stamp;
 use crate::{ConnId, SessionId};
 
-/// An application message as the broker routes it: immutable and shared by
-/// every session it is delivered to.
+/// A message as the broker routes it: the application [`Message`], when it
+/// expires, and who published it. Immutable, and shared (in an `Arc`) by
+/// every session it is delivered to. It dereferences to its message, so
+/// `envelope.topic` reads the message's topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// The topic it was published to.
-    pub topic: TopicName,
-    /// The payload.
-    pub payload: Bytes,
-    /// The QoS it was published with.
-    pub qos: QoS,
-    /// The RETAIN flag it was published with.
-    pub retain: bool,
-    /// The properties forwarded to subscribers: payload format, content
-    /// type, response topic, correlation data and user properties. (Topic
-    /// alias, subscription identifiers and message expiry are set per
-    /// delivery.)
-    pub properties: PublishProperties,
+pub struct Envelope {
+    /// The message. Its properties are those forwarded to subscribers:
+    /// payload format, content type, response topic, correlation data and
+    /// user properties (topic alias, subscription identifiers and message
+    /// expiry are set per delivery).
+    pub message: Message,
     /// When it expires (from the Message Expiry Interval).
     pub expires_at: Option<Instant>,
     /// The session that published it, for No Local; `None` for wills'
-    /// sessions that ended, `$SYS` messages and messages from other shards.
+    /// sessions that ended, `$SYS` messages and messages from other
+    /// instances.
     pub publisher: Option<SessionId>,
 }
 
-impl Message {
-    /// A QoS 0 message, not retained, without properties, from nobody.
-    pub fn new(topic: TopicName, payload: impl Into<Bytes>) -> Message {
-        Message {
-            topic,
-            payload: payload.into(),
-            qos: QoS::AtMostOnce,
-            retain: false,
-            properties: PublishProperties::default(),
+impl std::ops::Deref for Envelope {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        &self.message
+    }
+}
+
+impl From<Message> for Envelope {
+    /// A message that never expires, from nobody.
+    fn from(message: Message) -> Envelope {
+        Envelope {
+            message,
             expires_at: None,
             publisher: None,
         }
     }
+}
 
+impl Envelope {
     /// Whether the message has expired at `now`.
     pub fn expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|t| t <= now)
@@ -63,7 +63,7 @@ impl Message {
     }
 
     /// The message a will becomes when it is published.
-    pub fn from_will(will: &Will, now: Instant, publisher: Option<SessionId>) -> Message {
+    pub fn from_will(will: &Will, now: Instant, publisher: Option<SessionId>) -> Envelope {
         let w = &will.properties;
         let properties = PublishProperties {
             payload_format_indicator: w.payload_format_indicator,
@@ -73,12 +73,14 @@ impl Message {
             user_properties: w.user_properties.clone(),
             ..PublishProperties::default()
         };
-        Message {
-            topic: will.topic.clone(),
-            payload: will.payload.clone(),
-            qos: will.qos,
-            retain: will.retain,
-            properties,
+        Envelope {
+            message: Message {
+                topic: will.topic.clone(),
+                payload: will.payload.clone(),
+                qos: will.qos,
+                retain: will.retain,
+                properties,
+            },
             expires_at: w
                 .message_expiry_interval
                 .map(|s| now + std::time::Duration::from_secs(s.into())),
@@ -90,7 +92,7 @@ impl Message {
 /// One message on its way to one session.
 #[derive(Debug, Clone)]
 pub(crate) struct Delivery {
-    pub msg: Arc<Message>,
+    pub msg: Arc<Envelope>,
     /// The QoS it is delivered with (the lower of published and granted).
     pub qos: QoS,
     /// The RETAIN flag it is delivered with.

@@ -16,7 +16,7 @@ use tern_codec::{
     MqttString, ProtocolVersion, PublishProperties, QoS, SubscribeFilter, SubscribeProperties,
     SubscriptionOptions, TopicFilter, TopicName, UserProperty, Will,
 };
-use tern_tokio::{AsyncClient, Backoff, ClientOptions, Incoming, Messages, Transport};
+use tern_tokio::{AsyncClient, AsyncEvent, Backoff, ClientOptions, Events, Transport};
 
 /// The protocol version flag's values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -351,10 +351,10 @@ impl Properties {
 }
 
 /// Waits for the first connection: Ok once connected, the failure otherwise.
-async fn first_connection(rx: &mut Messages, debug: bool) -> Result<(), Fail> {
+async fn first_connection(rx: &mut Events, debug: bool) -> Result<(), Fail> {
     loop {
         match rx.recv().await {
-            Some(Incoming::Connected {
+            Some(AsyncEvent::Connected {
                 session_present, ..
             }) => {
                 if debug {
@@ -362,8 +362,8 @@ async fn first_connection(rx: &mut Messages, debug: bool) -> Result<(), Fail> {
                 }
                 return Ok(());
             }
-            Some(Incoming::ConnectFailed(e)) => return Err(failure(format!("Error: {e}"))),
-            Some(Incoming::Disconnected(r)) => {
+            Some(AsyncEvent::ConnectFailed(e)) => return Err(failure(format!("Error: {e}"))),
+            Some(AsyncEvent::Disconnected(r)) => {
                 return Err(failure(format!("Connection error: {}", describe(&r))))
             }
             Some(_) => {}
@@ -550,7 +550,7 @@ async fn subscribe_async(a: SubArgs) -> Result<(), Fail> {
         let mut out = std::io::stdout().lock();
         while let Some(item) = rx.recv().await {
             match item {
-                Incoming::Message(d) => {
+                AsyncEvent::Message(d) => {
                     if a.no_retained && d.message.retain {
                         continue;
                     }
@@ -578,10 +578,10 @@ async fn subscribe_async(a: SubArgs) -> Result<(), Fail> {
                         return Ok(());
                     }
                 }
-                Incoming::Disconnected(r) if a.conn.debug => {
+                AsyncEvent::Disconnected(r) if a.conn.debug => {
                     eprintln!("{}; reconnecting", describe(&r))
                 }
-                Incoming::ConnectFailed(e) if a.conn.debug => eprintln!("{e}; retrying"),
+                AsyncEvent::ConnectFailed(e) if a.conn.debug => eprintln!("{e}; retrying"),
                 _ => {}
             }
         }

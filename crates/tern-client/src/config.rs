@@ -8,6 +8,7 @@ use tern_codec::{MqttString, ProtocolVersion, UserProperty, Will};
 
 /// A configuration the spec or the chosen protocol version does not allow.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// MQTT 3.1.1 allows a password only with a user name.
     #[error("MQTT 3.1.1 allows a password only with a user name")]

@@ -701,7 +701,7 @@ fn packet_identifiers_are_never_reused_while_in_flight() {
     cfg.max_queued = 10;
     let (mut c, now) = raw(cfg);
     c.handle_packet(Packet::ConnAck(tern_codec::ConnAck::new(false)), now);
-    c.poll_event();
+    let _ = c.poll_event();
     let mut seen = std::collections::BTreeSet::new();
     for i in 0..u16::MAX {
         c.publish(
@@ -810,7 +810,7 @@ fn a_topic_alias_beyond_our_maximum_or_unknown_is_a_protocol_error() {
         cfg.topic_alias_maximum = 2;
         let (mut c, now) = raw(cfg);
         c.handle_packet(Packet::ConnAck(tern_codec::ConnAck::new(false)), now);
-        c.poll_event();
+        let _ = c.poll_event();
         let t = if topic_name.is_empty() {
             TopicName::empty()
         } else {
@@ -1021,7 +1021,7 @@ fn session_present_after_a_clean_start_is_a_protocol_error() {
 fn a_resumed_session_resends_within_the_new_receive_maximum() {
     let (mut c, now) = raw(persistent("c", V5));
     c.handle_packet(connack(false, |_| {}), now);
-    c.poll_event();
+    let _ = c.poll_event();
     for i in 0..5 {
         c.publish(
             Message::new(topic("t"), i.to_string()).with_qos(QoS::AtLeastOnce),
@@ -1031,9 +1031,9 @@ fn a_resumed_session_resends_within_the_new_receive_maximum() {
     }
     assert_eq!(sent(&mut c, V5).len(), 5);
     c.handle_closed(now);
-    c.poll_event();
+    let _ = c.poll_event();
     c.connect(now);
-    c.poll_transmit();
+    let _ = c.poll_transmit();
     c.handle_packet(
         connack(true, |p| p.receive_maximum = std::num::NonZeroU16::new(2)),
         now,
@@ -1062,7 +1062,7 @@ fn a_resumed_session_resends_within_the_new_receive_maximum() {
 fn outbound_publishes_carry_no_subscription_identifiers() {
     let (mut c, now) = raw(config("c", V5));
     c.handle_packet(connack(false, |_| {}), now);
-    c.poll_event();
+    let _ = c.poll_event();
     let mut m = Message::new(topic("t"), "x");
     m.properties
         .subscription_identifiers
@@ -1080,7 +1080,7 @@ fn a_transport_that_takes_nothing_does_not_grow_the_output() {
     cfg.max_queued = 100;
     let (mut c, now) = raw(cfg);
     c.handle_packet(connack(false, |_| {}), now);
-    c.poll_event();
+    let _ = c.poll_event();
     let payload = Bytes::from(vec![0u8; 1000]);
     let mut accepted = 0;
     while c
@@ -1102,7 +1102,7 @@ fn a_transport_that_takes_nothing_does_not_grow_the_output() {
 fn answers_that_do_not_fit_the_request_are_protocol_errors() {
     let (mut c, now) = raw(config("c", V5));
     c.handle_packet(connack(false, |_| {}), now);
-    c.poll_event();
+    let _ = c.poll_event();
     c.subscribe(
         vec![filter("a", QoS::AtMostOnce), filter("b", QoS::AtMostOnce)],
         Default::default(),

@@ -144,6 +144,7 @@ impl ClientOptions {
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The publish failed.
     #[error(transparent)]
@@ -158,7 +159,8 @@ pub enum ClientError {
 
 /// What the stream of a client yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Incoming {
+#[non_exhaustive]
+pub enum AsyncEvent {
     /// A message. With [`ClientConfig::manual_ack`], acknowledge it with
     /// [`AsyncClient::ack`]; otherwise taking it from the stream does.
     Message(Delivery),
@@ -196,7 +198,7 @@ enum Slot {
 struct Inner {
     client: Client,
     waiters: HashMap<RequestId, Slot>,
-    incoming: VecDeque<Incoming>,
+    incoming: VecDeque<AsyncEvent>,
     /// QoS 0 messages in `incoming`.
     qos0: usize,
     /// Notices (anything but messages) in `incoming`.
@@ -236,7 +238,7 @@ impl Shared {
 /// ```no_run
 /// use tern_client::{ClientConfig, Message};
 /// use tern_codec::{QoS, TopicName};
-/// use tern_tokio::{AsyncClient, ClientOptions, Incoming};
+/// use tern_tokio::{AsyncClient, ClientOptions, AsyncEvent};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let (client, mut incoming) =
@@ -244,7 +246,7 @@ impl Shared {
 /// let msg = Message::new(TopicName::new("home/doorbell/pressed")?, "1").with_qos(QoS::AtLeastOnce);
 /// client.publish(msg).await?; // resolves at PUBACK
 /// while let Some(event) = incoming.recv().await {
-///     if let Incoming::Message(m) = event {
+///     if let AsyncEvent::Message(m) = event {
 ///         println!("{}: {:?}", m.message.topic, m.message.payload);
 ///     }
 /// }
@@ -284,14 +286,14 @@ impl std::fmt::Debug for AsyncClient {
 ///
 /// Once every [`AsyncClient`] handle and this stream are dropped, the
 /// client disconnects (DISCONNECT, so no will) and its task ends.
-pub struct Messages {
+pub struct Events {
     shared: Arc<Shared>,
     _owner: Arc<Owner>,
 }
 
-impl std::fmt::Debug for Messages {
+impl std::fmt::Debug for Events {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Messages").finish_non_exhaustive()
+        f.debug_struct("Events").finish_non_exhaustive()
     }
 }
 
@@ -302,7 +304,7 @@ impl AsyncClient {
     /// # Panics
     ///
     /// Outside a tokio runtime.
-    pub fn start(options: ClientOptions) -> Result<(AsyncClient, Messages), ConfigError> {
+    pub fn start(options: ClientOptions) -> Result<(AsyncClient, Events), ConfigError> {
         options.config.validate()?;
         let manual_ack = options.config.manual_ack;
         let mut config = options.config.clone();
@@ -334,7 +336,7 @@ impl AsyncClient {
                 shared: shared.clone(),
                 _owner: owner.clone(),
             },
-            Messages {
+            Events {
                 shared,
                 _owner: owner,
             },
@@ -520,16 +522,16 @@ impl Drop for Wait<'_> {
     }
 }
 
-impl Messages {
+impl Events {
     /// The next message or notice; `None` once the client has stopped.
-    pub async fn recv(&mut self) -> Option<Incoming> {
+    pub async fn recv(&mut self) -> Option<AsyncEvent> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<AsyncEvent>> {
         let mut inner = self.shared.lock();
         match inner.incoming.pop_front() {
-            Some(Incoming::Message(mut d)) => {
+            Some(AsyncEvent::Message(mut d)) => {
                 match d.ack {
                     None => inner.qos0 -= 1,
                     Some(id) if !inner.manual_ack => {
@@ -540,7 +542,7 @@ impl Messages {
                     }
                     Some(_) => {}
                 }
-                Poll::Ready(Some(Incoming::Message(d)))
+                Poll::Ready(Some(AsyncEvent::Message(d)))
             }
             Some(item) => {
                 inner.notices -= 1;
@@ -555,7 +557,7 @@ impl Messages {
     }
 }
 
-impl Drop for Messages {
+impl Drop for Events {
     fn drop(&mut self) {
         // Nobody will take these: acknowledge them, and from now on every
         // message as it comes, so the server's window does not stall.
@@ -563,7 +565,7 @@ impl Drop for Messages {
         inner.reader_gone = true;
         let now = Instant::now();
         for item in std::mem::take(&mut inner.incoming) {
-            if let Incoming::Message(Delivery { ack: Some(id), .. }) = item {
+            if let AsyncEvent::Message(Delivery { ack: Some(id), .. }) = item {
                 inner.client.ack(id, now);
             }
         }
@@ -574,10 +576,10 @@ impl Drop for Messages {
     }
 }
 
-impl Stream for Messages {
-    type Item = Incoming;
+impl Stream for Events {
+    type Item = AsyncEvent;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<AsyncEvent>> {
         self.get_mut().poll_recv(cx)
     }
 }
@@ -617,9 +619,12 @@ async fn run(shared: Arc<Shared>, options: ClientOptions) {
             }
             Ok(Err(e)) => {
                 debug!(transport = ?options.transport, error = %e, "connect failed");
-                notice(&shared, Incoming::ConnectFailed(e.to_string()));
+                notice(&shared, AsyncEvent::ConnectFailed(e.to_string()));
             }
-            Err(_) => notice(&shared, Incoming::ConnectFailed("connect timed out".into())),
+            Err(_) => notice(
+                &shared,
+                AsyncEvent::ConnectFailed("connect timed out".into()),
+            ),
         }
         let Some(backoff) = options.reconnect else {
             break;
@@ -679,7 +684,7 @@ impl Drop for Finish<'_> {
     }
 }
 
-fn notice(shared: &Shared, item: Incoming) {
+fn notice(shared: &Shared, item: AsyncEvent) {
     let mut inner = shared.lock();
     inner.push_notice(item);
     if let Some(w) = inner.reader.take() {
@@ -692,12 +697,12 @@ fn notice(shared: &Shared, item: Incoming) {
 const MAX_NOTICES: usize = 64;
 
 impl Inner {
-    fn push_notice(&mut self, item: Incoming) {
+    fn push_notice(&mut self, item: AsyncEvent) {
         if self.notices >= MAX_NOTICES {
             if let Some(i) = self
                 .incoming
                 .iter()
-                .position(|i| !matches!(i, Incoming::Message(_)))
+                .position(|i| !matches!(i, AsyncEvent::Message(_)))
             {
                 self.incoming.remove(i);
                 self.notices -= 1;
@@ -920,14 +925,14 @@ fn dispatch(inner: &mut Inner) -> Option<End> {
                     }
                     inner.qos0 += 1;
                 }
-                inner.incoming.push_back(Incoming::Message(d));
+                inner.incoming.push_back(AsyncEvent::Message(d));
                 wake_reader = true;
             }
             ClientEvent::Connected {
                 session_present,
                 properties,
             } => {
-                inner.push_notice(Incoming::Connected {
+                inner.push_notice(AsyncEvent::Connected {
                     session_present,
                     properties,
                 });
@@ -937,17 +942,19 @@ fn dispatch(inner: &mut Inner) -> Option<End> {
                 let fatal = reason.is_permanent();
                 inner.fatal |= fatal;
                 end = Some(if fatal { End::Fatal } else { End::Lost });
-                inner.push_notice(Incoming::Disconnected(reason));
+                inner.push_notice(AsyncEvent::Disconnected(reason));
                 wake_reader = true;
             }
             ClientEvent::Resubscribed { results } => {
-                inner.push_notice(Incoming::Resubscribed(results));
+                inner.push_notice(AsyncEvent::Resubscribed(results));
                 wake_reader = true;
             }
             ClientEvent::Auth { reason, properties } => {
-                inner.push_notice(Incoming::Auth { reason, properties });
+                inner.push_notice(AsyncEvent::Auth { reason, properties });
                 wake_reader = true;
             }
+            // What this version of the adapter does not know of.
+            _ => {}
         }
     }
     if wake_reader {
@@ -989,21 +996,21 @@ mod tests {
             finished: false,
         };
         let m = Message::new(tern_codec::TopicName::from_static("t"), "x");
-        inner.incoming.push_back(Incoming::Message(Delivery {
+        inner.incoming.push_back(AsyncEvent::Message(Delivery {
             message: m,
             dup: false,
             ack: None,
         }));
         for i in 0..1000 {
-            inner.push_notice(Incoming::ConnectFailed(i.to_string()));
+            inner.push_notice(AsyncEvent::ConnectFailed(i.to_string()));
         }
         assert_eq!(inner.notices, MAX_NOTICES);
         assert_eq!(inner.incoming.len(), MAX_NOTICES + 1);
-        assert!(matches!(inner.incoming[0], Incoming::Message(_)));
+        assert!(matches!(inner.incoming[0], AsyncEvent::Message(_)));
         // The newest are kept.
         assert_eq!(
             inner.incoming.back(),
-            Some(&Incoming::ConnectFailed("999".into()))
+            Some(&AsyncEvent::ConnectFailed("999".into()))
         );
     }
 }

@@ -6,6 +6,7 @@ use tern_codec::{DecodeError, EncodeError, Packet, ProtocolVersion};
 
 /// What can go wrong reading or writing framed MQTT.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CodecError {
     /// The transport failed.
     #[error("I/O error: {0}")]

@@ -11,7 +11,7 @@ use tern_codec::{
     ProtocolVersion, QoS, ReasonCode, SubscribeFilter, SubscriptionOptions, TopicFilter, TopicName,
 };
 use tern_tokio::{
-    AsyncClient, Backoff, ClientError, ClientOptions, Incoming, Messages, Server, ServerConfig,
+    AsyncClient, AsyncEvent, Backoff, ClientError, ClientOptions, Events, Server, ServerConfig,
     TlsSettings, Transport,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -128,23 +128,23 @@ fn message(t: &str, payload: &str, qos: QoS) -> Message {
     Message::new(TopicName::new(t).expect("topic"), payload.to_owned()).with_qos(qos)
 }
 
-async fn next_message(m: &mut Messages) -> tern_client::Delivery {
+async fn next_message(m: &mut Events) -> tern_client::Delivery {
     loop {
         match timeout(LIMIT, m.recv()).await.expect("a message in time") {
-            Some(Incoming::Message(d)) => return d,
+            Some(AsyncEvent::Message(d)) => return d,
             Some(_) => {}
             None => panic!("the client stopped"),
         }
     }
 }
 
-async fn connected(m: &mut Messages) -> bool {
+async fn connected(m: &mut Events) -> bool {
     loop {
         match timeout(LIMIT, m.recv()).await.expect("connected in time") {
-            Some(Incoming::Connected {
+            Some(AsyncEvent::Connected {
                 session_present, ..
             }) => return session_present,
-            Some(Incoming::Message(d)) => panic!("message before connected: {d:?}"),
+            Some(AsyncEvent::Message(d)) => panic!("message before connected: {d:?}"),
             Some(_) => {}
             None => panic!("the client stopped"),
         }
@@ -187,7 +187,7 @@ async fn round_trip(port: u16, version: ProtocolVersion) {
     assert!(sub_rx
         .recv()
         .await
-        .is_some_and(|i| matches!(i, Incoming::Disconnected(DisconnectReason::Local))));
+        .is_some_and(|i| matches!(i, AsyncEvent::Disconnected(DisconnectReason::Local))));
     assert_eq!(sub_rx.recv().await, None, "the stream ends with the client");
     assert_eq!(
         publ.publish(message("t", "late", QoS::AtMostOnce)).await,
@@ -286,7 +286,7 @@ async fn reconnects(port: u16) {
         proxy.cut();
         assert!(!connected(&mut rx).await, "{version}: no session kept");
         match timeout(LIMIT, rx.recv()).await.expect("in time") {
-            Some(Incoming::Resubscribed(r)) => {
+            Some(AsyncEvent::Resubscribed(r)) => {
                 assert_eq!(
                     r,
                     [(
@@ -425,7 +425,7 @@ async fn tls_transport_checks_the_server_certificate() {
     o.reconnect = None;
     let (_c, mut rx) = AsyncClient::start(o).expect("a valid configuration");
     match timeout(LIMIT, rx.recv()).await.expect("in time") {
-        Some(Incoming::ConnectFailed(e)) => {
+        Some(AsyncEvent::ConnectFailed(e)) => {
             assert!(e.contains("certificate") || e.contains("Unknown"), "{e}")
         }
         other => panic!("expected a failed connect, got {other:?}"),
@@ -551,7 +551,7 @@ async fn a_server_that_stops_reading_cannot_stall_keep_alive() {
         }
     }
     match timeout(LIMIT, rx.recv()).await.expect("in time") {
-        Some(Incoming::Disconnected(DisconnectReason::KeepAliveTimeout)) => {}
+        Some(AsyncEvent::Disconnected(DisconnectReason::KeepAliveTimeout)) => {}
         other => panic!("expected a keep-alive timeout, got {other:?}"),
     }
     assert_eq!(timeout(LIMIT, rx.recv()).await.expect("in time"), None);
@@ -569,7 +569,7 @@ async fn a_refusal_for_good_stops_the_client() {
     refusal.reason_code = ReasonCode::NotAuthorized;
     server.handshake(refusal).await;
     match timeout(LIMIT, rx.recv()).await.expect("in time") {
-        Some(Incoming::Disconnected(DisconnectReason::Refused(ReasonCode::NotAuthorized))) => {}
+        Some(AsyncEvent::Disconnected(DisconnectReason::Refused(ReasonCode::NotAuthorized))) => {}
         other => panic!("{other:?}"),
     }
     assert_eq!(timeout(LIMIT, rx.recv()).await.expect("in time"), None);

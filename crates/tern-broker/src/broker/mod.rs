@@ -42,9 +42,10 @@ use tern_codec::{
 
 use crate::policy::{AllowAll, AuthStep, Authenticator, Authorizer};
 use crate::router::Report;
-use crate::session::{Message, OutState, Session};
+use crate::session::{Envelope, OutState, Session};
 use crate::stamp::{Epoch, Stamp};
 use crate::Config;
+use crate::Message;
 
 use conn::{Conn, Phase};
 use lifecycle::ClientIds;
@@ -437,12 +438,15 @@ fn compact_will(w: &tern_codec::Will) -> tern_codec::Will {
     }
 }
 
-fn compact_message(m: &Arc<Message>) -> Arc<Message> {
-    Arc::new(Message {
-        topic: compact_topic(&m.topic),
-        payload: Bytes::copy_from_slice(&m.payload),
-        properties: m.properties.clone(),
-        ..Message::clone(m)
+fn compact_message(m: &Arc<Envelope>) -> Arc<Envelope> {
+    Arc::new(Envelope {
+        message: Message {
+            topic: compact_topic(&m.topic),
+            payload: Bytes::copy_from_slice(&m.payload),
+            ..m.message.clone()
+        },
+        expires_at: m.expires_at,
+        publisher: m.publisher,
     })
 }
 

@@ -13,7 +13,8 @@ use super::routing::Scope;
 use super::{ack, fit, refusal, Broker, BrokerEvent, ConnId, SessionId};
 use crate::policy::Verdict;
 use crate::router::{Forward, Report};
-use crate::session::{Message, OutState};
+use crate::session::{Envelope, OutState};
+use crate::Message;
 
 impl Broker {
     /// Takes a message as the [`Router`](crate::router::Router) decided:
@@ -137,20 +138,22 @@ impl Broker {
         };
         if !code.is_error() {
             let props = p.properties;
-            let msg = Arc::new(Message {
-                topic,
-                payload: p.payload,
-                qos: p.qos.qos(),
-                retain: p.retain,
+            let msg = Arc::new(Envelope {
+                message: Message {
+                    topic,
+                    payload: p.payload,
+                    qos: p.qos.qos(),
+                    retain: p.retain,
+                    properties: PublishProperties {
+                        message_expiry_interval: None,
+                        topic_alias: None,
+                        subscription_identifiers: Vec::new(),
+                        ..props
+                    },
+                },
                 expires_at: props
                     .message_expiry_interval
                     .map(|s| now + Duration::from_secs(s.into())),
-                properties: PublishProperties {
-                    message_expiry_interval: None,
-                    topic_alias: None,
-                    subscription_identifiers: Vec::new(),
-                    ..props
-                },
                 publisher: Some(sid),
             });
             if msg.retain {
@@ -254,7 +257,7 @@ impl Broker {
         publisher: Option<SessionId>,
         now: Instant,
     ) {
-        let msg = Arc::new(Message::from_will(will, now, publisher));
+        let msg = Arc::new(Envelope::from_will(will, now, publisher));
         if msg.retain {
             let _ = self.retain(&msg);
         }

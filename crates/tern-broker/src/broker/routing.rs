@@ -12,13 +12,13 @@ use tern_topic::{Matches, RetainedIndex, SubscriptionIndex};
 
 use super::{compact_message, Broker, SessionId};
 use crate::router::Report;
-use crate::session::{Delivery, Message, Sub};
+use crate::session::{Delivery, Envelope, Sub};
 
 /// The indexes a message is routed through, and routing's reusable
 /// buffers.
 pub(super) struct Routing {
     pub(super) subs: SubscriptionIndex<SessionId, Sub>,
-    pub(super) retained: RetainedIndex<Arc<Message>>,
+    pub(super) retained: RetainedIndex<Arc<Envelope>>,
     /// With `forward`: how many local subscriptions each filter has (as
     /// subscribed, shared ones with their prefix), for the router.
     pub(super) interest: BTreeMap<TopicFilter, u32>,
@@ -78,7 +78,7 @@ impl Routing {
 
 impl Broker {
     /// Stores or clears a retained message.
-    pub(super) fn retain(&mut self, msg: &Arc<Message>) -> Result<(), ReasonCode> {
+    pub(super) fn retain(&mut self, msg: &Arc<Envelope>) -> Result<(), ReasonCode> {
         if msg.payload.is_empty() {
             // [MQTT-3.3.1-6]: an empty payload clears the retained message.
             self.routing.retained.remove(&msg.topic);
@@ -114,14 +114,14 @@ impl Broker {
     }
 
     /// Delivers `msg` to the matching sessions in `scope`; returns how many.
-    pub(super) fn route(&mut self, msg: &Arc<Message>, scope: Scope<'_>, now: Instant) -> usize {
+    pub(super) fn route(&mut self, msg: &Arc<Envelope>, scope: Scope<'_>, now: Instant) -> usize {
         self.out.forget_wires();
         let n = self.route_inner(msg, scope, now);
         self.out.forget_wires();
         n
     }
 
-    fn route_inner(&mut self, msg: &Arc<Message>, scope: Scope<'_>, now: Instant) -> usize {
+    fn route_inner(&mut self, msg: &Arc<Envelope>, scope: Scope<'_>, now: Instant) -> usize {
         let mut scratch = std::mem::take(&mut self.routing.scratch);
         self.routing.subs.matches(&msg.topic, &mut scratch);
         // Reused from message to message: routing allocates nothing.

@@ -7,8 +7,10 @@ use std::time::Instant;
 use tern_codec::MqttString;
 
 use super::Broker;
-use crate::session::{Delivery, Message, OutState, Outgoing, Session, SessionWill, Sub};
-use crate::store::{ImportError, InflightStage, StoredDelivery, StoredSession, StoredSubscription};
+use crate::durable::{
+    ImportError, InflightStage, StoredDelivery, StoredSession, StoredSubscription,
+};
+use crate::session::{Delivery, Envelope, OutState, Outgoing, Session, SessionWill, Sub};
 
 impl Broker {
     /// A copy of every session (connected or not), for a durable store.
@@ -60,7 +62,7 @@ impl Broker {
     }
 
     /// Every retained message, for a durable store.
-    pub fn export_retained(&self) -> Vec<Arc<Message>> {
+    pub fn export_retained(&self) -> Vec<Arc<Envelope>> {
         let mut out = Vec::with_capacity(self.routing.retained.len());
         self.routing.retained.for_each(|_, m| out.push(m.clone()));
         out
@@ -135,7 +137,7 @@ impl Broker {
     }
 
     /// Restores a retained message.
-    pub fn import_retained(&mut self, msg: Arc<Message>) {
+    pub fn import_retained(&mut self, msg: Arc<Envelope>) {
         let _ = self.retain(&msg);
     }
 }

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use tern_codec::{PublishProperties, QoS, TopicName};
+use tern_codec::TopicName;
 
 use super::conn::Phase;
 use super::routing::Scope;
 use super::Broker;
-use crate::session::Message;
+use crate::session::Envelope;
+use crate::Message;
 
 /// Counters, as `$SYS` publishes them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -101,15 +101,9 @@ impl Broker {
             ),
         ];
         for (topic, value) in values {
-            let msg = Arc::new(Message {
-                topic: TopicName::from_static(topic),
-                payload: Bytes::from(value),
-                qos: QoS::AtMostOnce,
-                retain: true,
-                properties: PublishProperties::default(),
-                expires_at: None,
-                publisher: None,
-            });
+            let topic = TopicName::from_static(topic);
+            let message = Message::new(topic, value).with_retain(true);
+            let msg = Arc::new(Envelope::from(message));
             let _ = self.retain(&msg);
             self.route(&msg, Scope::All, now);
         }

@@ -25,6 +25,7 @@ pub struct Delivery {
 
 /// Why a publish did not complete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublishError {
     /// The server refused the message (PUBACK or PUBREC with a reason code
     /// of 0x80 or more).
@@ -59,6 +60,7 @@ pub enum PublishError {
 
 /// Why a subscribe or unsubscribe request was refused before it was sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RequestError {
     /// A SUBSCRIBE or UNSUBSCRIBE needs at least one filter.
     #[error("a request needs at least one topic filter")]
@@ -121,6 +123,7 @@ impl DisconnectReason {
 
 /// What the application should know; see [`Client::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ClientEvent {
     /// CONNACK accepted the connection.
     Connected {

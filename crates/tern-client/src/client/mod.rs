@@ -301,6 +301,7 @@ impl Client {
     }
 
     /// When [`Client::handle_timeout`] must be called next.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Disconnected => None,
@@ -314,6 +315,7 @@ impl Client {
     }
 
     /// Bytes to write to the transport, all that is pending in one buffer.
+    #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         if self.out.is_empty() {
             return None;
@@ -327,6 +329,7 @@ impl Client {
     }
 
     /// The next event for the application.
+    #[must_use]
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()
     }

@@ -13,13 +13,13 @@ use std::sync::Arc;
 
 use tern_codec::{MqttString, ProtocolVersion, QoS, SubscriptionOptions, TopicFilter, Will};
 
-use crate::Message;
+use crate::Envelope;
 
 /// A message on its way to one session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredDelivery {
     /// The message.
-    pub message: Arc<Message>,
+    pub message: Arc<Envelope>,
     /// The QoS it is delivered with.
     pub qos: QoS,
     /// The RETAIN flag it is delivered with.
@@ -77,6 +77,7 @@ pub struct StoredSession {
 
 /// Why a session could not be imported.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ImportError {
     /// A session with this client id exists already.
     #[error("a session for client id {0:?} exists already")]
