@@ -18,7 +18,7 @@ use tern::codec::{
     Disconnect, ProtocolVersion, QoS, ReasonCode, SubscribeFilter, SubscriptionOptions,
     TopicFilter, TopicName, Will,
 };
-use tern_tokio::{AsyncClient, AsyncEvent, ClientOptions, Events, Server, ServerConfig};
+use tern::tokio::{AsyncClient, AsyncEvent, ClientOptions, Events, Server, ServerConfig};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

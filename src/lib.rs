@@ -12,6 +12,10 @@
 //! - `client` (default): [`client`], the sans-IO client: a complete MQTT
 //!   client session as one value, with QoS 1/2, reconnects and a bounded
 //!   offline queue.
+//! - `tokio` (default): [`tokio`], the adapters on the tokio runtime: the
+//!   async client ([`tokio::AsyncClient`], TCP, TLS and WebSocket) and the
+//!   broker server ([`tokio::Server`]), as `tern broker` runs it. Turn the
+//!   default features off for the sans-IO layers without tokio.
 //!
 //! ```
 //! use tern::codec::{Packet, ProtocolVersion};
@@ -29,6 +33,8 @@ pub use tern_broker as broker;
 pub use tern_client as client;
 #[cfg(feature = "codec")]
 pub use tern_codec as codec;
+#[cfg(feature = "tokio")]
+pub use tern_tokio as tokio;
 #[cfg(feature = "topic")]
 pub use tern_topic as topic;
 

@@ -20,9 +20,7 @@ use tern_codec::{
     TopicName,
 };
 
-#[path = "../../../tests/support/peers.rs"]
-mod peers;
-use peers::{make_pki, require, scratch};
+use tern_peers::{make_pki, require, scratch};
 
 const WAIT: Duration = Duration::from_secs(15);
 

@@ -11,9 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::time::Duration;
 
-#[path = "../../../tests/support/peers.rs"]
-mod peers;
-use peers::{free_port, require, Mosquitto};
+use tern_peers::{free_port, require, Mosquitto};
 
 const WAIT: Duration = Duration::from_secs(15);
 

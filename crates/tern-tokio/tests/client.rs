@@ -18,9 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 
-#[path = "../../../tests/support/peers.rs"]
-mod peers;
-use peers::{make_ca, make_pki, scratch, Mosquitto};
+use tern_peers::{make_ca, make_pki, scratch, Mosquitto};
 
 /// Every wait in these tests is for an event; this only bounds a broken one.
 const LIMIT: Duration = Duration::from_secs(20);

@@ -1,11 +1,19 @@
 //! Third-party test peers, shared by the integration tests of several
-//! crates (included with `#[path = ...] mod peers;`): the check that a peer
-//! is installed, Debian's mosquitto broker on a free port, a test PKI made
+//! crates (a dev-dependency; not published): the check that a peer is
+//! installed, Debian's mosquitto broker on a free port, a test PKI made
 //! with openssl, scratch directories.
 //!
 //! A missing peer fails the test with the command that installs it; it is
 //! never skipped.
-#![allow(dead_code)]
+//!
+//! ```no_run
+//! use tern_peers::{require, Mosquitto};
+//!
+//! require("mosquitto_pub", "Debian's mosquitto-clients");
+//! let broker = Mosquitto::start();
+//! println!("mosquitto on 127.0.0.1:{}", broker.port);
+//! ```
+#![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
