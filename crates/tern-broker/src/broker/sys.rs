@@ -71,7 +71,7 @@ impl Broker {
     }
 
     /// Publishes the `$SYS` topics with `st` (retained, QoS 0). The broker
-    /// does it by itself every [`Config::sys_interval`]; a server running
+    /// does it by itself every [`Config::sys_interval`](crate::Config::sys_interval); a server running
     /// several instances turns that off and calls this on each with the
     /// sum of their [`Broker::stats`].
     pub fn publish_sys(&mut self, st: &Stats, now: Instant) {

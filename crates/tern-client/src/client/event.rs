@@ -7,7 +7,7 @@ use tern_codec::{
 use crate::store::RequestId;
 use crate::ConfigError;
 
-/// Names a received QoS 1/2 message for [`Client::ack`].
+/// Names a received QoS 1/2 message for [`Client::ack`](crate::Client::ack).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AckId(pub(super) u64);
 
@@ -18,7 +18,7 @@ pub struct Delivery {
     pub message: Message,
     /// The server marked it as a possible resend.
     pub dup: bool,
-    /// With manual acknowledgement, what to pass to [`Client::ack`] once
+    /// With manual acknowledgement, what to pass to [`Client::ack`](crate::Client::ack) once
     /// the message is handled (QoS 1/2 only).
     pub ack: Option<AckId>,
 }
@@ -32,11 +32,11 @@ pub enum PublishError {
     #[error("the server refused the message: {0:?}")]
     Rejected(ReasonCode),
     /// The queue of messages waiting to be sent is full
-    /// ([`QueuePolicy::RejectNew`]).
+    /// ([`QueuePolicy::RejectNew`](crate::QueuePolicy::RejectNew)).
     #[error("the queue of messages waiting to be sent is full")]
     QueueFull,
     /// Dropped from a full queue to make room for a newer message
-    /// ([`QueuePolicy::DropOldest`]).
+    /// ([`QueuePolicy::DropOldest`](crate::QueuePolicy::DropOldest)).
     #[error("dropped from a full queue to make room for a newer message")]
     Dropped,
     /// The server accepts messages of at most this QoS (5.0 Maximum QoS).
@@ -89,12 +89,12 @@ pub enum DisconnectReason {
     KeepAliveTimeout,
     /// No CONNACK within the connect timeout.
     ConnectTimeout,
-    /// The transport closed ([`Client::handle_closed`]).
+    /// The transport closed ([`Client::handle_closed`](crate::Client::handle_closed)).
     TransportClosed,
-    /// The configuration cannot be sent ([`ClientConfig::validate`]); no
+    /// The configuration cannot be sent ([`ClientConfig::validate`](crate::ClientConfig::validate)); no
     /// connection will succeed until it changes.
     InvalidConfig(ConfigError),
-    /// The application disconnected ([`Client::disconnect`]).
+    /// The application disconnected ([`Client::disconnect`](crate::Client::disconnect)).
     Local,
 }
 
@@ -121,7 +121,7 @@ impl DisconnectReason {
     }
 }
 
-/// What the application should know; see [`Client::poll_event`].
+/// What the application should know; see [`Client::poll_event`](crate::Client::poll_event).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientEvent {
@@ -132,7 +132,7 @@ pub enum ClientEvent {
         /// The CONNACK's properties (5.0).
         properties: ConnAckProperties,
     },
-    /// The connection ended; [`Client::connect`] again on a new transport.
+    /// The connection ended; [`Client::connect`](crate::Client::connect) again on a new transport.
     Disconnected {
         /// Why.
         reason: DisconnectReason,
@@ -142,7 +142,7 @@ pub enum ClientEvent {
     /// A publish completed: for QoS 0 when it was encoded for the transport,
     /// for QoS 1 at PUBACK, for QoS 2 at PUBCOMP, or it failed.
     Published {
-        /// The request, as [`Client::publish`] returned it.
+        /// The request, as [`Client::publish`](crate::Client::publish) returned it.
         id: RequestId,
         /// The server's reason code (0x00, or 0x10 No matching
         /// subscribers), or why it failed.
@@ -156,7 +156,7 @@ pub enum ClientEvent {
         reason_codes: Vec<ReasonCode>,
     },
     /// SUBACK of the subscription the client made again, by itself, after
-    /// a server that lost the session ([`ClientConfig::resubscribe`]).
+    /// a server that lost the session ([`ClientConfig::resubscribe`](crate::ClientConfig::resubscribe)).
     Resubscribed {
         /// The filters, each with its reason code.
         results: Vec<(TopicFilter, ReasonCode)>,
@@ -169,7 +169,7 @@ pub enum ClientEvent {
         reason_codes: Vec<ReasonCode>,
     },
     /// AUTH from the server (5.0 enhanced authentication): answer a
-    /// Continue Authentication with [`Client::auth`].
+    /// Continue Authentication with [`Client::auth`](crate::Client::auth).
     Auth {
         /// Continue Authentication, or Success after a re-authentication.
         reason: ReasonCode,
