@@ -42,34 +42,14 @@ impl Broker {
         mut p: Publish,
         now: Instant,
     ) {
-        let c = self.conns.get_mut(&conn).expect("connection exists");
         if p.qos.qos() > self.config.maximum_qos {
             return self.disconnect(conn, ReasonCode::QoSNotSupported, now);
         }
         if p.retain && !self.config.retain_available {
             return self.disconnect(conn, ReasonCode::RetainNotSupported, now);
         }
-        // Topic alias: [MQTT-3.3.2-7] ... [MQTT-3.3.2-12].
-        if let Some(alias) = p.properties.topic_alias.take() {
-            let i = usize::from(alias.get());
-            if i > usize::from(self.config.topic_alias_maximum) {
-                return self.disconnect(conn, ReasonCode::TopicAliasInvalid, now);
-            }
-            let aliases_in = &mut c.aliases.get_or_insert_with(Box::default).incoming;
-            if aliases_in.len() < i {
-                aliases_in.resize(i, None);
-            }
-            if p.topic.is_empty() {
-                match &aliases_in[i - 1] {
-                    Some(t) => p.topic = t.clone(),
-                    None => return self.disconnect(conn, ReasonCode::ProtocolError, now),
-                }
-            } else {
-                aliases_in[i - 1] = Some(p.topic.clone());
-            }
-        }
-        if p.topic.is_empty() {
-            return self.disconnect(conn, ReasonCode::ProtocolError, now);
+        if let Err(code) = self.resolve_alias(conn, &mut p) {
+            return self.disconnect(conn, code, now);
         }
         // QoS 2 resent before PUBREL: acknowledge again, do not route again.
         if let QosPid::ExactlyOnce(id) = p.qos {
@@ -118,6 +98,35 @@ impl Broker {
             }
             v => self.publish_decided(conn, p, topic, v, now),
         }
+    }
+
+    /// Gives `p` its topic from, or records it as, the client's topic
+    /// alias ([MQTT-3.3.2-7] ... [MQTT-3.3.2-12]); a PUBLISH left without a
+    /// topic is a protocol error.
+    fn resolve_alias(&mut self, conn: ConnId, p: &mut Publish) -> Result<(), ReasonCode> {
+        if let Some(alias) = p.properties.topic_alias.take() {
+            let i = usize::from(alias.get());
+            if i > usize::from(self.config.topic_alias_maximum) {
+                return Err(ReasonCode::TopicAliasInvalid);
+            }
+            let c = self.conns.get_mut(&conn).expect("connection exists");
+            let aliases_in = &mut c.aliases.get_or_insert_with(Box::default).incoming;
+            if aliases_in.len() < i {
+                aliases_in.resize(i, None);
+            }
+            if p.topic.is_empty() {
+                let t = aliases_in[i - 1]
+                    .as_ref()
+                    .ok_or(ReasonCode::ProtocolError)?;
+                p.topic = t.clone();
+            } else {
+                aliases_in[i - 1] = Some(p.topic.clone());
+            }
+        }
+        if p.topic.is_empty() {
+            return Err(ReasonCode::ProtocolError);
+        }
+        Ok(())
     }
 
     pub(super) fn publish_decided(

@@ -191,47 +191,7 @@ pub(super) async fn handshake(
     cfg: Arc<ConnConfig>,
 ) -> Option<Running> {
     let _ = stream.set_nodelay(true);
-    let (mut io, identity): (Io, _) = match kind {
-        // Plain TCP is accepted by the shards.
-        Kind::Tcp => return None,
-        Kind::Tls(tls) => {
-            let accepted =
-                tokio::time::timeout(cfg.connect_timeout, tls.acceptor().accept(stream)).await;
-            let stream = match accepted {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    info!(%peer, error = %e, "TLS handshake failed");
-                    return None;
-                }
-                Err(_) => {
-                    debug!(%peer, "TLS handshake timed out");
-                    return None;
-                }
-            };
-            let identity = if tls.cn_as_username {
-                common_name(stream.get_ref().1.peer_certificates())
-            } else {
-                None
-            };
-            (Box::pin(stream), identity)
-        }
-        Kind::Ws(path) => {
-            // At least 64 KiB: a message may hold several small packets.
-            let max = (cfg.max_packet_size as usize).max(64 * 1024);
-            let ws = tokio::time::timeout(cfg.connect_timeout, websocket(stream, path, max)).await;
-            match ws {
-                Ok(Ok(s)) => (Box::pin(s), None),
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "WebSocket handshake failed");
-                    return None;
-                }
-                Err(_) => {
-                    debug!(%peer, "WebSocket handshake timed out");
-                    return None;
-                }
-            }
-        }
-    };
+    let (mut io, identity) = secure(stream, peer, kind, &cfg).await?;
     let mut buf = BytesMut::new();
     let placed = tokio::time::timeout(
         cfg.connect_timeout,
@@ -270,6 +230,58 @@ pub(super) async fn handshake(
         deadline: None,
         grace: cfg.close_grace,
     })
+}
+
+/// The transport's own handshake (TLS, WebSocket), within the connect
+/// timeout: the byte stream, and the user name a client certificate
+/// proves (when the listener takes its common name as one).
+async fn secure(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Kind,
+    cfg: &ConnConfig,
+) -> Option<(Io, Option<String>)> {
+    match kind {
+        // Plain TCP is accepted by the shards.
+        Kind::Tcp => None,
+        Kind::Tls(tls) => {
+            let accepted =
+                tokio::time::timeout(cfg.connect_timeout, tls.acceptor().accept(stream)).await;
+            let stream = match accepted {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    info!(%peer, error = %e, "TLS handshake failed");
+                    return None;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake timed out");
+                    return None;
+                }
+            };
+            let identity = if tls.cn_as_username {
+                common_name(stream.get_ref().1.peer_certificates())
+            } else {
+                None
+            };
+            Some((Box::pin(stream), identity))
+        }
+        Kind::Ws(path) => {
+            // At least 64 KiB: a message may hold several small packets.
+            let max = (cfg.max_packet_size as usize).max(64 * 1024);
+            let ws = tokio::time::timeout(cfg.connect_timeout, websocket(stream, path, max)).await;
+            match ws {
+                Ok(Ok(s)) => Some((Box::pin(s), None)),
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "WebSocket handshake failed");
+                    None
+                }
+                Err(_) => {
+                    debug!(%peer, "WebSocket handshake timed out");
+                    None
+                }
+            }
+        }
+    }
 }
 
 /// A connection in its shard's hands, as one small future: writes what the
