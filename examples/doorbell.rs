@@ -49,7 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The phone: watches presence.
     let (phone, mut phone_rx) = AsyncClient::start(options("phone"))?;
-    connected(&mut phone_rx).await?;
+    tokio::time::timeout(Duration::from_secs(10), phone_rx.first_connection()).await??;
     phone
         .subscribe(vec![filter("home/+/presence", QoS::AtLeastOnce)?])
         .await?;
@@ -64,7 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         properties: Default::default(),
     });
     let (lights, mut lights_rx) = AsyncClient::start(lights_options)?;
-    connected(&mut lights_rx).await?;
+    tokio::time::timeout(Duration::from_secs(10), lights_rx.first_connection()).await??;
     lights
         .subscribe(vec![filter("home/+/pressed", QoS::AtLeastOnce)?])
         .await?;
@@ -76,7 +76,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The doorbell: one press, acknowledged, then it leaves.
     let (doorbell, mut doorbell_rx) = AsyncClient::start(options("doorbell"))?;
-    connected(&mut doorbell_rx).await?;
+    tokio::time::timeout(Duration::from_secs(10), doorbell_rx.first_connection()).await??;
     let press =
         Message::new(TopicName::new("home/doorbell/pressed")?, "1").with_qos(QoS::AtLeastOnce);
     let reason = doorbell.publish(press).await?;
@@ -112,17 +112,6 @@ fn filter(f: &str, qos: QoS) -> Result<SubscribeFilter, Box<dyn std::error::Erro
         filter: TopicFilter::new(f)?,
         options: SubscriptionOptions::new(qos),
     })
-}
-
-async fn connected(rx: &mut Events) -> Result<(), Box<dyn std::error::Error>> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await? {
-            Some(AsyncEvent::Connected { .. }) => return Ok(()),
-            Some(AsyncEvent::ConnectFailed(e)) => return Err(e.into()),
-            Some(_) => {}
-            None => return Err("the client stopped".into()),
-        }
-    }
 }
 
 async fn presence_of(rx: &mut Events) -> Result<String, Box<dyn std::error::Error>> {

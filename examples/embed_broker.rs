@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tern::client::{ClientConfig, Message};
 use tern::codec::{QoS, SubscribeFilter, SubscriptionOptions, TopicFilter, TopicName};
-use tern::tokio::{AsyncClient, AsyncEvent, ClientOptions, Events, Server, ServerConfig};
+use tern::tokio::{AsyncClient, AsyncEvent, ClientOptions, Server, ServerConfig};
 use tokio::sync::oneshot;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -46,7 +46,7 @@ async fn run() -> Result<Vec<String>, Error> {
 
     // The dashboard: every room's temperature.
     let (dashboard, mut seen) = AsyncClient::start(options("dashboard"))?;
-    connected(&mut seen).await?;
+    tokio::time::timeout(Duration::from_secs(10), seen.first_connection()).await??;
     let rooms = SubscribeFilter {
         filter: TopicFilter::new("home/+/temperature")?,
         options: SubscriptionOptions::new(QoS::AtLeastOnce),
@@ -56,7 +56,7 @@ async fn run() -> Result<Vec<String>, Error> {
     // The thermostat loop: readings, retained so that a dashboard opened
     // later sees the last one at once.
     let (thermostat, mut events) = AsyncClient::start(options("thermostat"))?;
-    connected(&mut events).await?;
+    tokio::time::timeout(Duration::from_secs(10), events.first_connection()).await??;
     for (room, celsius) in [("living-room", "21.5"), ("kitchen", "19.0")] {
         let topic = TopicName::new(&format!("home/{room}/temperature"))?;
         let reading = Message::new(topic, celsius)
@@ -84,17 +84,6 @@ async fn run() -> Result<Vec<String>, Error> {
     let _ = stop.send(());
     broker.await??;
     Ok(lines)
-}
-
-async fn connected(events: &mut Events) -> Result<(), Error> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await? {
-            Some(AsyncEvent::Connected { .. }) => return Ok(()),
-            Some(AsyncEvent::ConnectFailed(e)) => return Err(e.into()),
-            Some(_) => {}
-            None => return Err("the client stopped".into()),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tern_client::{ClientConfig, Message};
 use tern_codec::{QoS, TopicName};
-use tern_tokio::{AsyncClient, AsyncEvent, ClientOptions, Server, ServerConfig};
+use tern_tokio::{AsyncClient, ClientOptions, Server, ServerConfig};
 use tokio::sync::Notify;
 
 const N: u64 = 200_000;
@@ -74,13 +74,7 @@ async fn tern_client(port: u16, id: &str) -> AsyncClient {
     config.max_queued = 100_000;
     let (c, mut rx) = AsyncClient::start(ClientOptions::new(config, "127.0.0.1", port))
         .expect("a valid configuration");
-    loop {
-        match rx.recv().await {
-            Some(AsyncEvent::Connected { .. }) => break,
-            Some(AsyncEvent::ConnectFailed(e)) => panic!("{e}"),
-            _ => {}
-        }
-    }
+    rx.first_connection().await.expect("connected");
     // Keep the stream alive (and drained) for the client's life.
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     c

@@ -16,7 +16,7 @@ use tern_codec::{
     MqttString, ProtocolVersion, PublishProperties, QoS, SubscribeFilter, SubscribeProperties,
     SubscriptionOptions, TopicFilter, TopicName, UserProperty, Will,
 };
-use tern_tokio::{AsyncClient, AsyncEvent, Backoff, ClientOptions, Events, Transport};
+use tern_tokio::{AsyncClient, AsyncEvent, Backoff, ClientError, ClientOptions, Events, Transport};
 
 /// The protocol version flag's values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -352,37 +352,16 @@ impl Properties {
 
 /// Waits for the first connection: Ok once connected, the failure otherwise.
 async fn first_connection(rx: &mut Events, debug: bool) -> Result<(), Fail> {
-    loop {
-        match rx.recv().await {
-            Some(AsyncEvent::Connected {
-                session_present, ..
-            }) => {
-                if debug {
-                    eprintln!("connected (session present: {session_present})");
-                }
-                return Ok(());
+    match rx.first_connection().await {
+        Ok(c) => {
+            if debug {
+                eprintln!("connected (session present: {})", c.session_present);
             }
-            Some(AsyncEvent::ConnectFailed(e)) => return Err(failure(format!("Error: {e}"))),
-            Some(AsyncEvent::Disconnected(r)) => {
-                return Err(failure(format!("Connection error: {}", describe(&r))))
-            }
-            Some(_) => {}
-            None => return Err(failure("Error: the client stopped")),
+            Ok(())
         }
-    }
-}
-
-fn describe(r: &tern_client::DisconnectReason) -> String {
-    use tern_client::DisconnectReason::*;
-    match r {
-        Refused(code) => format!("connection refused: {}", code.description()),
-        Server { reason, .. } => format!("disconnected by the server: {}", reason.description()),
-        ProtocolError(code) => format!("protocol error: {}", code.description()),
-        KeepAliveTimeout => "no answer to keep alive".into(),
-        ConnectTimeout => "no CONNACK in time".into(),
-        TransportClosed => "connection lost".into(),
-        Local => "disconnected".into(),
-        InvalidConfig(e) => format!("invalid configuration: {e}"),
+        Err(ClientError::Connect(e)) => Err(failure(format!("Error: {e}"))),
+        Err(ClientError::Disconnected(r)) => Err(failure(format!("Connection error: {r}"))),
+        Err(_) => Err(failure("Error: the client stopped")),
     }
 }
 
@@ -579,7 +558,7 @@ async fn subscribe_async(a: SubArgs) -> Result<(), Fail> {
                     }
                 }
                 AsyncEvent::Disconnected(r) if a.conn.debug => {
-                    eprintln!("{}; reconnecting", describe(&r))
+                    eprintln!("{}; reconnecting", r)
                 }
                 AsyncEvent::ConnectFailed(e) if a.conn.debug => eprintln!("{e}; retrying"),
                 _ => {}

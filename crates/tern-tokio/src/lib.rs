@@ -31,7 +31,9 @@ mod codec;
 mod server;
 mod transport;
 
-pub use client::{AsyncClient, AsyncEvent, Backoff, ClientError, ClientOptions, Events, Transport};
+pub use client::{
+    AsyncClient, AsyncEvent, Backoff, ClientError, ClientOptions, Connected, Events, Transport,
+};
 pub use codec::{CodecError, MqttCodec};
 pub use server::{CredentialCheck, PolicyFactory, Server, ServerConfig};
 pub use transport::{tls_client_config, TlsSettings};

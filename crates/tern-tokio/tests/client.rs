@@ -556,16 +556,21 @@ async fn a_server_that_stops_reading_cannot_stall_keep_alive() {
     drop(server);
 }
 
-#[tokio::test]
-async fn a_refusal_for_good_stops_the_client() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
+/// A client that a scripted server refuses with Not authorized.
+async fn refused(listener: &TcpListener) -> (AsyncClient, Events) {
     let port = listener.local_addr().expect("address").port();
-    let (c, mut rx) =
-        AsyncClient::start(options("refused", ProtocolVersion::V5, port)).expect("valid");
-    let mut server = Scripted::accept(&listener, ProtocolVersion::V5).await;
+    let (c, rx) = AsyncClient::start(options("refused", ProtocolVersion::V5, port)).expect("valid");
+    let mut server = Scripted::accept(listener, ProtocolVersion::V5).await;
     let mut refusal = tern_codec::ConnAck::new(false);
     refusal.reason_code = ReasonCode::NotAuthorized;
     server.handshake(refusal).await;
+    (c, rx)
+}
+
+#[tokio::test]
+async fn a_refusal_for_good_stops_the_client() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
+    let (c, mut rx) = refused(&listener).await;
     match timeout(LIMIT, rx.recv()).await.expect("in time") {
         Some(AsyncEvent::Disconnected(DisconnectReason::Refused(ReasonCode::NotAuthorized))) => {}
         other => panic!("{other:?}"),
@@ -610,4 +615,42 @@ async fn without_a_reader_messages_are_still_acknowledged() {
         }
     }
     drop(c);
+}
+
+#[tokio::test]
+async fn first_connection_says_why_it_did_not_come() {
+    // Refused by the server: the reason, in words.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
+    let port = listener.local_addr().expect("address").port();
+    let (_c, mut rx) = refused(&listener).await;
+    let e = timeout(LIMIT, rx.first_connection())
+        .await
+        .expect("in time")
+        .expect_err("refused");
+    assert_eq!(
+        e,
+        ClientError::Disconnected(DisconnectReason::Refused(ReasonCode::NotAuthorized))
+    );
+    assert_eq!(e.to_string(), "connection refused: Not authorized");
+    // Nobody listening: the transport's error.
+    drop(listener);
+    let (_c, mut rx) =
+        AsyncClient::start(options("nobody", ProtocolVersion::V5, port)).expect("valid");
+    let e = timeout(LIMIT, rx.first_connection())
+        .await
+        .expect("in time")
+        .expect_err("no server");
+    assert!(matches!(e, ClientError::Connect(_)), "{e:?}");
+    // Accepted: what CONNACK said.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bound");
+    let port = listener.local_addr().expect("address").port();
+    let (_c, mut rx) =
+        AsyncClient::start(options("welcome", ProtocolVersion::V5, port)).expect("valid");
+    let mut server = Scripted::accept(&listener, ProtocolVersion::V5).await;
+    server.handshake(tern_codec::ConnAck::new(false)).await;
+    let c = timeout(LIMIT, rx.first_connection())
+        .await
+        .expect("in time")
+        .expect("connected");
+    assert!(!c.session_present);
 }

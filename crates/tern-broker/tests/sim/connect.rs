@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use tern_broker::Config;
-use tern_codec::{Disconnect, Packet, ReasonCode};
-use tern_sim::Sim;
+use tern_codec::{ConnAck, Disconnect, Packet, ProtocolVersion, ReasonCode};
+use tern_sim::{ClientRef, Sim};
 
 use crate::common::*;
 
@@ -264,12 +264,23 @@ fn server_keep_alive_overrides_the_clients_on_v5() {
         ..Config::default()
     };
     let mut sim = Sim::new(cfg);
-    let mut cn = connect(V5, "dev", true);
-    cn.keep_alive = 600;
-    let c = sim.client(V5);
-    let ack = sim.connect_with(c, cn);
+    let (c, ack) = keeping_alive(&mut sim, V5, "dev", 600);
     assert_eq!(ack.properties.server_keep_alive, Some(5));
-    sim.advance(Duration::from_millis(7_499));
+    closed_at(&mut sim, c, Duration::from_millis(7_500));
+}
+
+/// A client of version `v` connected with keep alive `secs`.
+fn keeping_alive(sim: &mut Sim, v: ProtocolVersion, id: &str, secs: u16) -> (ClientRef, ConnAck) {
+    let mut cn = connect(v, id, true);
+    cn.keep_alive = secs;
+    let c = sim.client(v);
+    let ack = sim.connect_with(c, cn);
+    (c, ack)
+}
+
+/// An idle client is still connected just before `at`, and closed at it.
+fn closed_at(sim: &mut Sim, c: ClientRef, at: Duration) {
+    sim.advance(at - Duration::from_millis(1));
     assert!(sim.is_open(c));
     sim.advance(Duration::from_millis(1));
     assert!(!sim.is_open(c));
@@ -284,31 +295,16 @@ fn max_keep_alive_caps_a_v5_client_and_leaves_a_v3_client_its_own() {
     let mut sim = Sim::new(cfg);
     // 5.0: more than the cap, or none at all, is told the cap...
     for (asked, told) in [(600, Some(60)), (0, Some(60)), (30, None), (60, None)] {
-        let mut cn = connect(V5, &format!("v5-{asked}"), true);
-        cn.keep_alive = asked;
-        let c = sim.client(V5);
-        let ack = sim.connect_with(c, cn);
+        let (_, ack) = keeping_alive(&mut sim, V5, &format!("v5-{asked}"), asked);
         assert_eq!(ack.properties.server_keep_alive, told, "asked {asked}");
     }
     // ...and is held to it: 1.5 times 60 s.
-    let mut cn = connect(V5, "capped", true);
-    cn.keep_alive = 600;
-    let c = sim.client(V5);
-    sim.connect_with(c, cn);
-    sim.advance(Duration::from_millis(89_999));
-    assert!(sim.is_open(c));
-    sim.advance(Duration::from_millis(1));
-    assert!(!sim.is_open(c));
+    let (c, _) = keeping_alive(&mut sim, V5, "capped", 600);
+    closed_at(&mut sim, c, Duration::from_secs(90));
     expect_disconnect(&mut sim, c, ReasonCode::KeepAliveTimeout);
     // 3.1.1 cannot be told: the client keeps its 600 s.
-    let mut cn = connect(V3, "v3", true);
-    cn.keep_alive = 600;
-    let c = sim.client(V3);
-    sim.connect_with(c, cn);
-    sim.advance(Duration::from_secs(899));
-    assert!(sim.is_open(c));
-    sim.advance(Duration::from_secs(1));
-    assert!(!sim.is_open(c));
+    let (c, _) = keeping_alive(&mut sim, V3, "v3", 600);
+    closed_at(&mut sim, c, Duration::from_secs(900));
 }
 
 #[test]

@@ -98,6 +98,25 @@ pub enum DisconnectReason {
     Local,
 }
 
+impl std::fmt::Display for DisconnectReason {
+    /// Why, in words a person reading a log or a terminal follows.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use DisconnectReason::*;
+        match self {
+            Refused(code) => write!(f, "connection refused: {}", code.description()),
+            Server { reason, .. } => {
+                write!(f, "disconnected by the server: {}", reason.description())
+            }
+            ProtocolError(code) => write!(f, "protocol error: {}", code.description()),
+            KeepAliveTimeout => f.write_str("no answer to keep alive"),
+            ConnectTimeout => f.write_str("no CONNACK in time"),
+            TransportClosed => f.write_str("connection lost"),
+            Local => f.write_str("disconnected"),
+            InvalidConfig(e) => write!(f, "invalid configuration: {e}"),
+        }
+    }
+}
+
 impl DisconnectReason {
     /// Whether connecting again cannot help until something changes on
     /// our side: an invalid configuration, or a CONNACK refusal about who

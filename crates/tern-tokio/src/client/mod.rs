@@ -39,6 +39,15 @@ use tokio::sync::Notify;
 pub use options::{Backoff, ClientError, ClientOptions, Transport};
 use task::{dispatch, run};
 
+/// A connection the server accepted: what its CONNACK said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    /// The server resumed the session.
+    pub session_present: bool,
+    /// The CONNACK's properties (5.0): assigned client id, limits, ...
+    pub properties: ConnAckProperties,
+}
+
 /// What the stream of a client yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -408,6 +417,32 @@ impl Events {
     /// The next message or notice; `None` once the client has stopped.
     pub async fn recv(&mut self) -> Option<AsyncEvent> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Waits for the client's first connection, as a program does right
+    /// after [`AsyncClient::start`]: the CONNACK once the server accepted
+    /// it; an error if the transport could not be opened, the server
+    /// refused or dropped the connection first, or the client stopped.
+    /// Other notices that come first are passed over. (Later, the client
+    /// reconnects by itself; [`AsyncEvent::Connected`] says when.)
+    pub async fn first_connection(&mut self) -> Result<Connected, ClientError> {
+        loop {
+            match self.recv().await {
+                Some(AsyncEvent::Connected {
+                    session_present,
+                    properties,
+                }) => {
+                    return Ok(Connected {
+                        session_present,
+                        properties,
+                    })
+                }
+                Some(AsyncEvent::ConnectFailed(e)) => return Err(ClientError::Connect(e)),
+                Some(AsyncEvent::Disconnected(r)) => return Err(ClientError::Disconnected(r)),
+                Some(_) => {}
+                None => return Err(ClientError::Closed),
+            }
+        }
     }
 
     pub(super) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<AsyncEvent>> {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tern_client::{ClientConfig, PublishError, RequestError};
+use tern_client::{ClientConfig, DisconnectReason, PublishError, RequestError};
 
 /// How to reach the server.
 #[derive(Clone)]
@@ -123,4 +123,10 @@ pub enum ClientError {
     /// The client has stopped (disconnected, or it does not reconnect).
     #[error("the client has stopped")]
     Closed,
+    /// The transport could not be opened (the client goes on trying).
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The server refused or ended the connection.
+    #[error("{0}")]
+    Disconnected(DisconnectReason),
 }

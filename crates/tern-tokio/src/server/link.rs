@@ -245,19 +245,7 @@ async fn secure(
         // Plain TCP is accepted by the shards.
         Kind::Tcp => None,
         Kind::Tls(tls) => {
-            let accepted =
-                tokio::time::timeout(cfg.connect_timeout, tls.acceptor().accept(stream)).await;
-            let stream = match accepted {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    info!(%peer, error = %e, "TLS handshake failed");
-                    return None;
-                }
-                Err(_) => {
-                    debug!(%peer, "TLS handshake timed out");
-                    return None;
-                }
-            };
+            let stream = within(cfg, peer, "TLS", tls.acceptor().accept(stream)).await?;
             let identity = if tls.cn_as_username {
                 common_name(stream.get_ref().1.peer_certificates())
             } else {
@@ -268,18 +256,33 @@ async fn secure(
         Kind::Ws(path) => {
             // At least 64 KiB: a message may hold several small packets.
             let max = (cfg.max_packet_size as usize).max(64 * 1024);
-            let ws = tokio::time::timeout(cfg.connect_timeout, websocket(stream, path, max)).await;
-            match ws {
-                Ok(Ok(s)) => Some((Box::pin(s), None)),
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "WebSocket handshake failed");
-                    None
-                }
-                Err(_) => {
-                    debug!(%peer, "WebSocket handshake timed out");
-                    None
-                }
-            }
+            let ws = within(cfg, peer, "WebSocket", websocket(stream, path, max)).await?;
+            Some((Box::pin(ws), None))
+        }
+    }
+}
+
+/// A handshake within the connect timeout; its failure is logged (a TLS
+/// failure at info: a client with a wrong certificate is worth seeing).
+async fn within<T>(
+    cfg: &ConnConfig,
+    peer: SocketAddr,
+    what: &str,
+    handshake: impl Future<Output = io::Result<T>>,
+) -> Option<T> {
+    match tokio::time::timeout(cfg.connect_timeout, handshake).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) if what == "TLS" => {
+            info!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "{what} handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "{what} handshake timed out");
+            None
         }
     }
 }
