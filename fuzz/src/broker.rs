@@ -244,7 +244,14 @@ fn send(sim: &mut Sim, c: ClientRef, p: &Packet) {
 pub fn run_script(data: &[u8]) {
     let mut r = Reader(data);
     let Some(flags) = r.byte() else { return };
-    let mut sim = Sim::new(config(flags));
+    // With forwarding, the instance shares the production Router (its
+    // shared groups take their turns through it, and every step checks the
+    // router's index too).
+    let mut sim = if flags & 4 != 0 {
+        Sim::sharded(1, config(flags)).remove(0)
+    } else {
+        Sim::new(config(flags))
+    };
     if flags & 2 != 0 {
         sim.broker.set_authenticator(AskEmbedding);
         sim.broker.set_authorizer(AskEmbedding);
