@@ -9,11 +9,10 @@ use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tern_broker::ConnId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -21,98 +20,10 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::accept::{first_packet, ConnConfig};
-use super::shard::{ShardTx, ToShard};
-use super::write::{advance, io_slices, owned, MAX_SLICES};
+use super::inbox::{Link, ShardTx, ToShard};
+use super::write::{advance, io_slices, MAX_SLICES};
 use super::{Kind, Live, LiveGuard, READ_CHUNK};
 use crate::transport::{common_name, websocket};
-
-/// What a connection's task and its shard share: the connection's id once
-/// the core accepted it, the bytes to write, the end, the read credit, and
-/// the task's waker. Nothing is allocated while the queue is empty.
-pub(super) struct Link {
-    pub(super) state: std::sync::Mutex<LinkState>,
-}
-
-pub(super) struct LinkState {
-    /// Set by the shard when the core accepted the connection.
-    pub(super) conn: Option<ConnId>,
-    pub(super) out: Vec<Bytes>,
-    /// Close once `out` is written.
-    pub(super) close: bool,
-    /// Bytes the task may still hand to the shard that the core has not
-    /// consumed: the task reads only while it has `READ_CHUNK` of credit.
-    pub(super) credit: usize,
-    pub(super) waker: Option<Waker>,
-}
-
-impl Link {
-    pub(super) fn new(credit: usize) -> Link {
-        Link {
-            state: std::sync::Mutex::new(LinkState {
-                conn: None,
-                out: Vec::new(),
-                close: false,
-                credit,
-                waker: None,
-            }),
-        }
-    }
-
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Applies `f`; wakes the task (outside the lock) if `f` says so.
-    pub(super) fn update(&self, f: impl FnOnce(&mut LinkState) -> bool) {
-        let waker = {
-            let mut st = self.lock();
-            if f(&mut st) {
-                st.waker.take()
-            } else {
-                None
-            }
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    pub(super) fn accepted(&self, conn: ConnId) {
-        self.update(|st| {
-            st.conn = Some(conn);
-            true
-        });
-    }
-
-    /// Queues bytes to write. The task is woken only when the queue was
-    /// empty: with bytes already queued, it is either about to take them or
-    /// waiting for the socket to take the ones it has.
-    pub(super) fn push(&self, b: Bytes) {
-        // The task may hold it a while (TLS, WebSocket framing): its own
-        // copy, not a slice pinning the core's encoding chunk.
-        let b = owned(b);
-        self.update(|st| {
-            st.out.push(b);
-            st.out.len() == 1
-        });
-    }
-
-    pub(super) fn close(&self) {
-        self.update(|st| {
-            st.close = true;
-            true
-        });
-    }
-
-    /// The core consumed `n` bytes: they may be read again.
-    pub(super) fn give_credit(&self, n: usize) {
-        self.update(|st| {
-            let starved = st.credit < READ_CHUNK;
-            st.credit += n;
-            starved && st.credit >= READ_CHUNK
-        });
-    }
-}
 
 /// A TLS or WebSocket connection's byte stream, boxed: its state is large.
 pub(super) type Io = Pin<Box<dyn ByteStream>>;

@@ -15,9 +15,10 @@
 //!
 //! The rooms: `config` (what the server runs, the policies), `accept`
 //! (admission: rate, connection limit, which shard; the CONNECT probe),
-//! `shard` (a shard's thread: its poll loop, its core, the router; its
-//! plain TCP connections in `shard::native`), `link` (TLS and WebSocket
-//! connection tasks), `write` (vectored writes and what waits for a slow
+//! `inbox` (what crosses into a shard from other threads), `shard` (a
+//! shard's thread: its poll loop, its core, the router; its plain TCP
+//! connections in `shard::native`), `link` (TLS and WebSocket connection
+//! tasks), `write` (vectored writes and what waits for a slow
 //! reader), `sys` (`$SYS`).
 //!
 //! Backpressure both ways: a connection may have at most
@@ -30,6 +31,7 @@
 
 mod accept;
 mod config;
+mod inbox;
 mod link;
 mod shard;
 mod sys;
@@ -50,8 +52,8 @@ use crate::transport::TlsSettings;
 
 use accept::ConnConfig;
 pub use config::{CredentialCheck, PolicyFactory, ServerConfig};
+use inbox::{ShardTx, ToShard};
 use link::ConnTask;
-use shard::{ShardTx, ToShard};
 
 /// Bytes read from a socket at a time, at most.
 pub(super) const READ_CHUNK: usize = 16 * 1024;

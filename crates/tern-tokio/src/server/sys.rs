@@ -7,7 +7,7 @@ use std::time::Duration;
 use tern_broker::Stats;
 use tokio::sync::oneshot;
 
-use super::shard::{ShardTx, ToShard};
+use super::inbox::{ShardTx, ToShard};
 
 /// Every `every`, sums the shards' counters and has each publish `$SYS`.
 pub(super) async fn publish(txs: Arc<Vec<ShardTx>>, every: Duration) {

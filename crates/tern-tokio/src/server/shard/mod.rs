@@ -8,7 +8,6 @@ mod native;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -16,74 +15,16 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tern_broker::policy::AskEmbedding;
 use tern_broker::router::{Forward, InstanceId, Report, RouteScratch, Router};
-use tern_broker::{Broker, BrokerEvent, ConnId, Stats, Token};
-use tern_codec::ReasonCode;
+use tern_broker::{Broker, BrokerEvent, ConnId};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use super::accept::ConnConfig;
 use super::config::{BoxedAuthn, BoxedAuthz, CredentialCheck, ServerConfig};
-use super::link::Link;
+use super::inbox::{Link, ShardTx, ToShard};
 use super::Live;
 use super::{now, LiveGuard, READ_CHUNK};
 use native::{Native, Probe};
-
-pub(super) enum ToShard {
-    Accept {
-        link: Arc<Link>,
-        data: BytesMut,
-        peer: SocketAddr,
-        identity: Option<String>,
-    },
-    Read {
-        conn: ConnId,
-        data: BytesMut,
-    },
-    Written {
-        conn: ConnId,
-        n: usize,
-    },
-    Closed {
-        conn: ConnId,
-    },
-    Forward(Forward),
-    Stats(oneshot::Sender<Stats>),
-    Sys(Stats),
-    Shutdown(oneshot::Sender<()>),
-    /// Stop at once (the server is gone).
-    Stop,
-    /// A plain TCP connection, for the shard's own poll, with what was read
-    /// of it so far.
-    AcceptNative {
-        stream: mio::net::TcpStream,
-        data: BytesMut,
-        peer: SocketAddr,
-    },
-    Answer {
-        token: Token,
-        result: Result<(), ReasonCode>,
-    },
-}
-
-/// The sending side of a shard's inbox: a channel, and a wake-up of the
-/// shard's poll when the shard may be asleep (one per drain, not one per
-/// message).
-#[derive(Clone)]
-pub(super) struct ShardTx {
-    pub(super) tx: std::sync::mpsc::Sender<ToShard>,
-    pub(super) waker: Arc<mio::Waker>,
-    pub(super) notified: Arc<AtomicBool>,
-}
-
-impl ShardTx {
-    pub(super) fn send(&self, msg: ToShard) -> Result<(), ()> {
-        self.tx.send(msg).map_err(|_| ())?;
-        if !self.notified.swap(true, Ordering::AcqRel) {
-            let _ = self.waker.wake();
-        }
-        Ok(())
-    }
-}
 
 /// Connections served between two drains of the core's output.
 pub(super) const FLUSH_EVERY: usize = 4;
