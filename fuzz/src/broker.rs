@@ -13,7 +13,8 @@
 //! ```text
 //! byte 0     configuration: bit 0 tight limits, bit 1 ask the embedding
 //!            for every decision, bit 2 forward (sharding) on,
-//!            bits 3-4 queue policy and QoS 0 queueing, bit 5 `$SYS` on
+//!            bits 3-4 queue policy and QoS 0 queueing, bit 5 `$SYS` on,
+//!            bit 6 durable (the disk checked against the broker)
 //! byte 1..   operations, each an opcode byte and its arguments
 //! ```
 
@@ -85,6 +86,9 @@ fn config(b: u8) -> Config {
     c.queue_qos0_offline = b & 16 != 0;
     // `$SYS` every 10 virtual seconds makes long scripts slow; a few keep it.
     c.sys_interval = (b & 32 != 0).then(|| Duration::from_secs(60));
+    // Durable: every change goes to tern-sim's disk, which must hold what
+    // the broker holds after every step.
+    c.durable = b & 64 != 0;
     c
 }
 

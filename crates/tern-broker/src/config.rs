@@ -112,6 +112,13 @@ pub struct Config {
     /// groups' turns to the router, and takes what the router forwards
     /// ([`Broker::handle_forward`](crate::Broker::handle_forward)).
     pub forward: bool,
+    /// Whether the durable state (sessions that outlive their connection,
+    /// their subscriptions and messages, inbound QoS 2 ids, retained
+    /// messages, wills) is reported as [`Change`](crate::durable::Change)s
+    /// ([`Broker::poll_change`](crate::Broker::poll_change)), and nothing
+    /// that depends on a change is sent before the embedding says it is
+    /// durable ([`Broker::handle_persisted`](crate::Broker::handle_persisted)).
+    pub durable: bool,
     /// Seeds the hash tables keyed by what clients choose (client ids,
     /// topic levels). Fixed by default, so that runs repeat; a broker
     /// facing the network should use a random seed, so that nobody can
@@ -152,6 +159,7 @@ impl Default for Config {
             version: concat!("tern ", env!("CARGO_PKG_VERSION")),
             shard: 0,
             forward: false,
+            durable: false,
             hash_seed: 0,
         }
     }

@@ -99,6 +99,8 @@ pub(crate) struct Delivery {
     pub retain: bool,
     /// Subscription identifiers of the matching subscriptions.
     pub sub_ids: Vec<NonZeroU32>,
+    /// Names it within its session (set when it is delivered to one).
+    pub id: u64,
 }
 
 /// Where an outgoing QoS 1/2 message stands.
@@ -151,6 +153,9 @@ pub(crate) struct Session {
     /// Messages in flight and queued: boxed and made on first use, as an
     /// idle session has none (read through [`Session::flow`]).
     flow: Option<Box<Flow>>,
+    /// Its changes go to the durable store (`Config::durable`, and it
+    /// outlives its connection).
+    pub stored: bool,
 }
 
 /// A session's will, with its due time: one allocation (the time fits in
@@ -173,6 +178,8 @@ impl SessionWill {
 pub(crate) struct Flow {
     pub inflight: BTreeMap<u16, Outgoing>,
     pub next_seq: u64,
+    /// The next delivery's [`Delivery::id`].
+    pub next_id: u64,
     pub next_pid: u16,
     pub queue: VecDeque<Delivery>,
     pub queued_bytes: usize,
@@ -189,6 +196,7 @@ impl Flow {
         Flow {
             inflight: BTreeMap::new(),
             next_seq: 0,
+            next_id: 0,
             next_pid: 1,
             queue: VecDeque::new(),
             queued_bytes: 0,
@@ -212,6 +220,7 @@ impl Session {
             expires_at: None,
             will: None,
             flow: None,
+            stored: false,
         }
     }
 

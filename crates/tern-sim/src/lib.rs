@@ -41,6 +41,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tern_broker::durable::{Image, StoredRetained, StoredSession};
 use tern_broker::router::{Forward, InstanceId, Report, Router};
 use tern_broker::{AuthStep, Broker, BrokerEvent, Config, ConnId, Token};
 use tern_codec::{
@@ -115,6 +116,9 @@ pub struct Sim {
     transcript: Vec<(ClientRef, Bytes)>,
     /// Reports of a broker with `forward` that shares no router.
     reports: Vec<Report>,
+    /// With `Config::durable`: the durable state, every change applied (and
+    /// made durable) at once, and checked against the broker every step.
+    disk: Option<Image>,
     /// The router shared with the other instances of [`Sim::sharded`].
     fabric: Option<(InstanceId, Rc<RefCell<Fabric>>)>,
 }
@@ -144,7 +148,14 @@ impl Sim {
     }
 
     /// A simulation whose virtual clock starts at `start`.
-    fn starting_at(config: Config, start: Instant) -> Sim {
+    fn starting_at(mut config: Config, start: Instant) -> Sim {
+        // TERN_SIM_DURABLE=1 runs every simulation durable: what the
+        // broker does must not change, and its disk must match it at every
+        // step (scripts/test runs the simulation tests both ways).
+        if std::env::var_os("TERN_SIM_DURABLE").is_some_and(|v| v == "1") {
+            config.durable = true;
+        }
+        let config_durable = config.durable;
         Sim {
             broker: Broker::new(config, start),
             now: start,
@@ -159,6 +170,7 @@ impl Sim {
             dropped: Vec::new(),
             transcript: Vec::new(),
             reports: Vec::new(),
+            disk: config_durable.then(Image::new),
             fabric: None,
         }
     }
@@ -403,6 +415,33 @@ impl Sim {
         std::mem::take(&mut self.reports)
     }
 
+    /// Restores a session into the broker (and, when it is durable, into
+    /// its disk, as a store that held it would have it).
+    ///
+    /// # Panics
+    ///
+    /// If the broker refuses it (a session with its client id exists).
+    pub fn import_session(&mut self, stored: StoredSession) {
+        if let Some(disk) = &mut self.disk {
+            disk.put_session(stored.clone());
+        }
+        let now = self.now;
+        self.broker
+            .import_session(stored, now)
+            .expect("the session imports");
+        self.broker.handle_timeout(now);
+        self.pump();
+    }
+
+    /// Restores a retained message (as [`Sim::import_session`]).
+    pub fn import_retained(&mut self, stored: StoredRetained) {
+        if let Some(disk) = &mut self.disk {
+            disk.put_retained(stored.clone());
+        }
+        self.broker.import_retained(stored, self.now);
+        self.pump();
+    }
+
     /// Answers a request, then lets the connection's buffered input through.
     pub fn answer(&mut self, token: Token, verdict: Result<(), ReasonCode>) {
         self.broker.answer(token, verdict, self.now);
@@ -516,7 +555,7 @@ impl Sim {
     /// acted on.
     fn pump(&mut self) {
         loop {
-            let mut any = self.route();
+            let mut any = self.route() | self.persist();
             while let Some(t) = self.broker.poll_transmit() {
                 any = true;
                 if let Some(&i) = self.by_conn.get(&t.conn) {
@@ -559,6 +598,14 @@ impl Sim {
             panic!("broker invariant broken: {e}");
         }
         self.check_router();
+        if let Some(disk) = &self.disk {
+            // Beside other shards, every shard keeps the retained set and
+            // the publishing shard stores it: only sessions compare.
+            let retained = self.fabric.is_none();
+            if let Err(e) = disk_matches(&self.broker, disk, retained) {
+                panic!("{e}");
+            }
+        }
         if self.latency.is_zero() {
             // Deliver to clients at once; the client side never answers on
             // its own, so this cannot loop.
@@ -574,6 +621,23 @@ impl Sim {
                 cl.receive(&t.data);
             }
         }
+    }
+
+    /// With `Config::durable`: every change is applied to the disk and made
+    /// durable at once. Returns whether there were any.
+    fn persist(&mut self) -> bool {
+        let Some(disk) = &mut self.disk else {
+            return false;
+        };
+        let mut last = None;
+        while let Some((n, change)) = self.broker.poll_change() {
+            disk.apply(&change);
+            last = Some(n);
+        }
+        if let Some(n) = last {
+            self.broker.handle_persisted(n);
+        }
+        last.is_some()
     }
 
     /// Reports go to the router (before the transmits, as the call
@@ -618,4 +682,48 @@ impl Sim {
             }
         }
     }
+}
+
+/// Whether `image` (a disk's state after every change of `broker`) holds
+/// what the broker holds: the sessions that outlive their connections and
+/// the retained messages, value for value. `Err` says what differs: a
+/// change the broker made and did not report.
+pub fn disk_matches(broker: &Broker, image: &Image, retained: bool) -> Result<(), String> {
+    let on_disk = image.sessions();
+    let stored: std::collections::BTreeSet<_> =
+        on_disk.iter().map(|s| s.client_id.clone()).collect();
+    let mut held = broker.export_sessions();
+    held.retain(|s| stored.contains(&s.client_id) || s.expiry > 0);
+    held.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    if on_disk != held {
+        return Err(format!(
+            "the disk and the broker differ on sessions:\n disk   {on_disk:?}\n broker {held:?}"
+        ));
+    }
+    if !retained {
+        return Ok(());
+    }
+    let mut held = broker.export_retained();
+    // `$SYS` is the broker's own, made again every interval.
+    held.retain(|r| !r.message.topic.as_str().starts_with("$SYS"));
+    held.sort_by(|a, b| a.message.topic.cmp(&b.message.topic));
+    let on_disk = image.retained();
+    if on_disk != held {
+        let show = |r: &[StoredRetained]| -> Vec<String> {
+            r.iter()
+                .map(|r| {
+                    format!(
+                        "{}={:?}@{:?}",
+                        r.message.topic, r.message.payload, r.expires_at
+                    )
+                })
+                .collect()
+        };
+        return Err(format!(
+            "the disk and the broker differ on retained messages:\n disk   {:?}\n broker {:?}",
+            show(&on_disk),
+            show(&held)
+        ));
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tern_broker::durable::{Change, Image};
 use tern_broker::{Broker, BrokerEvent, Config, ConnId};
 use tern_client::{Client, ClientEvent, State};
 
@@ -66,6 +67,10 @@ struct Transit {
 pub struct Net {
     /// The broker.
     pub broker: Broker,
+    config: Config,
+    /// The durable store, with [`Config::durable`].
+    disk: Option<Disk>,
+    start: Instant,
     now: Instant,
     peers: Vec<Peer>,
     /// Connections the broker has open, to their client.
@@ -83,12 +88,24 @@ impl Default for Net {
 
 impl Net {
     /// A network around a broker with `config`.
-    pub fn new(config: Config) -> Net {
+    pub fn new(mut config: Config) -> Net {
+        // As for `Sim`: TERN_SIM_DURABLE=1 makes every broker durable.
+        if std::env::var_os("TERN_SIM_DURABLE").is_some_and(|v| v == "1") {
+            config.durable = true;
+        }
         // The one real clock reading: an origin for virtual time.
         #[allow(clippy::disallowed_methods)]
         let now = Instant::now();
+        let mut broker = Broker::new(config.clone(), now);
+        let disk = config.durable.then(|| {
+            broker.set_wall_clock(now, WALL_START);
+            Disk::default()
+        });
         Net {
-            broker: Broker::new(config, now),
+            broker,
+            config,
+            disk,
+            start: now,
             now,
             peers: Vec::new(),
             by_conn: BTreeMap::new(),
@@ -101,6 +118,96 @@ impl Net {
     /// The current virtual instant.
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// Whether the broker's changes are made durable as soon as they come
+    /// (the default), or only at [`Net::sync`]. A broker with
+    /// [`Config::durable`] sends nothing that depends on a change (a PUBACK,
+    /// a SUBACK, ...) before it is durable.
+    ///
+    /// # Panics
+    ///
+    /// If the broker is not durable.
+    pub fn set_auto_sync(&mut self, auto: bool) {
+        self.disk.as_mut().expect("a durable broker").auto = auto;
+        self.pump();
+    }
+
+    /// Makes every change so far durable (an fsync), and lets through what
+    /// waited for it.
+    pub fn sync(&mut self) {
+        if let Some(d) = &mut self.disk {
+            if let Some(n) = d.sync() {
+                self.broker.handle_persisted(n);
+            }
+        }
+        self.pump();
+    }
+
+    /// The durable state as the disk has it (synced changes only).
+    ///
+    /// # Panics
+    ///
+    /// If the broker is not durable.
+    pub fn disk(&self) -> &Image {
+        &self.disk.as_ref().expect("a durable broker").synced
+    }
+
+    /// Checks that the disk holds what the broker holds, when every change
+    /// is synced: the sessions that outlive their connections and the
+    /// retained messages, value for value. Does nothing while changes wait.
+    ///
+    /// # Panics
+    ///
+    /// If they differ: a change the broker made was not reported.
+    pub fn check_disk(&mut self) {
+        self.store();
+        let Some(disk) = &self.disk else { return };
+        if !disk.pending.is_empty() {
+            return;
+        }
+        if let Err(e) = crate::disk_matches(&self.broker, &disk.synced, true) {
+            panic!("{e}");
+        }
+    }
+
+    /// The broker's process dies and starts again: every link drops (the
+    /// clients hear it), what was in transit is lost, and so is every
+    /// change not yet synced. The new broker is rebuilt from the disk, at
+    /// the same instant (or `down` later).
+    ///
+    /// # Panics
+    ///
+    /// If the broker is not durable.
+    pub fn crash(&mut self, down: Duration) {
+        let disk = self.disk.as_mut().expect("a durable broker");
+        disk.pending.clear();
+        let image = disk.synced.clone();
+        self.transit.clear();
+        self.by_conn.clear();
+        for p in &mut self.peers {
+            if p.conn.take().is_some() {
+                p.client.handle_closed(self.now);
+            }
+            p.at_broker.clear();
+            p.at_client.clear();
+        }
+        self.now += down;
+        let wall = WALL_START + (self.now - self.start).as_millis() as u64;
+        let mut broker = Broker::new(self.config.clone(), self.now);
+        broker.set_wall_clock(self.now, wall);
+        for s in image.sessions() {
+            broker
+                .import_session(s, self.now)
+                .expect("a stored session imports");
+        }
+        for r in image.retained() {
+            broker.import_retained(r, self.now);
+        }
+        // What fell due while it was down.
+        broker.handle_timeout(self.now);
+        self.broker = broker;
+        self.pump();
     }
 
     /// Adds a client, not yet linked.
@@ -280,7 +387,7 @@ impl Net {
     /// Moves every output into transit and acts on events.
     fn pump(&mut self) {
         loop {
-            let mut any = false;
+            let mut any = self.store();
             for (i, peer) in self.peers.iter_mut().enumerate() {
                 while let Some(data) = peer.client.poll_transmit() {
                     any = true;
@@ -348,6 +455,63 @@ impl Net {
         if let Err(e) = self.broker.check_invariants() {
             panic!("broker invariant broken: {e}");
         }
+        // A disk that syncs every change holds what the broker holds.
+        if self.disk.as_ref().is_some_and(|d| d.auto) {
+            self.check_disk();
+        }
+    }
+}
+
+impl Net {
+    /// Takes the broker's changes to the disk (and syncs them at once when
+    /// the disk syncs by itself). Returns whether there were any.
+    fn store(&mut self) -> bool {
+        let Some(disk) = &mut self.disk else {
+            return false;
+        };
+        let mut any = false;
+        while let Some(change) = self.broker.poll_change() {
+            any = true;
+            disk.pending.push(change);
+        }
+        if disk.auto {
+            if let Some(n) = disk.sync() {
+                self.broker.handle_persisted(n);
+            }
+        }
+        any
+    }
+}
+
+/// The wall clock when a network starts: 2026-01-01.
+const WALL_START: u64 = 1_767_225_600_000;
+
+/// A disk that loses what was not synced when the broker crashes.
+#[derive(Debug)]
+struct Disk {
+    synced: Image,
+    pending: Vec<(u64, Change)>,
+    auto: bool,
+}
+
+impl Default for Disk {
+    fn default() -> Disk {
+        Disk {
+            synced: Image::new(),
+            pending: Vec::new(),
+            auto: true,
+        }
+    }
+}
+
+impl Disk {
+    /// Makes the pending changes durable; the number of the last, if any.
+    fn sync(&mut self) -> Option<u64> {
+        let last = self.pending.last().map(|c| c.0);
+        for (_, c) in self.pending.drain(..) {
+            self.synced.apply(&c);
+        }
+        last
     }
 }
 

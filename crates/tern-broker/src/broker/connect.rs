@@ -121,6 +121,8 @@ impl Broker {
             return self.refuse(conn, ReasonCode::QuotaExceeded, now);
         };
         let accepted = self.attach(conn, sid, &connect, now);
+        // The CONNACK waits for the session's record to be durable.
+        self.record_session(sid);
         let assigned = assigned && connect.protocol.is_v5();
         let ack = self.connack(conn, &connect, session_present, assigned, accepted);
         self.send(conn, &ack.into());

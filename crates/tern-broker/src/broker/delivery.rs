@@ -9,16 +9,23 @@ use tern_codec::{Ack, Packet, PacketId, Publish, PublishProperties, QoS, QosPid}
 
 use super::output::WireKey;
 use super::{Broker, BrokerEvent, ConnId, SessionId};
+use crate::durable::{Change, InflightStage};
 use crate::session::{Delivery, OutState, Outgoing, Session};
 use crate::{Config, QueueFullPolicy};
 
 impl Broker {
-    pub(super) fn deliver(&mut self, sid: SessionId, d: Delivery, now: Instant) {
+    pub(super) fn deliver(&mut self, sid: SessionId, mut d: Delivery, now: Instant) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
         if d.msg.expired(now) {
             return;
+        }
+        if s.stored {
+            // Named within its session, for the durable store.
+            let f = s.flow_mut();
+            d.id = f.next_id;
+            f.next_id += 1;
         }
         let max = self.config.max_unwritten_bytes;
         let congested = s
@@ -34,9 +41,9 @@ impl Broker {
                     topic: d.msg.topic.clone(),
                 });
             }
-            Some(conn) if d.qos == QoS::AtMostOnce => self.send_publish(conn, sid, d, now),
+            Some(conn) if d.qos == QoS::AtMostOnce => self.send_publish(conn, sid, d, false, now),
             Some(conn) if s.flow().queue.is_empty() && s.window_open() && !congested => {
-                self.send_publish(conn, sid, d, now)
+                self.send_publish(conn, sid, d, false, now)
             }
             None if d.qos == QoS::AtMostOnce && !self.config.queue_qos0_offline => {}
             _ => self.enqueue(sid, d),
@@ -58,6 +65,12 @@ impl Broker {
                     while full(s, &self.config) {
                         match s.pop_queue() {
                             Some(old) => {
+                                if s.stored {
+                                    self.out.log(Change::Removed {
+                                        session: sid,
+                                        id: old.id,
+                                    });
+                                }
                                 self.stats.messages_dropped += 1;
                                 self.out.events.push_back(BrokerEvent::Dropped {
                                     client_id: s.client.client_id.clone(),
@@ -81,7 +94,17 @@ impl Broker {
                     topic,
                 });
             }
-            None => s.push_queue(d),
+            None => {
+                if s.stored {
+                    let delivery = self.stored_delivery(&d);
+                    self.out.log(Change::Queued {
+                        session: sid,
+                        delivery,
+                    });
+                }
+                let s = self.sessions.get_mut(&sid).expect("session exists");
+                s.push_queue(d);
+            }
         }
     }
 
@@ -104,15 +127,26 @@ impl Broker {
             }
             let d = s.pop_queue().expect("front exists");
             if d.msg.expired(now) {
+                let id = d.id;
+                self.log_for(sid, || Change::Removed { session: sid, id });
                 continue;
             }
-            self.send_publish(conn, sid, d, now);
+            self.send_publish(conn, sid, d, true, now);
         }
     }
 
-    /// Sends one delivery, registering it in flight if QoS 1/2.
-    pub(super) fn send_publish(&mut self, conn: ConnId, sid: SessionId, d: Delivery, now: Instant) {
+    /// Sends one delivery (taken from the session's queue, if `queued`),
+    /// registering it in flight if QoS 1/2.
+    pub(super) fn send_publish(
+        &mut self,
+        conn: ConnId,
+        sid: SessionId,
+        d: Delivery,
+        queued: bool,
+        now: Instant,
+    ) {
         let s = self.sessions.get_mut(&sid).expect("session exists");
+        let stored = s.stored;
         let (qos, state) = match d.qos {
             QoS::AtMostOnce => (QosPid::AtMostOnce, None),
             q => {
@@ -126,7 +160,16 @@ impl Broker {
                 }
             }
         };
+        // Logged first: the PUBLISH goes out once its state is durable.
+        if stored {
+            self.log_sent(sid, &d, queued, qos);
+        }
         let sent = self.write_publish(conn, &d, qos, false, now);
+        if stored && !sent && (queued || qos.packet_id().is_some()) {
+            // Too large for the client: dropped as if delivered.
+            let id = d.id;
+            self.out.log(Change::Removed { session: sid, id });
+        }
         if let (Some(state), Some(id), true) = (state, qos.packet_id(), sent) {
             let f = self
                 .sessions
@@ -144,6 +187,36 @@ impl Broker {
                 },
             );
         }
+    }
+
+    /// The durable side of sending a stored session's delivery: in flight
+    /// (stored first if it never was queued), or, at QoS 0, done with.
+    fn log_sent(&mut self, sid: SessionId, d: &Delivery, queued: bool, qos: QosPid) {
+        let id = d.id;
+        let Some(pid) = qos.packet_id() else {
+            if queued {
+                self.out.log(Change::Removed { session: sid, id });
+            }
+            return;
+        };
+        if !queued {
+            let delivery = self.stored_delivery(d);
+            self.out.log(Change::Queued {
+                session: sid,
+                delivery,
+            });
+        }
+        let stage = if matches!(qos, QosPid::AtLeastOnce(_)) {
+            InflightStage::AwaitPubAck
+        } else {
+            InflightStage::AwaitPubRec
+        };
+        self.out.log(Change::Sent {
+            session: sid,
+            id,
+            packet_id: pid.get(),
+            stage,
+        });
     }
 
     /// Encodes and queues a PUBLISH. Returns false if it was too large for
@@ -244,6 +317,8 @@ impl Broker {
                             .flow_mut()
                             .inflight
                             .remove(&id);
+                        let id = d.id;
+                        self.log_for(sid, || Change::Removed { session: sid, id });
                     }
                 }
             }

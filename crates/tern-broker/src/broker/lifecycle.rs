@@ -9,6 +9,7 @@ use tern_codec::{Disconnect, Packet, PacketType, ReasonCode};
 use super::conn::Phase;
 use super::timers::Timer;
 use super::{fit, Broker, BrokerEvent, ConnId, SessionId, Sessions};
+use crate::durable::Change;
 
 /// Sessions by client id, without a copy of the id: a table of session
 /// ids, hashed by their session's client id.
@@ -64,6 +65,7 @@ impl Broker {
         now: Instant,
     ) {
         let s = self.sessions.get_mut(&sid).expect("session exists");
+        let before = (s.expiry, s.will.is_some());
         if let Some(e) = d.properties.session_expiry_interval {
             // 5.0 §3.14.2.2.2: 0 at CONNECT cannot become non-zero.
             if s.expiry == 0 && e != 0 {
@@ -75,6 +77,9 @@ impl Broker {
         let abnormal = d.reason_code == ReasonCode::DisconnectWithWillMessage;
         if !abnormal {
             s.will = None;
+        }
+        if (s.expiry, s.will.is_some()) != before {
+            self.record_session(sid);
         }
         self.close(conn, ReasonCode::Success, abnormal, now);
     }
@@ -115,8 +120,8 @@ impl Broker {
         let Phase::Active(sid) = c.phase else { return };
         let s = self.sessions.get_mut(&sid).expect("session exists");
         s.conn = None;
-        if !abnormal {
-            s.will = None;
+        if !abnormal && s.will.take().is_some() {
+            self.log_for(sid, || Change::WillGone { session: sid });
         }
         self.go_offline(sid, now);
     }
@@ -124,33 +129,60 @@ impl Broker {
     /// The session lost its connection: it ends, or waits for its expiry
     /// with its will published or scheduled.
     pub(super) fn go_offline(&mut self, sid: SessionId, now: Instant) {
+        self.offline(sid, now, None, None, false);
+    }
+
+    /// The session is offline from `now`: it ends at `expires_at` (by
+    /// default, its expiry interval from now) and its will is due at
+    /// `will_at` (by default, its will delay from now); what is due already
+    /// happens now, or, `deferred`, at the next `handle_timeout` (so that a
+    /// will due during an import reaches sessions imported after it).
+    pub(super) fn offline(
+        &mut self,
+        sid: SessionId,
+        now: Instant,
+        expires_at: Option<Instant>,
+        will_at: Option<Instant>,
+        deferred: bool,
+    ) {
         let s = self.sessions.get_mut(&sid).expect("session exists");
-        let delay = s
-            .will
-            .as_ref()
-            .and_then(|w| w.will.properties.will_delay_interval)
-            .unwrap_or(0);
         if s.expiry == 0 {
             // The session ends now, and with it any delayed will.
             return self.end_session(sid, now);
         }
-        if s.expiry != u32::MAX {
-            let at = now + Duration::from_secs(s.expiry.into());
+        let expires = (s.expiry != u32::MAX)
+            .then(|| expires_at.unwrap_or(now + Duration::from_secs(s.expiry.into())));
+        if let Some(at) = expires {
+            if at <= now && !deferred {
+                // It expired while the broker was down.
+                return self.end_session(sid, now);
+            }
             s.expires_at = Some(self.epoch.stamp(at));
             self.timers.insert((at, Timer::SessionExpiry(sid)));
         }
+        let mut will_due = None;
         if let Some(w) = s.will.as_mut() {
-            if delay == 0 {
+            let delay = w.will.properties.will_delay_interval.unwrap_or(0);
+            let at = will_at.unwrap_or(now + Duration::from_secs(delay.into()));
+            if at <= now && !deferred {
                 let w = s.will.take().expect("will exists");
+                self.log_for(sid, || Change::WillGone { session: sid });
                 self.publish_will(&w.will, Some(sid), now);
             } else {
                 // [MQTT-3.1.3-9]: published after the delay unless the
                 // session resumes first (or at session end, if sooner).
-                let at = now + Duration::from_secs(delay.into());
                 w.at = Some(self.epoch.stamp(at));
                 self.timers.insert((at, Timer::Will(sid)));
+                will_due = Some(at);
             }
         }
+        let expires_at = expires.and_then(|at| self.wall_of(at));
+        let will_at = will_due.and_then(|at| self.wall_of(at));
+        self.log_for(sid, || Change::Offline {
+            session: sid,
+            expires_at,
+            will_at,
+        });
     }
 
     /// Ends a session: a pending will is published, subscriptions go.
@@ -158,6 +190,9 @@ impl Broker {
         let Some(mut s) = self.sessions.remove(&sid) else {
             return;
         };
+        if s.stored {
+            self.out.log(Change::Ended { session: sid });
+        }
         self.by_client_id.remove(s.client.client_id.as_bytes(), sid);
         for f in s.subscriptions.keys() {
             self.routing.subs.unsubscribe(f, &sid);

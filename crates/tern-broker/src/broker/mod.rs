@@ -19,6 +19,7 @@
 mod conn;
 mod connect;
 mod delivery;
+mod durability;
 mod invariants;
 mod lifecycle;
 mod output;
@@ -139,6 +140,8 @@ pub struct Broker {
     next_assigned_id: u64,
     started: Instant,
     stats: Stats,
+    /// An instant and the wall-clock time then, once the embedding gave it.
+    wall: Option<(Instant, crate::durable::WallMs)>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -174,6 +177,7 @@ impl Broker {
             next_assigned_id: 1,
             started: now,
             stats: Stats::default(),
+            wall: None,
         };
         if let Some(i) = b.config.sys_interval {
             b.timers.insert((now + i, Timer::Sys));

@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 use tern_codec::{Packet, ProtocolVersion, Publish, ReasonCode, TopicFilter, TopicName};
 
 use super::{Broker, ConnId, Token};
+use crate::durable::Change;
 use crate::policy::{ClientInfo, Credentials};
 use crate::router::Report;
 
@@ -122,10 +123,19 @@ pub(super) struct WireKey {
 }
 
 /// The core's outputs: transmits and events in the order they are made,
-/// and the chunk packets are encoded into.
+/// the changes to the durable state, and the chunk packets are encoded
+/// into.
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
-    transmits: VecDeque<Transmit>,
+    /// Each with the number of the last change made before it: it goes out
+    /// once that change is durable.
+    transmits: VecDeque<(u64, Transmit)>,
+    /// Changes to the durable state, numbered from 1.
+    changes: VecDeque<(u64, Change)>,
+    /// The number of the last change made.
+    logged: u64,
+    /// The number of the last change the embedding said is durable.
+    persisted: u64,
     pub(super) events: VecDeque<BrokerEvent>,
     /// For the router, with `Config::forward`.
     pub(super) reports: VecDeque<Report>,
@@ -138,14 +148,35 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
-    /// Queues bytes for `conn`.
+    /// Queues bytes for `conn`: they wait for every change made so far to
+    /// be durable.
     pub(super) fn push(&mut self, conn: ConnId, data: Bytes) {
-        self.transmits.push_back(Transmit { conn, data });
+        self.transmits
+            .push_back((self.logged, Transmit { conn, data }));
     }
 
-    /// The next transmit.
+    /// The next transmit, unless it waits for a change to be durable.
     pub(super) fn pop(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        match self.transmits.front() {
+            Some(&(need, _)) if need <= self.persisted => self.transmits.pop_front().map(|t| t.1),
+            _ => None,
+        }
+    }
+
+    /// Records a change to the durable state.
+    pub(super) fn log(&mut self, change: Change) {
+        self.logged += 1;
+        self.changes.push_back((self.logged, change));
+    }
+
+    /// The next change, with its number.
+    pub(super) fn pop_change(&mut self) -> Option<(u64, Change)> {
+        self.changes.pop_front()
+    }
+
+    /// The changes up to number `n` are durable.
+    pub(super) fn persisted(&mut self, n: u64) {
+        self.persisted = self.persisted.max(n.min(self.logged));
     }
 
     /// Encodes a packet the broker built (valid by construction).

@@ -11,6 +11,7 @@ use tern_codec::{
 use super::conn::{Held, Phase};
 use super::routing::Scope;
 use super::{ack, fit, refusal, Broker, BrokerEvent, ConnId, SessionId};
+use crate::durable::{Change, InflightStage};
 use crate::policy::Verdict;
 use crate::router::{Forward, Report};
 use crate::session::{Envelope, OutState};
@@ -26,7 +27,7 @@ impl Broker {
         if fwd.retain {
             // Over the limit, this instance's copy is not kept; the
             // publisher's instance answered the client.
-            let _ = self.retain(&fwd.msg);
+            let _ = self.retain(&fwd.msg, false);
         }
         let scope = Scope::Forwarded {
             subscribers: fwd.subscribers,
@@ -166,7 +167,7 @@ impl Broker {
                 publisher: Some(sid),
             });
             if msg.retain {
-                if let Err(c) = self.retain(&msg) {
+                if let Err(c) = self.retain(&msg, true) {
                     // A 5.0 QoS 1/2 message is refused (0x97). Where no
                     // refusal can be said (QoS 0, or 3.1.1, which answers
                     // positively by [MQTT-3.3.5-2]) the message is
@@ -198,6 +199,13 @@ impl Broker {
                     if let Some(s) = self.sessions.get_mut(&sid) {
                         s.flow_mut().incoming_qos2.insert(id.get());
                     }
+                    // The PUBREC waits for this (and the message's copies)
+                    // to be durable: a resend after a crash is recognised.
+                    let packet_id = id.get();
+                    self.log_for(sid, || Change::Received {
+                        session: sid,
+                        packet_id,
+                    });
                 }
                 self.send(conn, &Packet::PubRec(ack(id, code, v5)));
             }
@@ -216,7 +224,9 @@ impl Broker {
         let id = a.packet_id.get();
         let Some(f) = s.flow_if_any() else { return };
         if f.inflight.get(&id).is_some_and(|o| o.state == expect) {
-            f.inflight.remove(&id);
+            let o = f.inflight.remove(&id).expect("in flight");
+            let id = o.delivery.id;
+            self.log_for(sid, || Change::Removed { session: sid, id });
             self.drain_queue(sid, now);
         }
     }
@@ -227,12 +237,23 @@ impl Broker {
         let id = a.packet_id;
         match s.flow_if_any().and_then(|f| f.inflight.get_mut(&id.get())) {
             Some(o) if o.state == OutState::Rec => {
+                let stored = o.delivery.id;
                 if a.reason_code.is_error() {
                     // The exchange ends here: [MQTT-4.3.3-4] (5.0).
                     s.flow_mut().inflight.remove(&id.get());
+                    self.log_for(sid, || Change::Removed {
+                        session: sid,
+                        id: stored,
+                    });
                     self.drain_queue(sid, now);
                 } else {
                     o.state = OutState::Comp;
+                    self.log_for(sid, || Change::Sent {
+                        session: sid,
+                        id: stored,
+                        packet_id: id.get(),
+                        stage: InflightStage::AwaitPubComp,
+                    });
                     self.send(conn, &Packet::PubRel(Ack::new(id)));
                 }
             }
@@ -252,6 +273,13 @@ impl Broker {
         let released = s
             .flow_if_any()
             .is_some_and(|f| f.incoming_qos2.remove(&a.packet_id.get()));
+        if released {
+            let packet_id = a.packet_id.get();
+            self.log_for(sid, || Change::Released {
+                session: sid,
+                packet_id,
+            });
+        }
         let code = if released {
             ReasonCode::Success
         } else {
@@ -266,9 +294,13 @@ impl Broker {
         publisher: Option<SessionId>,
         now: Instant,
     ) {
+        if will.topic.as_str().starts_with("$SYS") {
+            // A will is a client's message: `$SYS` is the broker's.
+            return;
+        }
         let msg = Arc::new(Envelope::from_will(will, now, publisher));
         if msg.retain {
-            let _ = self.retain(&msg);
+            let _ = self.retain(&msg, true);
         }
         self.route(&msg, self.local_scope(), now);
         if self.config.forward {

@@ -11,6 +11,7 @@ use tern_codec::{QoS, ReasonCode, TopicFilter};
 use tern_topic::{Matches, RetainedIndex, SubscriptionIndex};
 
 use super::{compact_message, Broker, SessionId};
+use crate::durable::{Change, StoredRetained};
 use crate::router::Report;
 use crate::session::{Delivery, Envelope, Sub};
 
@@ -78,10 +79,15 @@ impl Routing {
 
 impl Broker {
     /// Stores or clears a retained message.
-    pub(super) fn retain(&mut self, msg: &Arc<Envelope>) -> Result<(), ReasonCode> {
+    /// With `persist` (a message published here, or a will), the change
+    /// goes to the durable store too.
+    pub(super) fn retain(&mut self, msg: &Arc<Envelope>, persist: bool) -> Result<(), ReasonCode> {
+        let persist = persist && self.config.durable;
         if msg.payload.is_empty() {
             // [MQTT-3.3.1-6]: an empty payload clears the retained message.
-            self.routing.retained.remove(&msg.topic);
+            if self.routing.retained.remove(&msg.topic).is_some() && persist {
+                self.out.log(Change::Unretained(msg.topic.clone()));
+            }
             return Ok(());
         }
         let replaced = self
@@ -96,9 +102,17 @@ impl Broker {
         if full_count || full_bytes {
             return Err(ReasonCode::QuotaExceeded);
         }
+        let kept = compact_message(msg);
+        if persist {
+            let expires_at = msg.expires_at.and_then(|at| self.wall_of(at));
+            self.out.log(Change::Retained(StoredRetained {
+                message: kept.clone(),
+                expires_at,
+            }));
+        }
         self.routing
             .retained
-            .insert(msg.topic.clone(), compact_message(msg), msg.weight());
+            .insert(msg.topic.clone(), kept, msg.weight());
         Ok(())
     }
 
@@ -179,6 +193,7 @@ impl Broker {
                 qos,
                 retain,
                 sub_ids,
+                id: 0,
             };
             self.deliver(sid, d, now);
         }

@@ -6,33 +6,30 @@ use std::time::Instant;
 
 use tern_codec::MqttString;
 
-use super::Broker;
+use super::durability::stage;
+use super::{Broker, SessionId};
 use crate::durable::{
-    ImportError, InflightStage, StoredDelivery, StoredSession, StoredSubscription,
+    ImportError, InflightStage, StoredDelivery, StoredRetained, StoredSession, StoredSubscription,
 };
 use crate::session::{Delivery, Envelope, OutState, Outgoing, Session, SessionWill, Sub};
 
 impl Broker {
     /// A copy of every session (connected or not), for a durable store.
     pub fn export_sessions(&self) -> Vec<StoredSession> {
-        let stored = |d: &Delivery| StoredDelivery {
-            message: d.msg.clone(),
-            qos: d.qos,
-            retain: d.retain,
-            subscription_ids: d.sub_ids.clone(),
-        };
         self.sessions
             .values()
             .map(|s| {
                 let f = s.flow();
                 let mut inflight: Vec<_> = f.inflight.iter().collect();
                 inflight.sort_by_key(|(_, o)| o.seq);
+                let wall = |at| self.wall_of(self.epoch.instant(at));
                 StoredSession {
                     client_id: MqttString::from_str(&s.client.client_id)
                         .expect("a client id stays valid"),
                     username: s.client.username.clone(),
                     version: s.version,
                     expiry: s.expiry,
+                    expires_at: s.expires_at.and_then(wall),
                     subscriptions: s
                         .subscriptions
                         .iter()
@@ -44,38 +41,45 @@ impl Broker {
                         .collect(),
                     inflight: inflight
                         .into_iter()
-                        .map(|(&id, o)| {
-                            let stage = match o.state {
-                                OutState::Ack => InflightStage::AwaitPubAck,
-                                OutState::Rec => InflightStage::AwaitPubRec,
-                                OutState::Comp => InflightStage::AwaitPubComp,
-                            };
-                            (id, stage, stored(&o.delivery))
-                        })
+                        .map(|(&id, o)| (id, stage(o.state), self.stored_delivery(&o.delivery)))
                         .collect(),
-                    queued: f.queue.iter().map(stored).collect(),
+                    queued: f.queue.iter().map(|d| self.stored_delivery(d)).collect(),
                     incoming_qos2: f.incoming_qos2.iter().copied().collect(),
                     will: s.will.as_ref().map(|w| w.will.clone()),
+                    will_at: s.will.as_ref().and_then(|w| w.at).and_then(wall),
                 }
             })
             .collect()
     }
 
     /// Every retained message, for a durable store.
-    pub fn export_retained(&self) -> Vec<Arc<Envelope>> {
+    pub fn export_retained(&self) -> Vec<StoredRetained> {
         let mut out = Vec::with_capacity(self.routing.retained.len());
-        self.routing.retained.for_each(|_, m| out.push(m.clone()));
+        self.routing.retained.for_each(|_, m| {
+            out.push(StoredRetained {
+                message: m.clone(),
+                expires_at: m.expires_at.and_then(|at| self.wall_of(at)),
+            })
+        });
         out
     }
 
-    /// Restores a session as offline, as if its connection had just closed
-    /// abnormally: its expiry starts now and its will is published or
-    /// scheduled.
+    /// Restores a session as offline. Its deadlines continue from the wall
+    /// clock ([`Broker::set_wall_clock`]): a session that expired while the
+    /// broker was down ends now (publishing its will), one that did not
+    /// keeps the rest of its interval. A session stored without deadlines
+    /// (connected when it was stored, or stored without a wall clock) is
+    /// treated as if its connection had just closed abnormally: its expiry
+    /// starts now and its will is published or scheduled.
+    ///
+    /// What is due already (an expiry, a will) happens at the next
+    /// [`Broker::handle_timeout`]: import every session first, then call
+    /// it, so that a will reaches the sessions imported after its own.
     pub fn import_session(
         &mut self,
         stored: StoredSession,
         now: Instant,
-    ) -> Result<(), ImportError> {
+    ) -> Result<SessionId, ImportError> {
         if self
             .by_client_id
             .get(stored.client_id.as_bytes(), &self.sessions)
@@ -87,20 +91,16 @@ impl Broker {
         s.client.username = stored.username;
         s.expiry = stored.expiry;
         s.window = self.config.max_inflight.max(1);
-        let delivery = |d: StoredDelivery| Delivery {
-            msg: d.message,
-            qos: d.qos,
-            retain: d.retain,
-            sub_ids: d.subscription_ids,
-        };
+        let mut next_id = 0;
         for (seq, (id, stage, d)) in stored.inflight.into_iter().enumerate() {
             let state = match stage {
                 InflightStage::AwaitPubAck => OutState::Ack,
                 InflightStage::AwaitPubRec => OutState::Rec,
                 InflightStage::AwaitPubComp => OutState::Comp,
             };
+            next_id = next_id.max(d.id + 1);
             let o = Outgoing {
-                delivery: delivery(d),
+                delivery: self.delivery(d, now),
                 state,
                 seq: seq as u64,
             };
@@ -111,7 +111,11 @@ impl Broker {
             f.next_seq = seq as u64 + 1;
         }
         for d in stored.queued {
-            s.push_queue(delivery(d));
+            next_id = next_id.max(d.id + 1);
+            s.push_queue(self.delivery(d, now));
+        }
+        if next_id > 0 {
+            s.flow_mut().next_id = next_id;
         }
         if !stored.incoming_qos2.is_empty() {
             s.flow_mut().incoming_qos2 = stored.incoming_qos2.into_iter().collect();
@@ -130,14 +134,47 @@ impl Broker {
                 self.subscription_changed(&sub.filter, true);
             }
         }
+        s.stored = self.config.durable;
         self.sessions.insert(sid, Box::new(s));
         self.by_client_id.insert(sid, &self.sessions);
-        self.go_offline(sid, now);
-        Ok(())
+        // The store learns which session this is in this process.
+        self.record_session(sid);
+        let expires_at = stored.expires_at.map(|w| self.instant_of_wall(w, now));
+        let will_at = stored.will_at.map(|w| self.instant_of_wall(w, now));
+        self.offline(sid, now, expires_at, will_at, true);
+        Ok(sid)
     }
 
-    /// Restores a retained message.
-    pub fn import_retained(&mut self, msg: Arc<Envelope>) {
-        let _ = self.retain(&msg);
+    /// A stored delivery back in this process: its message's expiry from
+    /// the wall clock, if it was stored with one.
+    fn delivery(&self, d: StoredDelivery, now: Instant) -> Delivery {
+        Delivery {
+            msg: self.envelope(d.message, d.expires_at, now),
+            qos: d.qos,
+            retain: d.retain,
+            sub_ids: d.subscription_ids,
+            id: d.id,
+        }
+    }
+
+    /// A stored message back in this process, expiring when the wall clock
+    /// says (if it was stored with a wall-clock expiry).
+    fn envelope(&self, m: Arc<Envelope>, expires_at: Option<u64>, now: Instant) -> Arc<Envelope> {
+        match expires_at {
+            Some(w) => Arc::new(Envelope {
+                message: m.message.clone(),
+                expires_at: Some(self.instant_of_wall(w, now)),
+                publisher: None,
+            }),
+            None => m,
+        }
+    }
+
+    /// Restores a retained message (one that expired meanwhile is not).
+    pub fn import_retained(&mut self, stored: StoredRetained, now: Instant) {
+        let msg = self.envelope(stored.message, stored.expires_at, now);
+        if !msg.expired(now) {
+            let _ = self.retain(&msg, false);
+        }
     }
 }

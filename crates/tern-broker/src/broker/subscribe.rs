@@ -11,6 +11,7 @@ use tern_codec::{
 
 use super::conn::{Held, Phase};
 use super::{refusal, Broker, BrokerEvent, ConnId, SessionId};
+use crate::durable::{Change, StoredSubscription};
 use crate::policy::Verdict;
 use crate::session::{Delivery, Sub};
 
@@ -147,8 +148,16 @@ impl Broker {
         };
         // Kept for the session's life: its own bytes, not the read buffer's.
         let filter = TopicFilter::new(f.filter.as_str()).expect("a valid filter stays valid");
-        s.subscriptions.insert(filter, sub);
+        s.subscriptions.insert(filter.clone(), sub);
         self.routing.subs.subscribe(&f.filter, sid, sub);
+        self.log_for(sid, || Change::Subscribed {
+            session: sid,
+            subscription: StoredSubscription {
+                filter,
+                options,
+                id: sub.id,
+            },
+        });
         if !exists {
             self.subscription_changed(&f.filter, true);
         }
@@ -179,9 +188,13 @@ impl Broker {
             if m.expired(now) {
                 // An expired retained message is forgotten when found.
                 self.routing.retained.remove(&m.topic);
+                if self.config.durable {
+                    self.out.log(Change::Unretained(m.topic.clone()));
+                }
                 continue;
             }
             let d = Delivery {
+                id: 0,
                 qos: m.qos.min(granted),
                 msg: m,
                 // Retained messages sent because of a subscribe keep RETAIN
@@ -212,6 +225,10 @@ impl Broker {
         }
         for f in gone {
             self.subscription_changed(f, false);
+            self.log_for(sid, || Change::Unsubscribed {
+                session: sid,
+                filter: f.clone(),
+            });
         }
         let ack = UnsubAck {
             packet_id: u.packet_id,

@@ -104,7 +104,7 @@ impl Broker {
             let topic = TopicName::from_static(topic);
             let message = Message::new(topic, value).with_retain(true);
             let msg = Arc::new(Envelope::from(message));
-            let _ = self.retain(&msg);
+            let _ = self.retain(&msg, false);
             self.route(&msg, Scope::All, now);
         }
     }

@@ -7,6 +7,7 @@ use tern_codec::ReasonCode;
 
 use super::conn::Phase;
 use super::{Broker, ConnId, SessionId};
+use crate::durable::Change;
 
 /// Timers other than the connections' (those are `Broker::conn_timers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -52,6 +53,7 @@ impl Broker {
                         let due = Some(self.epoch.stamp(at));
                         if s.will.as_ref().is_some_and(|w| w.at == due) {
                             let w = s.will.take().expect("will exists");
+                            self.log_for(sid, || Change::WillGone { session: sid });
                             self.publish_will(&w.will, Some(sid), now);
                         }
                     }

@@ -166,6 +166,23 @@ fn will_is_published_on_a_protocol_error() {
 }
 
 #[test]
+fn a_will_on_a_sys_topic_is_not_published() {
+    let mut sim = Sim::default();
+    let s = subscriber(&mut sim, V5, "s", "$SYS/fake/#", 0);
+    let c = sim.client(V5);
+    let mut cn = with_will(V5, "dev", "$SYS/fake/dev");
+    cn.will.as_mut().expect("will").retain = true;
+    sim.connect_with(c, cn);
+    sim.kill(c);
+    expect_nothing(&mut sim, s);
+    assert!(sim.broker.export_retained().iter().all(|r| !r
+        .message
+        .topic
+        .as_str()
+        .starts_with("$SYS/fake")));
+}
+
+#[test]
 fn delayed_will_is_cancelled_by_a_reconnect() {
     let mut sim = Sim::default();
     let s = subscriber(&mut sim, V5, "s", "will/#", 0);

@@ -186,14 +186,9 @@ fn a_session_that_moves_to_another_shard_takes_its_subscriptions_along() {
         .collect();
 
     let mut after = shards(3);
-    let now = after[2].now();
     for stored in sessions {
-        after[2]
-            .broker
-            .import_session(stored, now)
-            .expect("imports");
+        after[2].import_session(stored);
     }
-    after[2].sync();
     // Published on shard 0, queued for the offline session on shard 2.
     let p = connected(&mut after[0], V3, "p", true);
     after[0].send(p, publish("moves/2", 1, 1, "while away"));
@@ -226,12 +221,11 @@ fn sessions_and_retained_messages_survive_export_and_import() {
     assert_eq!(retained.len(), 1);
 
     let mut fresh = Sim::default();
-    let now = fresh.now();
     for s in sessions {
-        fresh.broker.import_session(s, now).expect("imports");
+        fresh.import_session(s);
     }
     for m in retained {
-        fresh.broker.import_retained(m);
+        fresh.import_retained(m);
     }
     let s = fresh.client(V3);
     assert!(fresh.connect(s, "s", false).session_present);
