@@ -293,13 +293,8 @@ fn workload(seed: u64) {
     net.set_auto_sync(seed % 3 == 0);
     // Every publish: who, its request, payload, QoS, retained topic.
     let mut published = Vec::new();
-    let debug = std::env::var("DEBUG_SEED").is_ok_and(|s| s == seed.to_string());
     for n in 0..60 {
-        let action = dice.roll(12);
-        if debug {
-            eprintln!("step {n}: action {action}");
-        }
-        match action {
+        match dice.roll(12) {
             0..=4 => {
                 let (i, p) = if dice.roll(2) == 0 { (3, p5) } else { (4, p3) };
                 let qos = if dice.roll(2) == 0 {
@@ -337,9 +332,6 @@ fn workload(seed: u64) {
         net.run();
         net.check_disk();
         seen.collect(&mut net, &peers);
-        if debug {
-            eprintln!("  s5 got {:?}", seen.delivered[0]);
-        }
     }
     // Recovery: the disk syncs again, everyone comes back.
     net.set_auto_sync(true);

@@ -38,12 +38,13 @@ pub use net::{Net, PeerRef};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tern_broker::durable::{Image, StoredRetained, StoredSession};
 use tern_broker::router::{Forward, InstanceId, Report, Router};
-use tern_broker::{AuthStep, Broker, BrokerEvent, Config, ConnId, Token};
+use tern_broker::{AuthStep, Broker, BrokerEvent, Config, ConnId, Envelope, Token};
 use tern_codec::{
     ConnAck, Connect, Decoder, MqttString, Packet, ProtocolVersion, ReasonCode, TopicName,
 };
@@ -689,10 +690,10 @@ impl Sim {
 /// the retained messages, value for value. `Err` says what differs: a
 /// change the broker made and did not report.
 pub fn disk_matches(broker: &Broker, image: &Image, retained: bool) -> Result<(), String> {
-    let on_disk = image.sessions();
+    let on_disk: Vec<_> = image.sessions().into_iter().map(plain).collect();
     let stored: std::collections::BTreeSet<_> =
         on_disk.iter().map(|s| s.client_id.clone()).collect();
-    let mut held = broker.export_sessions();
+    let mut held: Vec<_> = broker.export_sessions().into_iter().map(plain).collect();
     held.retain(|s| stored.contains(&s.client_id) || s.expiry > 0);
     held.sort_by(|a, b| a.client_id.cmp(&b.client_id));
     if on_disk != held {
@@ -703,11 +704,15 @@ pub fn disk_matches(broker: &Broker, image: &Image, retained: bool) -> Result<()
     if !retained {
         return Ok(());
     }
-    let mut held = broker.export_retained();
+    let mut held: Vec<_> = broker
+        .export_retained()
+        .into_iter()
+        .map(plain_retained)
+        .collect();
     // `$SYS` is the broker's own, made again every interval.
     held.retain(|r| !r.message.topic.as_str().starts_with("$SYS"));
     held.sort_by(|a, b| a.message.topic.cmp(&b.message.topic));
-    let on_disk = image.retained();
+    let on_disk: Vec<_> = image.retained().into_iter().map(plain_retained).collect();
     if on_disk != held {
         let show = |r: &[StoredRetained]| -> Vec<String> {
             r.iter()
@@ -726,4 +731,24 @@ pub fn disk_matches(broker: &Broker, image: &Image, retained: bool) -> Result<()
         ));
     }
     Ok(())
+}
+
+/// A stored session as a store keeps it: its messages without what only
+/// this process knows of them (the instant they expire, the session id of
+/// their publisher), which the wall-clock expiry stands for.
+pub fn plain(mut s: StoredSession) -> StoredSession {
+    let d = |d: &mut tern_broker::durable::StoredDelivery| {
+        d.message = Arc::new(Envelope::from(d.message.message.clone()));
+    };
+    s.queued.iter_mut().for_each(d);
+    s.inflight.iter_mut().for_each(|(_, _, x)| d(x));
+    s
+}
+
+/// A retained message as a store keeps it (as [`plain`]).
+pub fn plain_retained(r: StoredRetained) -> StoredRetained {
+    StoredRetained {
+        message: Arc::new(Envelope::from(r.message.message.clone())),
+        ..r
+    }
 }

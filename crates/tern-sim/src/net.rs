@@ -153,6 +153,17 @@ impl Net {
         &self.disk.as_ref().expect("a durable broker").synced
     }
 
+    /// The changes synced since the last call, in order: to feed another
+    /// store the same changes.
+    ///
+    /// # Panics
+    ///
+    /// If the broker is not durable.
+    pub fn take_changes(&mut self) -> Vec<(u64, Change)> {
+        self.store();
+        std::mem::take(&mut self.disk.as_mut().expect("a durable broker").log)
+    }
+
     /// Checks that the disk holds what the broker holds, when every change
     /// is synced: the sessions that outlive their connections and the
     /// retained messages, value for value. Does nothing while changes wait.
@@ -492,6 +503,8 @@ struct Disk {
     synced: Image,
     pending: Vec<(u64, Change)>,
     auto: bool,
+    /// Every change synced, for [`Net::take_changes`].
+    log: Vec<(u64, Change)>,
 }
 
 impl Default for Disk {
@@ -500,6 +513,7 @@ impl Default for Disk {
             synced: Image::new(),
             pending: Vec::new(),
             auto: true,
+            log: Vec::new(),
         }
     }
 }
@@ -508,8 +522,9 @@ impl Disk {
     /// Makes the pending changes durable; the number of the last, if any.
     fn sync(&mut self) -> Option<u64> {
         let last = self.pending.last().map(|c| c.0);
-        for (_, c) in self.pending.drain(..) {
+        for (n, c) in self.pending.drain(..) {
             self.synced.apply(&c);
+            self.log.push((n, c));
         }
         last
     }

@@ -9,7 +9,8 @@ use tern_codec::MqttString;
 use super::durability::stage;
 use super::{Broker, SessionId};
 use crate::durable::{
-    ImportError, InflightStage, StoredDelivery, StoredRetained, StoredSession, StoredSubscription,
+    Change, ImportError, InflightStage, StoredDelivery, StoredRetained, StoredSession,
+    StoredSubscription,
 };
 use crate::session::{Delivery, Envelope, OutState, Outgoing, Session, SessionWill, Sub};
 
@@ -92,6 +93,9 @@ impl Broker {
         s.expiry = stored.expiry;
         s.window = self.config.max_inflight.max(1);
         let mut next_id = 0;
+        // Queued messages that expired while the broker was down are not
+        // sent: the store forgets them once the session is known to it.
+        let mut expired = Vec::new();
         for (seq, (id, stage, d)) in stored.inflight.into_iter().enumerate() {
             let state = match stage {
                 InflightStage::AwaitPubAck => OutState::Ack,
@@ -99,6 +103,8 @@ impl Broker {
                 InflightStage::AwaitPubComp => OutState::Comp,
             };
             next_id = next_id.max(d.id + 1);
+            // In flight, its onward delivery has started: it goes on,
+            // expired or not ([MQTT-3.3.2-5] deletes only what has not).
             let o = Outgoing {
                 delivery: self.delivery(d, now),
                 state,
@@ -112,7 +118,12 @@ impl Broker {
         }
         for d in stored.queued {
             next_id = next_id.max(d.id + 1);
-            s.push_queue(self.delivery(d, now));
+            let delivery = self.delivery(d, now);
+            if delivery.msg.expired(now) {
+                expired.push(delivery.id);
+            } else {
+                s.push_queue(delivery);
+            }
         }
         if next_id > 0 {
             s.flow_mut().next_id = next_id;
@@ -139,6 +150,9 @@ impl Broker {
         self.by_client_id.insert(sid, &self.sessions);
         // The store learns which session this is in this process.
         self.record_session(sid);
+        for id in expired {
+            self.log_for(sid, || Change::Removed { session: sid, id });
+        }
         let expires_at = stored.expires_at.map(|w| self.instant_of_wall(w, now));
         let will_at = stored.will_at.map(|w| self.instant_of_wall(w, now));
         self.offline(sid, now, expires_at, will_at, true);
@@ -175,6 +189,8 @@ impl Broker {
         let msg = self.envelope(stored.message, stored.expires_at, now);
         if !msg.expired(now) {
             let _ = self.retain(&msg, false);
+        } else if self.config.durable {
+            self.out.log(Change::Unretained(msg.topic.clone()));
         }
     }
 }

@@ -1,0 +1,419 @@
+//! The store on any ordered key-value engine: changes become puts and
+//! deletes in [`Table`]s, one atomic batch per commit; loading reads the
+//! tables back into sessions and retained messages.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+
+use tern_broker::durable::{Change, StoredDelivery, StoredRetained, StoredSession};
+use tern_broker::SessionId;
+use tern_codec::MqttString;
+
+use crate::format::{self, SessionRecord, Table};
+use crate::{Loaded, Problem, Store, StoreError};
+
+/// One write of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Sets a key.
+    Put(Table, Vec<u8>, Vec<u8>),
+    /// Removes a key.
+    Delete(Table, Vec<u8>),
+    /// Removes every key that starts with the prefix.
+    DeletePrefix(Table, Vec<u8>),
+}
+
+/// An ordered key-value engine with tables and atomic, durable batches.
+pub trait Engine: Send {
+    /// Applies `ops` in order as one atomic batch; with `sync`, it is on
+    /// disk (fsync) when this returns.
+    fn write(&mut self, ops: &[Op], sync: bool) -> io::Result<()>;
+    /// Makes everything written so far durable.
+    fn sync(&mut self) -> io::Result<()>;
+    /// Calls `f` with every record of `table`, in key order.
+    fn scan(&mut self, table: Table, f: &mut dyn FnMut(&[u8], &[u8])) -> io::Result<()>;
+    /// Bytes the engine holds on disk (0 when it cannot tell).
+    fn size(&self) -> u64 {
+        0
+    }
+}
+
+/// The durable store on an [`Engine`].
+#[derive(Debug)]
+pub struct KvStore<E> {
+    engine: E,
+    /// Client id of each session of the broker writing to it.
+    names: HashMap<SessionId, MqttString>,
+    /// Each stored session's record, as last written.
+    records: HashMap<MqttString, SessionRecord>,
+}
+
+impl<E: Engine> KvStore<E> {
+    /// A store on `engine`.
+    pub fn new(engine: E) -> KvStore<E> {
+        KvStore {
+            engine,
+            names: HashMap::new(),
+            records: HashMap::new(),
+        }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    /// The engine, to change.
+    pub fn engine_mut(&mut self) -> &mut E {
+        &mut self.engine
+    }
+
+    /// The writes for `changes`, in order.
+    fn ops(&mut self, changes: &[(u64, Change)]) -> Vec<Op> {
+        let mut ops = Vec::with_capacity(changes.len());
+        for (_, c) in changes {
+            self.op(c, &mut ops);
+        }
+        ops
+    }
+
+    fn op(&mut self, change: &Change, ops: &mut Vec<Op>) {
+        if let Change::Session {
+            session,
+            client_id,
+            username,
+            version,
+            expiry,
+            will,
+        } = change
+        {
+            self.names.insert(*session, client_id.clone());
+            let r = SessionRecord {
+                username: username.clone(),
+                version: *version,
+                expiry: *expiry,
+                expires_at: None,
+                will_at: None,
+                will: will.as_deref().cloned(),
+            };
+            ops.push(Op::Put(
+                Table::Sessions,
+                client_id.as_bytes().to_vec(),
+                format::session(&r),
+            ));
+            self.records.insert(client_id.clone(), r);
+            return;
+        }
+        match change {
+            Change::Retained(r) => {
+                let key = r.message.topic.as_bytes().to_vec();
+                ops.push(Op::Put(Table::Retained, key, format::retained(r)));
+                return;
+            }
+            Change::Unretained(topic) => {
+                ops.push(Op::Delete(Table::Retained, topic.as_bytes().to_vec()));
+                return;
+            }
+            _ => {}
+        }
+        let Some((sid, id)) = self.client_of(change) else {
+            return;
+        };
+        let cid = id.as_bytes();
+        match change {
+            Change::Offline {
+                expires_at,
+                will_at,
+                ..
+            } => self.update(&id, ops, |r| {
+                r.expires_at = *expires_at;
+                r.will_at = *will_at;
+            }),
+            Change::WillGone { .. } => self.update(&id, ops, |r| {
+                r.will = None;
+                r.will_at = None;
+            }),
+            Change::Ended { .. } => {
+                self.names.remove(&sid);
+                self.records.remove(&id);
+                let prefix = format::session_prefix(cid);
+                // A batch need not see its own writes: what it put for the
+                // session goes from the batch itself.
+                ops.retain(|op| !matches!(op, Op::Put(t, k, _) if *t != Table::Sessions && *t != Table::Retained && k.starts_with(&prefix)));
+                for t in Table::OF_SESSION {
+                    ops.push(Op::DeletePrefix(t, prefix.clone()));
+                }
+                ops.push(Op::Delete(Table::Sessions, cid.to_vec()));
+            }
+            Change::Subscribed { subscription, .. } => ops.push(Op::Put(
+                Table::Subscriptions,
+                format::subscription_key(cid, &subscription.filter),
+                format::subscription(subscription),
+            )),
+            Change::Unsubscribed { filter, .. } => ops.push(Op::Delete(
+                Table::Subscriptions,
+                format::subscription_key(cid, filter),
+            )),
+            Change::Queued { delivery, .. } => ops.push(Op::Put(
+                Table::Messages,
+                format::message_key(cid, delivery.id),
+                format::delivery(delivery),
+            )),
+            Change::Sent {
+                id: m,
+                packet_id,
+                stage,
+                ..
+            } => ops.push(Op::Put(
+                Table::Inflight,
+                format::message_key(cid, *m),
+                format::inflight(*packet_id, *stage),
+            )),
+            Change::Removed { id: m, .. } => {
+                let key = format::message_key(cid, *m);
+                ops.push(Op::Delete(Table::Inflight, key.clone()));
+                ops.push(Op::Delete(Table::Messages, key));
+            }
+            Change::Received { packet_id, .. } => ops.push(Op::Put(
+                Table::Qos2,
+                format::qos2_key(cid, *packet_id),
+                Vec::new(),
+            )),
+            Change::Released { packet_id, .. } => {
+                ops.push(Op::Delete(Table::Qos2, format::qos2_key(cid, *packet_id)))
+            }
+            _ => {}
+        }
+    }
+
+    /// The session a change is about and its client id, if the store knows
+    /// the session.
+    fn client_of(&self, change: &Change) -> Option<(SessionId, MqttString)> {
+        let sid = match change {
+            Change::Offline { session, .. }
+            | Change::WillGone { session }
+            | Change::Ended { session }
+            | Change::Subscribed { session, .. }
+            | Change::Unsubscribed { session, .. }
+            | Change::Queued { session, .. }
+            | Change::Sent { session, .. }
+            | Change::Removed { session, .. }
+            | Change::Received { session, .. }
+            | Change::Released { session, .. }
+            | Change::Session { session, .. } => *session,
+            _ => return None,
+        };
+        Some((sid, self.names.get(&sid)?.clone()))
+    }
+
+    /// Rewrites a session's record after `f`.
+    fn update(&mut self, id: &MqttString, ops: &mut Vec<Op>, f: impl FnOnce(&mut SessionRecord)) {
+        if let Some(r) = self.records.get_mut(id) {
+            f(r);
+            let value = format::session(r);
+            ops.push(Op::Put(Table::Sessions, id.as_bytes().to_vec(), value));
+        }
+    }
+}
+
+impl<E: Engine> Store for KvStore<E> {
+    fn commit(&mut self, changes: &[(u64, Change)], sync: bool) -> Result<(), StoreError> {
+        let ops = self.ops(changes);
+        if ops.is_empty() && !sync {
+            return Ok(());
+        }
+        self.engine.write(&ops, sync).map_err(StoreError::Io)
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.engine.sync().map_err(StoreError::Io)
+    }
+
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        let mut problems = Vec::new();
+        let mut sessions: BTreeMap<MqttString, StoredSession> = BTreeMap::new();
+        // The records are read back; which session of the running broker
+        // each is stays as its `Session` changes said.
+        self.records.clear();
+        let mut bad = |table: Table, key: &[u8], reason: &'static str| {
+            problems.push(Problem {
+                table: table.name(),
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason,
+            });
+        };
+        let mut records = Vec::new();
+        self.engine.scan(Table::Sessions, &mut |k, v| {
+            records.push((k.to_vec(), format::session_of(v)));
+        })?;
+        for (k, r) in records {
+            let id = std::str::from_utf8(&k)
+                .ok()
+                .and_then(|s| MqttString::from_str(s).ok());
+            match (id, r) {
+                (Some(id), Ok(r)) => {
+                    sessions.insert(id.clone(), stored(id.clone(), &r));
+                    self.records.insert(id, r);
+                }
+                (None, _) => bad(Table::Sessions, &k, "client id invalid"),
+                (_, Err(e)) => bad(Table::Sessions, &k, e),
+            }
+        }
+        let mut rows = Vec::new();
+        for t in Table::OF_SESSION {
+            self.engine
+                .scan(t, &mut |k, v| rows.push((t, k.to_vec(), v.to_vec())))?;
+        }
+        let mut inflight = BTreeMap::new();
+        let mut messages: BTreeMap<(MqttString, u64), StoredDelivery> = BTreeMap::new();
+        for (t, k, v) in rows {
+            let (id, rest) = match format::split_key(&k) {
+                Ok(x) => x,
+                Err(e) => {
+                    bad(t, &k, e);
+                    continue;
+                }
+            };
+            let Some(s) = sessions.get_mut(&id) else {
+                bad(t, &k, "no session");
+                continue;
+            };
+            let r = match t {
+                Table::Subscriptions => {
+                    format::subscription_of(rest, &v).map(|sub| s.subscriptions.push(sub))
+                }
+                Table::Qos2 => match rest {
+                    [a, b] if v.is_empty() => {
+                        s.incoming_qos2.push(u16::from_be_bytes([*a, *b]));
+                        Ok(())
+                    }
+                    _ => Err("packet id invalid"),
+                },
+                Table::Messages | Table::Inflight => match <[u8; 8]>::try_from(rest) {
+                    Ok(n) => {
+                        let n = u64::from_be_bytes(n);
+                        if t == Table::Messages {
+                            format::delivery_of(n, &v).map(|d| {
+                                messages.insert((id.clone(), n), d);
+                            })
+                        } else {
+                            format::inflight_of(&v).map(|x| {
+                                inflight.insert((id.clone(), n), x);
+                            })
+                        }
+                    }
+                    Err(_) => Err("message id invalid"),
+                },
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                bad(t, &k, e);
+            }
+        }
+        for ((id, n), d) in messages {
+            let s = sessions.get_mut(&id).expect("checked above");
+            match inflight.remove(&(id.clone(), n)) {
+                Some((pid, stage)) => s.inflight.push((pid, stage, d)),
+                None => s.queued.push(d),
+            }
+        }
+        for ((id, n), _) in inflight {
+            let key = format::message_key(id.as_bytes(), n);
+            bad(Table::Inflight, &key, "no message");
+        }
+        let mut retained = Vec::new();
+        let mut rows = Vec::new();
+        self.engine.scan(Table::Retained, &mut |k, v| {
+            rows.push((k.to_vec(), v.to_vec()))
+        })?;
+        for (k, v) in rows {
+            match format::topic_of(&k).and_then(|topic| {
+                let r: StoredRetained = format::retained_of(&v)?;
+                if r.message.topic == topic {
+                    Ok(r)
+                } else {
+                    Err("topic differs from its key")
+                }
+            }) {
+                Ok(r) => retained.push(r),
+                Err(e) => bad(Table::Retained, &k, e),
+            }
+        }
+        Ok(Loaded {
+            sessions: sessions.into_values().collect(),
+            retained,
+            problems,
+        })
+    }
+
+    fn size(&self) -> u64 {
+        self.engine.size()
+    }
+}
+
+/// A session with its record and nothing else yet.
+fn stored(client_id: MqttString, r: &SessionRecord) -> StoredSession {
+    StoredSession {
+        client_id,
+        username: r.username.clone(),
+        version: r.version,
+        expiry: r.expiry,
+        expires_at: r.expires_at,
+        subscriptions: Vec::new(),
+        inflight: Vec::new(),
+        queued: Vec::new(),
+        incoming_qos2: Vec::new(),
+        will: r.will.clone(),
+        will_at: r.will_at,
+    }
+}
+
+/// An engine in memory: tables of ordered maps. For tests, and for a store
+/// that need not survive the process; `full` makes writes fail as a full
+/// disk does.
+#[derive(Debug, Default, Clone)]
+pub struct MemEngine {
+    tables: BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// Writes fail (with `StorageFull`) while this is set.
+    pub full: bool,
+}
+
+impl Engine for MemEngine {
+    fn write(&mut self, ops: &[Op], _sync: bool) -> io::Result<()> {
+        if self.full {
+            return Err(io::ErrorKind::StorageFull.into());
+        }
+        for op in ops {
+            match op {
+                Op::Put(t, k, v) => {
+                    self.tables
+                        .entry(*t)
+                        .or_default()
+                        .insert(k.clone(), v.clone());
+                }
+                Op::Delete(t, k) => {
+                    if let Some(m) = self.tables.get_mut(t) {
+                        m.remove(k);
+                    }
+                }
+                Op::DeletePrefix(t, p) => {
+                    if let Some(m) = self.tables.get_mut(t) {
+                        m.retain(|k, _| !k.starts_with(p));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn scan(&mut self, table: Table, f: &mut dyn FnMut(&[u8], &[u8])) -> io::Result<()> {
+        for (k, v) in self.tables.get(&table).into_iter().flatten() {
+            f(k, v);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,90 @@
+//! The durable store of a Tern broker: the changes the broker core reports
+//! ([`tern_broker::durable::Change`]) written in batches and made durable
+//! with one fsync each, and read back at startup.
+//!
+//! [`Store`] is the boundary the server writes through; [`KvStore`] puts
+//! it on any ordered key-value [`Engine`] with atomic batches, with one
+//! table per kind of record ([`format`]). A store is checked against the
+//! core's own reference copy of the state ([`tern_broker::durable::Image`]):
+//! after the same changes, [`Store::load`] gives what the image gives.
+//!
+//! ```
+//! use tern_store::{KvStore, MemEngine, Store};
+//!
+//! let mut store = KvStore::new(MemEngine::default());
+//! // The server commits each round's changes (here: none), durably...
+//! store.commit(&[], true)?;
+//! // ...and loads everything back at startup, with what it could not read.
+//! let loaded = store.load()?;
+//! assert!(loaded.sessions.is_empty() && loaded.problems.is_empty());
+//! # Ok::<(), tern_store::StoreError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod format;
+mod kv;
+
+pub use kv::{Engine, KvStore, MemEngine, Op};
+
+use tern_broker::durable::{Change, StoredRetained, StoredSession};
+
+/// Where a broker's durable state is kept.
+pub trait Store: Send {
+    /// Writes `changes` (numbered, in order, as the core reported them) as
+    /// one atomic batch; with `sync`, durable (fsync) when this returns.
+    fn commit(&mut self, changes: &[(u64, Change)], sync: bool) -> Result<(), StoreError>;
+
+    /// Makes everything committed so far durable.
+    fn sync(&mut self) -> Result<(), StoreError>;
+
+    /// Reads back everything stored: the sessions and retained messages to
+    /// import, and every record that could not be read (which is left out,
+    /// not guessed at).
+    fn load(&mut self) -> Result<Loaded, StoreError>;
+
+    /// Bytes the store holds on disk (0 when it cannot tell).
+    fn size(&self) -> u64 {
+        0
+    }
+}
+
+/// What a store holds, as read back.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// The sessions, to import.
+    pub sessions: Vec<StoredSession>,
+    /// The retained messages, to import.
+    pub retained: Vec<StoredRetained>,
+    /// Records that could not be read, and why.
+    pub problems: Vec<Problem>,
+}
+
+/// A record that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Its table.
+    pub table: &'static str,
+    /// Its key, as text (bytes that are not UTF-8 replaced).
+    pub key: String,
+    /// What was wrong.
+    pub reason: &'static str,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?}: {}", self.table, self.key, self.reason)
+    }
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The engine could not read or write (a full disk among others).
+    #[error("store: {0}")]
+    Io(#[from] std::io::Error),
+    /// The store cannot be opened: damaged beyond what loading skips.
+    #[error("store damaged: {0}")]
+    Damaged(String),
+}

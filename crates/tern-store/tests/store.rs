@@ -1,0 +1,268 @@
+//! The store holds what the core's reference copy holds: random workloads
+//! with real clients against a durable broker, every change committed to a
+//! `KvStore`, which loads back the same sessions and retained messages as
+//! the broker's `Image` after the same changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tern_broker::durable::{Image, StoredDelivery, StoredRetained, StoredSession};
+use tern_broker::{Config, Envelope};
+use tern_client::{Client, ClientConfig};
+use tern_codec::{
+    Message, ProtocolVersion, QoS, RetainHandling, SubscribeFilter, SubscribeProperties,
+    SubscriptionOptions, TopicFilter, TopicName, Will,
+};
+use tern_sim::{Net, PeerRef};
+use tern_store::{KvStore, MemEngine, Store};
+
+/// A value as stored: what a message is, not which `Arc` or instant of
+/// this process it came with.
+fn plain(mut s: StoredSession) -> StoredSession {
+    let d =
+        |d: &mut StoredDelivery| d.message = Arc::new(Envelope::from(d.message.message.clone()));
+    s.queued.iter_mut().for_each(d);
+    s.inflight.iter_mut().for_each(|(_, _, x)| d(x));
+    s
+}
+
+fn plain_retained(r: StoredRetained) -> StoredRetained {
+    StoredRetained {
+        message: Arc::new(Envelope::from(r.message.message.clone())),
+        ..r
+    }
+}
+
+fn same(store: &mut KvStore<MemEngine>, image: &Image, what: &str) {
+    let loaded = store.load().expect("loads");
+    assert!(loaded.problems.is_empty(), "{what}: {:?}", loaded.problems);
+    let got: Vec<_> = loaded.sessions.into_iter().map(plain).collect();
+    let want: Vec<_> = image.sessions().into_iter().map(plain).collect();
+    assert_eq!(got, want, "{what}: sessions");
+    let got: Vec<_> = loaded.retained.into_iter().map(plain_retained).collect();
+    let want: Vec<_> = image.retained().into_iter().map(plain_retained).collect();
+    assert_eq!(got, want, "{what}: retained");
+}
+
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn persistent(id: &str, v: ProtocolVersion) -> ClientConfig {
+    let mut c = ClientConfig::new(id).with_version(v);
+    if v.is_v5() {
+        c.session_expiry_interval = 30;
+    } else {
+        c.clean_start = false;
+    }
+    c
+}
+
+fn subscribe(net: &mut Net, p: PeerRef, filter: &str, options: SubscriptionOptions, id: u32) {
+    let now = net.now();
+    let f = SubscribeFilter {
+        filter: TopicFilter::new(filter).expect("valid"),
+        options,
+    };
+    let props = SubscribeProperties {
+        subscription_identifier: std::num::NonZeroU32::new(id),
+        ..Default::default()
+    };
+    let _ = net.client(p).subscribe(vec![f], props, now);
+}
+
+/// A random workload: every kind of change the core makes.
+fn workload(seed: u64) {
+    let mut dice = Dice(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut net = Net::new(Config {
+        durable: true,
+        max_inflight: 3,
+        ..Config::default()
+    });
+    let mut store = KvStore::new(MemEngine::default());
+    let mut will = Will {
+        topic: TopicName::new("w/dev").expect("valid"),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        properties: Default::default(),
+    };
+    will.properties.will_delay_interval = Some(5);
+    will.properties.content_type = tern_codec::MqttString::from_str("text/plain").ok();
+    let mut dev = persistent("dev", ProtocolVersion::V5);
+    dev.will = Some(will);
+    let peers: Vec<PeerRef> = [
+        persistent("s5", ProtocolVersion::V5),
+        persistent("s3", ProtocolVersion::V3_1_1),
+        persistent("p5", ProtocolVersion::V5),
+        dev,
+        ClientConfig::new("clean").with_version(ProtocolVersion::V5),
+    ]
+    .into_iter()
+    .map(|c| net.add(Client::new(c)))
+    .collect();
+    for &p in &peers {
+        net.open(p);
+    }
+    net.run();
+    let mut o = SubscriptionOptions::new(QoS::ExactlyOnce);
+    o.no_local = true;
+    o.retain_handling = RetainHandling::SendIfNew;
+    subscribe(&mut net, peers[0], "t/#", o, 7);
+    subscribe(
+        &mut net,
+        peers[1],
+        "t/+",
+        SubscriptionOptions::new(QoS::AtLeastOnce),
+        0,
+    );
+    net.run();
+    for n in 0..80 {
+        let p = peers[dice.roll(peers.len() as u64) as usize];
+        match dice.roll(10) {
+            0..=3 => {
+                let qos = QoS::from_u8(dice.roll(3) as u8).expect("0..=2");
+                let retain = dice.roll(3) == 0;
+                let mut m = Message::new(TopicName::new("t/x").expect("valid"), format!("{n}"))
+                    .with_qos(qos)
+                    .with_retain(retain);
+                if dice.roll(2) == 0 {
+                    m.properties.message_expiry_interval = Some(60);
+                    m.properties.user_properties.push((
+                        tern_codec::MqttString::from_static("k"),
+                        tern_codec::MqttString::from_static("v"),
+                    ));
+                }
+                let now = net.now();
+                let _ = net.client(peers[2]).publish(m, now);
+            }
+            4 if net.is_linked(p) => net.cut(p),
+            5 if !net.is_linked(p) => net.open(p),
+            6 => net.advance(Duration::from_secs(dice.roll(20))),
+            7 => {
+                let now = net.now();
+                let f = TopicFilter::new("t/+").expect("valid");
+                let _ = net.client(peers[1]).unsubscribe(vec![f], now);
+            }
+            8 => subscribe(
+                &mut net,
+                peers[1],
+                "t/+",
+                SubscriptionOptions::new(QoS::AtLeastOnce),
+                0,
+            ),
+            _ => {}
+        }
+        net.run();
+        // Batches of any size: each round's changes, one commit.
+        let changes = net.take_changes();
+        store.commit(&changes, true).expect("commits");
+        if n % 10 == 9 {
+            same(&mut store, net.disk(), &format!("seed {seed}, step {n}"));
+        }
+    }
+    same(&mut store, net.disk(), &format!("seed {seed}, end"));
+    // After a crash the broker writes again (its sessions' records under
+    // new ids): the store follows.
+    net.crash(Duration::from_secs(3));
+    let changes = net.take_changes();
+    store.commit(&changes, true).expect("commits");
+    same(
+        &mut store,
+        net.disk(),
+        &format!("seed {seed}, after the crash"),
+    );
+}
+
+#[test]
+fn a_store_holds_what_the_image_holds_after_every_change() {
+    for seed in 1..=60 {
+        workload(seed);
+    }
+}
+
+#[test]
+fn a_damaged_record_is_left_out_and_named_and_the_rest_loads() {
+    let mut net = Net::new(Config {
+        durable: true,
+        ..Config::default()
+    });
+    let mut store = KvStore::new(MemEngine::default());
+    let s = net.add(Client::new(persistent("s", ProtocolVersion::V5)));
+    let p = net.add(Client::new(persistent("p", ProtocolVersion::V5)));
+    net.open(s);
+    net.open(p);
+    net.run();
+    subscribe(
+        &mut net,
+        s,
+        "t/#",
+        SubscriptionOptions::new(QoS::AtLeastOnce),
+        0,
+    );
+    net.run();
+    net.cut(s);
+    for i in 0..3 {
+        let now = net.now();
+        let m = Message::new(TopicName::new("t/x").expect("valid"), format!("m{i}"))
+            .with_qos(QoS::AtLeastOnce);
+        let _ = net.client(p).publish(m, now);
+    }
+    net.run();
+    store.commit(&net.take_changes(), true).expect("commits");
+    // One message's bytes are cut short, another's format byte is unknown.
+    let mut keys = Vec::new();
+    store
+        .engine_mut()
+        .scan(tern_store::format::Table::Messages, &mut |k, _| {
+            keys.push(k.to_vec())
+        })
+        .expect("scans");
+    use tern_store::Engine;
+    let messages = tern_store::format::Table::Messages;
+    store
+        .engine_mut()
+        .write(
+            &[
+                tern_store::Op::Put(messages, keys[0].clone(), vec![1, 1]),
+                tern_store::Op::Put(messages, keys[1].clone(), vec![9]),
+            ],
+            true,
+        )
+        .expect("writes");
+    let loaded = store.load().expect("loads");
+    let reasons: Vec<_> = loaded.problems.iter().map(|p| p.reason).collect();
+    assert_eq!(reasons, ["truncated", "unknown format"]);
+    assert!(loaded.problems[0].to_string().starts_with("messages "));
+    let s = loaded
+        .sessions
+        .iter()
+        .find(|x| x.client_id.as_str() == "s")
+        .expect("the session loads");
+    let payloads: Vec<_> = s.queued.iter().map(|d| d.message.payload.clone()).collect();
+    assert_eq!(payloads, [Bytes::from_static(b"m2")]);
+    assert_eq!(s.subscriptions.len(), 1);
+}
+
+#[test]
+fn a_full_disk_is_an_error_not_a_silent_loss() {
+    let mut store = KvStore::new(MemEngine::default());
+    store.engine_mut().full = true;
+    let change = (
+        1,
+        tern_broker::durable::Change::Unretained(TopicName::new("t").expect("valid")),
+    );
+    let e = store.commit(&[change], true).expect_err("refused");
+    assert!(
+        matches!(&e, tern_store::StoreError::Io(io) if io.kind() == std::io::ErrorKind::StorageFull),
+        "{e}"
+    );
+}
