@@ -411,3 +411,50 @@ fn nothing_acknowledged_is_lost_or_doubled_across_crashes_at_random_points() {
         workload(seed);
     }
 }
+
+#[test]
+fn a_failed_store_closes_connections_rather_than_acknowledge_what_it_did_not_keep() {
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let mut net = durable();
+        let s = add(&mut net, persistent("s", V5));
+        let p = add(&mut net, persistent("p", V5));
+        connect(&mut net, s);
+        connect(&mut net, p);
+        subscribe(&mut net, s, "t/#", QoS::ExactlyOnce);
+        let _ = net.events(s);
+        net.set_auto_sync(false);
+        let id = publish(&mut net, p, "while full", qos);
+        net.run();
+        // The disk is full: the write fails.
+        let now = net.now();
+        net.broker.handle_store_failed(now);
+        net.run();
+        let events = net.events(p);
+        assert!(!acked(&events, id), "never acknowledged");
+        assert!(
+            events.iter().any(|e| matches!(
+                e,
+                ClientEvent::Disconnected {
+                    reason: tern_client::DisconnectReason::Server {
+                        reason: tern_codec::ReasonCode::QuotaExceeded,
+                        ..
+                    }
+                }
+            )),
+            "{events:?}"
+        );
+        assert!(!net.is_linked(s) && !net.is_linked(p));
+        // Space again: the changes are written, the clients come back, the
+        // message is sent again and acknowledged; delivered at least once,
+        // and at QoS 2 exactly once.
+        net.set_auto_sync(true);
+        let (_, events) = connect_with(&mut net, p);
+        assert!(acked(&events, id));
+        let (_, events) = connect_with(&mut net, s);
+        let got = payloads(&events);
+        match qos {
+            QoS::ExactlyOnce => assert_eq!(got, ["while full"]),
+            _ => assert!(got.contains(&"while full".to_owned()), "{got:?}"),
+        }
+    }
+}

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 
 use tern_codec::MqttString;
 
-use super::{Broker, SessionId};
+use tern_codec::{Disconnect, Packet, ReasonCode};
+
+use super::conn::Phase;
+use super::{Broker, ConnId, SessionId};
 use crate::durable::{Change, InflightStage, StoredDelivery, WallMs};
 use crate::session::{Delivery, OutState};
 
@@ -35,6 +38,31 @@ impl Broker {
     /// Drain [`Broker::poll_transmit`] afterwards.
     pub fn handle_persisted(&mut self, n: u64) {
         self.out.persisted(n);
+    }
+
+    /// The store could not make the changes durable (a full disk, a failed
+    /// write): what waits for them is never sent, and every connection is
+    /// closed with Quota exceeded (DISCONNECT 0x97 to 5.0 clients), so no
+    /// client waits for an acknowledgement that cannot come. Sessions stay
+    /// as they are in memory; clients that come back get their CONNACK once
+    /// the store takes changes again. Nothing is acknowledged and dropped.
+    pub fn handle_store_failed(&mut self, now: Instant) {
+        for t in self.out.drop_held() {
+            if let Some(c) = self.conns.get_mut(&t.conn) {
+                c.unwritten = c.unwritten.saturating_sub(t.data.len());
+            }
+        }
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            let c = &self.conns[&conn];
+            if c.version().is_v5() && matches!(c.phase, Phase::Active(_)) {
+                let p = Packet::Disconnect(Disconnect::new(ReasonCode::QuotaExceeded));
+                let data = self.out.encode(c.version(), &p);
+                self.stats.bytes_sent += data.len() as u64;
+                self.out.push_now(conn, data);
+            }
+            self.close(conn, ReasonCode::QuotaExceeded, true, now);
+        }
     }
 
     /// `at` on the wall clock, if the broker has one.

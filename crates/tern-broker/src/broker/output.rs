@@ -163,6 +163,33 @@ impl Outbox {
         }
     }
 
+    /// Drops every transmit still waiting for a change to be durable
+    /// (the store failed: those changes may never be).
+    pub(super) fn drop_held(&mut self) -> Vec<Transmit> {
+        let persisted = self.persisted;
+        let mut dropped = Vec::new();
+        self.transmits.retain_mut(|(need, t)| {
+            let keep = *need <= persisted;
+            if !keep {
+                dropped.push(std::mem::replace(
+                    t,
+                    Transmit {
+                        conn: t.conn,
+                        data: Bytes::new(),
+                    },
+                ));
+            }
+            keep
+        });
+        dropped
+    }
+
+    /// Queues bytes that depend on no change (they go out at once).
+    pub(super) fn push_now(&mut self, conn: ConnId, data: Bytes) {
+        self.transmits
+            .push_back((self.persisted, Transmit { conn, data }));
+    }
+
     /// Records a change to the durable state.
     pub(super) fn log(&mut self, change: Change) {
         self.logged += 1;
