@@ -45,6 +45,9 @@ pub struct ServerConfig {
     /// when there is no `authenticator`. A quick `authenticator` in front
     /// keeps the cheap cases (anonymous clients, say) off that round trip.
     pub check_credentials: Option<CredentialCheck>,
+    /// Where the durable state is kept (`None`: in memory only, lost at
+    /// restart).
+    pub persistence: Option<super::Persistence>,
 }
 
 /// A credentials check run off the shards' threads.
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             authenticator: None,
             authorizer: None,
             check_credentials: None,
+            persistence: None,
         }
     }
 }

@@ -42,6 +42,10 @@ pub(super) enum ToShard {
     Shutdown(oneshot::Sender<()>),
     /// Stop at once (the server is gone).
     Stop,
+    /// The shard's changes up to this number are durable.
+    Persisted(u64),
+    /// The store cannot write.
+    StoreFailed,
     /// A plain TCP connection, for the shard's own poll, with what was read
     /// of it so far.
     AcceptNative {

@@ -33,6 +33,7 @@ mod accept;
 mod config;
 mod inbox;
 mod link;
+mod persist;
 mod shard;
 mod sys;
 mod write;
@@ -54,6 +55,7 @@ use accept::ConnConfig;
 pub use config::{CredentialCheck, PolicyFactory, ServerConfig};
 use inbox::{ShardTx, ToShard};
 use link::ConnTask;
+pub use persist::Persistence;
 
 /// Bytes read from a socket at a time, at most.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
@@ -102,6 +104,15 @@ pub(super) fn default_shards() -> usize {
 #[allow(clippy::disallowed_methods)]
 pub(super) fn now() -> Instant {
     Instant::now()
+}
+
+/// The wall clock in milliseconds since the Unix epoch, for deadlines that
+/// outlive the process.
+#[allow(clippy::disallowed_methods)]
+pub(super) fn wall_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Tells every shard to stop when dropped.
@@ -157,6 +168,8 @@ impl Server {
         // Shards stop with the server, even when its future is dropped.
         let _stop = StopShards(txs.clone());
         let conn_cfg = Arc::new(ConnConfig::new(&self.config));
+        // The stored state is back before anyone is told the broker listens.
+        let (restored, writer) = self.restore(n, &txs, &conn_cfg)?;
         for (l, kind) in &self.listeners {
             info!(kind = kind.name(), addr = %l.local_addr()?, "listener");
         }
@@ -176,9 +189,10 @@ impl Server {
             peers: txs.clone(),
             router: shard::router(n, self.config.broker.hash_seed),
             runtime: tokio::runtime::Handle::current(),
+            writer: writer.clone(),
         };
-        for (i, inbox) in inboxes.into_iter().enumerate() {
-            shard::spawn(i, inbox, &self.config, &tcp, &shared, &live)?;
+        for ((i, inbox), restored) in inboxes.into_iter().enumerate().zip(restored) {
+            shard::spawn(i, inbox, restored, &self.config, &tcp, &shared, &live)?;
         }
         let sys = self
             .config
@@ -207,12 +221,51 @@ impl Server {
             s.abort();
         }
         shard::shut_down(&txs).await;
+        if let Some(w) = writer {
+            // The last changes (sessions gone offline, wills) are written.
+            let (done, finished) = std::sync::mpsc::channel();
+            if w.send(persist::ToWriter::Stop(done)).is_ok() {
+                let _ = tokio::task::spawn_blocking(move || finished.recv()).await;
+            }
+        }
         // Every connection has `shutdown_grace` to flush; one still at it
         // then is left to the runtime.
         let _ = tokio::time::timeout(self.config.shutdown_grace, live.idle()).await;
         drop(txs);
         info!("stopped");
         Ok(())
+    }
+}
+
+impl Server {
+    /// With persistence: the stored state, each session for the shard its
+    /// client id lives on (every shard keeps every retained message), and
+    /// the store's writer, started.
+    #[allow(clippy::type_complexity)]
+    fn restore(
+        &self,
+        n: usize,
+        txs: &Arc<Vec<ShardTx>>,
+        conn_cfg: &ConnConfig,
+    ) -> io::Result<(
+        Vec<shard::Restored>,
+        Option<std::sync::mpsc::Sender<persist::ToWriter>>,
+    )> {
+        let mut restored: Vec<shard::Restored> = (0..n).map(|_| Default::default()).collect();
+        let Some(p) = &self.config.persistence else {
+            return Ok((restored, None));
+        };
+        let loaded = persist::load(p)?;
+        for s in loaded.sessions {
+            let i = conn_cfg.shard(Some(s.client_id.as_bytes()), n);
+            restored[i].sessions.push(s);
+        }
+        for r in &mut restored {
+            r.retained = loaded.retained.clone();
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        persist::spawn(p, rx, txs.clone())?;
+        Ok((restored, Some(tx)))
     }
 }
 

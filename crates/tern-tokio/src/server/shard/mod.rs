@@ -22,8 +22,9 @@ use tracing::{debug, info, warn};
 use super::accept::ConnConfig;
 use super::config::{BoxedAuthn, BoxedAuthz, CredentialCheck, ServerConfig};
 use super::inbox::{Link, ShardTx, ToShard};
+use super::persist::{Batch, ToWriter};
 use super::Live;
-use super::{now, LiveGuard, READ_CHUNK};
+use super::{now, wall_now, LiveGuard, READ_CHUNK};
 use native::{Native, Probe};
 
 /// Connections served between two drains of the core's output.
@@ -103,6 +104,10 @@ pub(super) struct Shard {
     forwards: Vec<Forward>,
     check: Option<CredentialCheck>,
     runtime: tokio::runtime::Handle,
+    /// The writer of the durable store, with persistence.
+    writer: Option<std::sync::mpsc::Sender<ToWriter>>,
+    /// Relaxed persistence: acknowledge once handed to the writer.
+    relaxed: bool,
     /// After shutdown: when to stop waiting for the last writes.
     stopping: Option<Instant>,
     _live: LiveGuard,
@@ -273,6 +278,8 @@ impl Shard {
                 let _ = reply.send(());
             }
             ToShard::Stop => return true,
+            ToShard::Persisted(n) => self.broker.handle_persisted(n),
+            ToShard::StoreFailed => self.broker.handle_store_failed(now),
         }
         false
     }
@@ -343,8 +350,9 @@ impl Shard {
     pub(super) fn drain(&mut self, now: Instant) {
         loop {
             // Reports first: a subscription reaches the router before its
-            // SUBACK reaches the client.
-            let mut any = self.report(now);
+            // SUBACK reaches the client. Changes go to the store before the
+            // transmits that wait for them are looked at.
+            let mut any = self.report(now) | self.persist();
             while let Some(t) = self.broker.poll_transmit() {
                 any = true;
                 match self.conns.get(&t.conn).copied() {
@@ -372,6 +380,29 @@ impl Shard {
                 return;
             }
         }
+    }
+
+    /// Hands the core's changes to the store's writer (relaxed: and lets
+    /// what waited for them out at once). Returns whether there were any.
+    pub(super) fn persist(&mut self) -> bool {
+        let Some(writer) = &self.writer else {
+            return false;
+        };
+        let mut changes = Vec::new();
+        while let Some(c) = self.broker.poll_change() {
+            changes.push(c);
+        }
+        let Some(&(last, _)) = changes.last() else {
+            return false;
+        };
+        let batch = Batch {
+            shard: self.index,
+            changes,
+        };
+        if writer.send(ToWriter::Batch(batch)).is_ok() && self.relaxed {
+            self.broker.handle_persisted(last);
+        }
+        true
     }
 
     /// Hands the core's reports to the router, and the router's decisions
@@ -495,16 +526,27 @@ pub(super) struct Shared {
     pub(super) peers: Arc<Vec<ShardTx>>,
     pub(super) router: Arc<RwLock<Router>>,
     pub(super) runtime: tokio::runtime::Handle,
+    /// The store's writer, with persistence.
+    pub(super) writer: Option<std::sync::mpsc::Sender<ToWriter>>,
+}
+
+/// What a shard starts with from the store: its sessions and every
+/// retained message.
+#[derive(Default)]
+pub(super) struct Restored {
+    pub(super) sessions: Vec<tern_broker::durable::StoredSession>,
+    pub(super) retained: Vec<tern_broker::durable::StoredRetained>,
 }
 
 /// The broker core of shard `i`: the server's configuration, with the
 /// shard's number, forwarding when there are several, a random hash seed
 /// unless one is fixed, and no `$SYS` of its own (the server publishes the
 /// sum of every shard's counters).
-fn core(i: usize, n: usize, server: &ServerConfig) -> Broker {
+fn core(i: usize, n: usize, server: &ServerConfig, restored: Restored) -> Broker {
     let mut config = server.broker.clone();
     config.shard = i as u16;
     config.forward = n > 1;
+    config.durable = server.persistence.is_some();
     if config.hash_seed == 0 {
         // Facing the network: keys nobody can make collide.
         config.hash_seed =
@@ -521,6 +563,21 @@ fn core(i: usize, n: usize, server: &ServerConfig) -> Broker {
     if let Some(f) = &server.authorizer {
         broker.set_authorizer(BoxedAuthz(f()));
     }
+    if server.persistence.is_some() {
+        let now = now();
+        broker.set_wall_clock(now, wall_now());
+        for s in restored.sessions {
+            let id = s.client_id.clone();
+            if let Err(e) = broker.import_session(s, now) {
+                warn!(client_id = %id, error = %e, "stored session not restored");
+            }
+        }
+        for r in restored.retained {
+            broker.import_retained(r, now);
+        }
+        // What fell due while the broker was down, every session back.
+        broker.handle_timeout(now);
+    }
     broker
 }
 
@@ -528,6 +585,7 @@ fn core(i: usize, n: usize, server: &ServerConfig) -> Broker {
 pub(super) fn spawn(
     i: usize,
     inbox: Inbox,
+    restored: Restored,
     server: &ServerConfig,
     tcp: &[std::net::TcpListener],
     shared: &Shared,
@@ -550,7 +608,7 @@ pub(super) fn spawn(
         probes: slab::Slab::new(),
         probe_deadlines: VecDeque::new(),
         probe_serial: 0,
-        broker: core(i, shared.peers.len(), server),
+        broker: core(i, shared.peers.len(), server, restored),
         rx: inbox.rx,
         notified: inbox.notified,
         poll: inbox.poll,
@@ -569,6 +627,11 @@ pub(super) fn spawn(
         forwards: Vec::new(),
         check: server.check_credentials.clone(),
         runtime: shared.runtime.clone(),
+        writer: shared.writer.clone(),
+        relaxed: server
+            .persistence
+            .as_ref()
+            .is_some_and(|p| p.relaxed.is_some()),
         stopping: None,
         _live: LiveGuard::new(live),
     };

@@ -1,0 +1,208 @@
+//! Persistence: one writer thread owns the store. Shards send it the
+//! changes of each round; it writes everything that has arrived as one
+//! batch with one fsync (group commit) and tells each shard how far its
+//! changes are durable, which lets the acknowledgements of those rounds
+//! out. A shard never waits for the disk: it goes on serving while the
+//! writer writes.
+//!
+//! In relaxed mode a shard releases its acknowledgements as soon as it has
+//! handed the changes over, and the writer syncs every `flush` interval:
+//! up to that much of acknowledged state is lost if the power goes.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tern_broker::durable::Change;
+use tern_store::{Loaded, Store};
+use tracing::{error, info, warn};
+
+use super::inbox::{ShardTx, ToShard};
+use super::now;
+
+/// Where and how the server keeps its durable state.
+#[derive(Clone)]
+pub struct Persistence {
+    /// The store, opened: the server loads it at startup and writes every
+    /// change to it.
+    pub store: Arc<Mutex<Box<dyn Store>>>,
+    /// `None`: every acknowledgement waits for its fsync. `Some(d)`:
+    /// acknowledge before the fsync and sync every `d` (losing up to `d`
+    /// of acknowledged state on power loss).
+    pub relaxed: Option<Duration>,
+}
+
+impl std::fmt::Debug for Persistence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persistence")
+            .field("relaxed", &self.relaxed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A round's changes of one shard.
+pub(super) struct Batch {
+    pub(super) shard: usize,
+    pub(super) changes: Vec<(u64, Change)>,
+}
+
+/// What the writer is sent.
+pub(super) enum ToWriter {
+    Batch(Batch),
+    /// Write what is left, sync, and stop; reply when done.
+    Stop(std::sync::mpsc::Sender<()>),
+}
+
+/// Reads the store back, saying what could not be read.
+pub(super) fn load(p: &Persistence) -> std::io::Result<Loaded> {
+    let mut store = p.store.lock().unwrap_or_else(|e| e.into_inner());
+    let loaded = store
+        .load()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    for problem in &loaded.problems {
+        warn!(%problem, "left out of the store: cannot be read");
+    }
+    info!(
+        sessions = loaded.sessions.len(),
+        retained = loaded.retained.len(),
+        dropped = loaded.problems.len(),
+        "store loaded"
+    );
+    Ok(loaded)
+}
+
+/// Starts the writer thread.
+pub(super) fn spawn(
+    p: &Persistence,
+    rx: Receiver<ToWriter>,
+    shards: Arc<Vec<ShardTx>>,
+) -> std::io::Result<()> {
+    let writer = Writer {
+        store: p.store.clone(),
+        flush: p.relaxed,
+        shards,
+        failing: None,
+    };
+    std::thread::Builder::new()
+        .name("tern-store".into())
+        .spawn(move || writer.run(rx))?;
+    Ok(())
+}
+
+struct Writer {
+    store: Arc<Mutex<Box<dyn Store>>>,
+    /// Relaxed: how often to sync.
+    flush: Option<Duration>,
+    shards: Arc<Vec<ShardTx>>,
+    /// Since when writes fail.
+    failing: Option<Instant>,
+}
+
+/// How long a failed write waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
+impl Writer {
+    fn run(mut self, rx: Receiver<ToWriter>) {
+        // Changes taken from the shards and not yet written, in order.
+        let mut pending: Vec<Batch> = Vec::new();
+        let mut stop = None;
+        let mut last_sync = now();
+        loop {
+            let wait = match (self.failing, self.flush) {
+                _ if !pending.is_empty() => Some(RETRY),
+                (_, Some(f)) => Some(f.saturating_sub(last_sync.elapsed())),
+                _ => None,
+            };
+            let first = match wait {
+                Some(d) => rx.recv_timeout(d),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match first {
+                Ok(msg) => self.take(msg, &mut pending, &mut stop),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            // Everything that arrived meanwhile joins the same write.
+            while let Ok(msg) = rx.try_recv() {
+                self.take(msg, &mut pending, &mut stop);
+            }
+            if !pending.is_empty() {
+                self.write(&mut pending);
+            }
+            if self.flush.is_some_and(|f| last_sync.elapsed() >= f) || stop.is_some() {
+                self.sync();
+                last_sync = now();
+            }
+            if let Some(done) = stop.take() {
+                if !pending.is_empty() {
+                    // Stopping with a store that cannot write: what it
+                    // could not take was never acknowledged.
+                    let n: usize = pending.iter().map(|b| b.changes.len()).sum();
+                    error!(
+                        changes = n,
+                        "stopped with changes the store could not write"
+                    );
+                }
+                let _ = done.send(());
+                return;
+            }
+        }
+    }
+
+    fn take(&mut self, msg: ToWriter, pending: &mut Vec<Batch>, stop: &mut Option<Sender<()>>) {
+        match msg {
+            ToWriter::Batch(b) => pending.push(b),
+            ToWriter::Stop(done) => *stop = Some(done),
+        }
+    }
+
+    /// Writes every pending batch as one, durable unless relaxed; on
+    /// success tells each shard how far its changes are.
+    fn write(&mut self, pending: &mut Vec<Batch>) {
+        let changes: Vec<(u64, Change)> = pending
+            .iter()
+            .flat_map(|b| b.changes.iter().cloned())
+            .collect();
+        let result = {
+            let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            store.commit(&changes, self.flush.is_none())
+        };
+        match result {
+            Ok(()) => {
+                if let Some(since) = self.failing.take() {
+                    info!(after = ?since.elapsed(), "the store takes changes again");
+                }
+                if self.flush.is_none() {
+                    let mut upto = vec![0u64; self.shards.len()];
+                    for b in pending.iter() {
+                        if let Some(&(n, _)) = b.changes.last() {
+                            upto[b.shard] = upto[b.shard].max(n);
+                        }
+                    }
+                    for (shard, n) in upto.into_iter().enumerate() {
+                        if n > 0 {
+                            let _ = self.shards[shard].send(ToShard::Persisted(n));
+                        }
+                    }
+                }
+                pending.clear();
+            }
+            Err(e) => {
+                if self.failing.is_none() {
+                    error!(error = %e, "the store cannot write: connections are closed with Quota exceeded until it can");
+                    self.failing = Some(now());
+                    for tx in self.shards.iter() {
+                        let _ = tx.send(ToShard::StoreFailed);
+                    }
+                }
+            }
+        }
+    }
+
+    fn sync(&mut self) {
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = store.sync() {
+            error!(error = %e, "the store cannot sync");
+        }
+    }
+}
