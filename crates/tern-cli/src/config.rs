@@ -37,6 +37,11 @@
 //! [sys]
 //! interval = 10            # seconds; 0 turns $SYS off
 //!
+//! [persistence]
+//! dir = "/var/lib/tern"    # or --data DIR; absent: memory only
+//! mode = "strict"          # acknowledge after fsync; "relaxed": before,
+//! flush_ms = 100           #   syncing every flush_ms (lost on power loss)
+//!
 //! [log]
 //! level = "info"
 //! ```
@@ -71,6 +76,9 @@ pub struct File {
     /// Logging.
     #[serde(default)]
     pub log: Log,
+    /// Where sessions, queued messages and retained messages are kept.
+    #[serde(default)]
+    pub persistence: PersistenceFile,
     /// Broker shards; 0 or absent means one per core but one (at least one).
     pub shards: Option<usize>,
 }
@@ -211,6 +219,33 @@ pub enum AccessName {
 pub struct Sys {
     /// Seconds between updates; 0 turns them off.
     pub interval: Option<u64>,
+}
+
+/// Persistence settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistenceFile {
+    /// The data directory; absent: everything is kept in memory only.
+    pub dir: Option<PathBuf>,
+    /// `strict` (the default): a QoS 1/2 message is acknowledged once it
+    /// is on disk. `relaxed`: acknowledged before, written to disk every
+    /// `flush_ms`; up to that much of acknowledged state is lost on power
+    /// loss.
+    #[serde(default)]
+    pub mode: Durability,
+    /// Relaxed: milliseconds between syncs (default 100).
+    pub flush_ms: Option<u64>,
+}
+
+/// How acknowledgements wait for the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// After the fsync.
+    #[default]
+    Strict,
+    /// Before it.
+    Relaxed,
 }
 
 /// Logging settings.

@@ -23,6 +23,7 @@
 mod bench;
 mod config;
 mod passwd;
+mod persistence;
 mod pubsub;
 
 use std::io::BufRead;
@@ -92,6 +93,14 @@ struct BrokerArgs {
     /// More logging: -v for debug, -vv for trace.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Keep sessions, queued messages and retained messages in this
+    /// directory, across restarts (overrides the file's [persistence] dir).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Start even if the store cannot be opened: it is renamed
+    /// (tern.redb.damaged-N) and an empty one begins.
+    #[arg(long)]
+    start_anyway: bool,
 }
 
 #[derive(Debug, Args)]
@@ -346,6 +355,14 @@ fn broker(args: BrokerArgs) -> ExitCode {
     config.authenticator = Some(Arc::new(move || Box::new(QuickAuth(quick.clone()))));
     let acl_factory = acl.clone();
     config.authorizer = Some(Arc::new(move || Box::new(acl_factory.clone())));
+
+    config.persistence = match persistence::open(args.data.as_deref(), args.start_anyway, &file) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("tern: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -24,8 +24,18 @@
 
 pub mod format;
 mod kv;
+#[cfg(feature = "redb")]
+mod redb;
 
 pub use kv::{Engine, KvStore, MemEngine, Op};
+#[cfg(feature = "redb")]
+pub use redb::{RedbEngine, FILE};
+
+/// Opens the store in `dir` on redb (created if there is none).
+#[cfg(feature = "redb")]
+pub fn open(dir: &std::path::Path) -> Result<KvStore<RedbEngine>, StoreError> {
+    Ok(KvStore::new(RedbEngine::open(dir)?))
+}
 
 use tern_broker::durable::{Change, StoredRetained, StoredSession};
 

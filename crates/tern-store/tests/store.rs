@@ -15,7 +15,7 @@ use tern_codec::{
     SubscriptionOptions, TopicFilter, TopicName, Will,
 };
 use tern_sim::{Net, PeerRef};
-use tern_store::{KvStore, MemEngine, Store};
+use tern_store::{Engine, KvStore, MemEngine, Store};
 
 /// A value as stored: what a message is, not which `Arc` or instant of
 /// this process it came with.
@@ -34,7 +34,7 @@ fn plain_retained(r: StoredRetained) -> StoredRetained {
     }
 }
 
-fn same(store: &mut KvStore<MemEngine>, image: &Image, what: &str) {
+fn same<E: Engine>(store: &mut KvStore<E>, image: &Image, what: &str) {
     let loaded = store.load().expect("loads");
     assert!(loaded.problems.is_empty(), "{what}: {:?}", loaded.problems);
     let got: Vec<_> = loaded.sessions.into_iter().map(plain).collect();
@@ -80,14 +80,13 @@ fn subscribe(net: &mut Net, p: PeerRef, filter: &str, options: SubscriptionOptio
 }
 
 /// A random workload: every kind of change the core makes.
-fn workload(seed: u64) {
+fn workload<E: Engine>(seed: u64, mut store: KvStore<E>) {
     let mut dice = Dice(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut net = Net::new(Config {
         durable: true,
         max_inflight: 3,
         ..Config::default()
     });
-    let mut store = KvStore::new(MemEngine::default());
     let mut will = Will {
         topic: TopicName::new("w/dev").expect("valid"),
         payload: Bytes::from_static(b"gone"),
@@ -185,7 +184,17 @@ fn workload(seed: u64) {
 #[test]
 fn a_store_holds_what_the_image_holds_after_every_change() {
     for seed in 1..=60 {
-        workload(seed);
+        workload(seed, KvStore::new(MemEngine::default()));
+    }
+}
+
+#[test]
+fn a_redb_store_holds_what_the_image_holds_after_every_change() {
+    for seed in 1..=8 {
+        let dir = std::env::temp_dir().join(format!("tern-store-w{seed}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        workload(seed, tern_store::open(&dir).expect("opens"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -226,7 +235,6 @@ fn a_damaged_record_is_left_out_and_named_and_the_rest_loads() {
             keys.push(k.to_vec())
         })
         .expect("scans");
-    use tern_store::Engine;
     let messages = tern_store::format::Table::Messages;
     store
         .engine_mut()
@@ -250,6 +258,64 @@ fn a_damaged_record_is_left_out_and_named_and_the_rest_loads() {
     let payloads: Vec<_> = s.queued.iter().map(|d| d.message.payload.clone()).collect();
     assert_eq!(payloads, [Bytes::from_static(b"m2")]);
     assert_eq!(s.subscriptions.len(), 1);
+}
+
+/// The same workload through the redb engine, on a real file: what it
+/// loads back, and what it loads after being closed and opened again.
+#[test]
+fn a_redb_store_holds_what_the_image_holds_and_reopens_to_it() {
+    let dir = std::env::temp_dir().join(format!("tern-store-redb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut net = Net::new(Config {
+        durable: true,
+        ..Config::default()
+    });
+    let mut store = tern_store::open(&dir).expect("opens");
+    let s = net.add(Client::new(persistent("s", ProtocolVersion::V5)));
+    let p = net.add(Client::new(persistent("p", ProtocolVersion::V3_1_1)));
+    net.open(s);
+    net.open(p);
+    net.run();
+    subscribe(
+        &mut net,
+        s,
+        "t/#",
+        SubscriptionOptions::new(QoS::ExactlyOnce),
+        3,
+    );
+    net.run();
+    net.cut(s);
+    for i in 0..50 {
+        let now = net.now();
+        let m = Message::new(TopicName::new("t/x").expect("valid"), format!("m{i}"))
+            .with_qos(QoS::from_u8(1 + i % 2).expect("1 or 2"))
+            .with_retain(i % 10 == 0);
+        let _ = net.client(p).publish(m, now);
+        net.run();
+        store
+            .commit(&net.take_changes(), i % 3 == 0)
+            .expect("commits");
+    }
+    net.open(s);
+    net.run();
+    store.commit(&net.take_changes(), true).expect("commits");
+    let loaded = store.load().expect("loads");
+    assert!(loaded.problems.is_empty(), "{:?}", loaded.problems);
+    drop(store);
+    let mut again = tern_store::open(&dir).expect("opens again");
+    let reloaded = again.load().expect("loads");
+    let plain_all = |v: Vec<StoredSession>| v.into_iter().map(plain).collect::<Vec<_>>();
+    let want: Vec<_> = plain_all(net.disk().sessions());
+    assert_eq!(plain_all(reloaded.sessions), want);
+    let want: Vec<_> = net
+        .disk()
+        .retained()
+        .into_iter()
+        .map(plain_retained)
+        .collect();
+    let got: Vec<_> = reloaded.retained.into_iter().map(plain_retained).collect();
+    assert_eq!(got, want);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
