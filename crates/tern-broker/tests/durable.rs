@@ -126,6 +126,34 @@ fn acknowledgements_wait_for_the_store() {
 }
 
 #[test]
+fn qos_1_is_forwarded_before_the_fsync_and_qos_2_after_it() {
+    let mut net = durable();
+    let s = add(&mut net, persistent("s", V5));
+    let p = add(&mut net, persistent("p", V5));
+    assert_eq!(connect(&mut net, s), Some(false));
+    assert_eq!(connect(&mut net, p), Some(false));
+    subscribe(&mut net, s, "t/#", QoS::ExactlyOnce);
+    net.set_auto_sync(false);
+    // QoS 1: the subscriber may have it at once (a crash can only make it
+    // come again, which QoS 1 allows); the publisher's PUBACK still waits.
+    let one = publish(&mut net, p, "one", QoS::AtLeastOnce);
+    net.run();
+    assert_eq!(payloads(&net.events(s)), ["one"]);
+    assert!(!acked(&net.events(p), one));
+    // QoS 2: the PUBLISH waits, or a crash could have it delivered twice.
+    let two = publish(&mut net, p, "two", QoS::ExactlyOnce);
+    net.run();
+    assert!(payloads(&net.events(s)).is_empty());
+    net.sync();
+    net.run();
+    assert!(acked(&net.events(p), one));
+    assert_eq!(payloads(&net.events(s)), ["two"]);
+    net.sync();
+    net.run();
+    assert!(acked(&net.events(p), two));
+}
+
+#[test]
 fn what_was_acknowledged_survives_a_crash_and_is_delivered_once() {
     for v in [V5, V311] {
         let mut net = durable();

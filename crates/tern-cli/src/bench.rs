@@ -106,6 +106,10 @@ pub struct BenchArgs {
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Sessions that outlive their connections (5.0: an expiry of an hour;
+    /// 3.1.1: clean session off): what a durable broker must store.
+    #[arg(long)]
+    pub persistent: bool,
 }
 
 fn parse_version(s: &str) -> Result<u8, String> {
@@ -231,6 +235,13 @@ impl Conn {
         connect.keep_alive = 600;
         if v.is_v5() {
             connect.properties.receive_maximum = std::num::NonZeroU16::new(65_535);
+        }
+        if args.persistent {
+            if v.is_v5() {
+                connect.properties.session_expiry_interval = Some(3600);
+            } else {
+                connect.clean_start = false;
+            }
         }
         c.send(&connect.into()).await?;
         match c.recv().await? {

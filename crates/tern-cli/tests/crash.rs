@@ -25,7 +25,10 @@ fn kill_minus_nine_loses_nothing_acknowledged_and_doubles_no_qos2_message() {
     let line = stdout.lines().last().expect("a result line");
     let r: serde_json::Value = serde_json::from_str(line).expect("JSON");
     assert_eq!(r["kills"], 20, "{line}");
-    assert!(r["acknowledged"].as_u64().expect("a count") > 1000, "load: {line}");
+    assert!(
+        r["acknowledged"].as_u64().expect("a count") > 1000,
+        "load: {line}"
+    );
     assert_eq!(r["lost"], 0, "acknowledged and lost: {line}");
     assert_eq!(r["qos2_duplicates"], 0, "QoS 2 twice: {line}");
 }

@@ -271,6 +271,13 @@ pub fn subscription_of(filter: &[u8], mut b: &[u8]) -> Result<StoredSubscription
 
 /// Encodes a message for a session (its id is in the key).
 pub fn delivery(d: &StoredDelivery) -> Vec<u8> {
+    delivery_sent(d, None)
+}
+
+/// Encodes a message for a session and, when it was sent in the batch that
+/// queued it, where it stands in flight (a row of [`Table::Inflight`], if
+/// there is one, says more recently).
+pub fn delivery_sent(d: &StoredDelivery, sent: Option<(u16, InflightStage)>) -> Vec<u8> {
     let mut v = vec![FORMAT];
     v.put_u8(d.qos as u8);
     v.put_u8(u8::from(d.retain));
@@ -280,11 +287,18 @@ pub fn delivery(d: &StoredDelivery) -> Vec<u8> {
         v.put_u32(id.get());
     }
     put_message(&mut v, &d.message.message);
+    if let Some((pid, stage)) = sent {
+        v.put_u16(pid);
+        v.put_u8(stage_byte(stage));
+    }
     v
 }
 
+/// A message for a session and where it stood in flight, if it was sent.
+pub type Delivery = (StoredDelivery, Option<(u16, InflightStage)>);
+
 /// Decodes a message for a session.
-pub fn delivery_of(id: u64, mut b: &[u8]) -> Result<StoredDelivery, Bad> {
+pub fn delivery_of(id: u64, mut b: &[u8]) -> Result<Delivery, Bad> {
     format(&mut b)?;
     let qos = QoS::from_u8(u8_of(&mut b)?).ok_or("QoS invalid")?;
     let retain = u8_of(&mut b)? != 0;
@@ -295,26 +309,50 @@ pub fn delivery_of(id: u64, mut b: &[u8]) -> Result<StoredDelivery, Bad> {
         subscription_ids.push(NonZeroU32::new(u32_of(&mut b)?).ok_or("subscription id 0")?);
     }
     let message = message_of(&mut b)?;
-    end(b)?;
-    Ok(StoredDelivery {
+    let sent = if b.is_empty() {
+        None
+    } else {
+        let pid = u16_of(&mut b)?;
+        let stage = stage_of(u8_of(&mut b)?)?;
+        end(b)?;
+        if pid == 0 {
+            return Err("packet id 0");
+        }
+        Some((pid, stage))
+    };
+    let d = StoredDelivery {
         id,
         message: Arc::new(Envelope::from(message)),
         expires_at,
         qos,
         retain,
         subscription_ids,
-    })
+    };
+    Ok((d, sent))
+}
+
+fn stage_byte(stage: InflightStage) -> u8 {
+    match stage {
+        InflightStage::AwaitPubAck => 1,
+        InflightStage::AwaitPubRec => 2,
+        InflightStage::AwaitPubComp => 3,
+    }
+}
+
+fn stage_of(b: u8) -> Result<InflightStage, Bad> {
+    match b {
+        1 => Ok(InflightStage::AwaitPubAck),
+        2 => Ok(InflightStage::AwaitPubRec),
+        3 => Ok(InflightStage::AwaitPubComp),
+        _ => Err("in-flight stage invalid"),
+    }
 }
 
 /// Encodes where a message in flight stands.
 pub fn inflight(packet_id: u16, stage: InflightStage) -> Vec<u8> {
     let mut v = vec![FORMAT];
     v.put_u16(packet_id);
-    v.put_u8(match stage {
-        InflightStage::AwaitPubAck => 1,
-        InflightStage::AwaitPubRec => 2,
-        InflightStage::AwaitPubComp => 3,
-    });
+    v.put_u8(stage_byte(stage));
     v
 }
 
@@ -322,12 +360,7 @@ pub fn inflight(packet_id: u16, stage: InflightStage) -> Vec<u8> {
 pub fn inflight_of(mut b: &[u8]) -> Result<(u16, InflightStage), Bad> {
     format(&mut b)?;
     let pid = u16_of(&mut b)?;
-    let stage = match u8_of(&mut b)? {
-        1 => InflightStage::AwaitPubAck,
-        2 => InflightStage::AwaitPubRec,
-        3 => InflightStage::AwaitPubComp,
-        _ => return Err("in-flight stage invalid"),
-    };
+    let stage = stage_of(u8_of(&mut b)?)?;
     end(b)?;
     if pid == 0 {
         return Err("packet id 0");

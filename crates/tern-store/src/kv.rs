@@ -2,10 +2,11 @@
 //! deletes in [`Table`]s, one atomic batch per commit; loading reads the
 //! tables back into sessions and retained messages.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 
-use tern_broker::durable::{Change, StoredDelivery, StoredRetained, StoredSession};
+use tern_broker::durable::{Change, InflightStage, StoredRetained, StoredSession};
+
 use tern_broker::SessionId;
 use tern_codec::MqttString;
 
@@ -46,6 +47,12 @@ pub struct KvStore<E> {
     names: HashMap<SessionId, MqttString>,
     /// Each stored session's record, as last written.
     records: HashMap<MqttString, SessionRecord>,
+    /// Whether a batch was written without a sync since the last one.
+    unsynced: bool,
+    /// The keys with a row in [`Table::Inflight`], once `load` has read
+    /// them (before, a message removed has its row deleted whether there
+    /// is one or not).
+    inflight_rows: Option<HashSet<Vec<u8>>>,
 }
 
 impl<E: Engine> KvStore<E> {
@@ -55,6 +62,8 @@ impl<E: Engine> KvStore<E> {
             engine,
             names: HashMap::new(),
             records: HashMap::new(),
+            unsynced: false,
+            inflight_rows: None,
         }
     }
 
@@ -70,14 +79,24 @@ impl<E: Engine> KvStore<E> {
 
     /// The writes for `changes`, in order.
     fn ops(&mut self, changes: &[(u64, Change)]) -> Vec<Op> {
+        let plan = Plan::of(changes);
         let mut ops = Vec::with_capacity(changes.len());
         for (_, c) in changes {
-            self.op(c, &mut ops);
+            match c {
+                Change::Queued {
+                    session, delivery, ..
+                } if plan.transient.contains(&(*session, delivery.id)) => {}
+                Change::Sent { session, id, .. } | Change::Removed { session, id, .. }
+                    if plan.transient.contains(&(*session, *id)) => {}
+                // Said with the message itself.
+                Change::Sent { session, id, .. } if plan.sent.contains_key(&(*session, *id)) => {}
+                _ => self.op(c, &plan, &mut ops),
+            }
         }
         ops
     }
 
-    fn op(&mut self, change: &Change, ops: &mut Vec<Op>) {
+    fn op(&mut self, change: &Change, plan: &Plan, ops: &mut Vec<Op>) {
         if let Change::Session {
             session,
             client_id,
@@ -137,6 +156,9 @@ impl<E: Engine> KvStore<E> {
                 self.names.remove(&sid);
                 self.records.remove(&id);
                 let prefix = format::session_prefix(cid);
+                if let Some(rows) = &mut self.inflight_rows {
+                    rows.retain(|k| !k.starts_with(&prefix));
+                }
                 // A batch need not see its own writes: what it put for the
                 // session goes from the batch itself.
                 ops.retain(|op| !matches!(op, Op::Put(t, k, _) if *t != Table::Sessions && *t != Table::Retained && k.starts_with(&prefix)));
@@ -157,21 +179,33 @@ impl<E: Engine> KvStore<E> {
             Change::Queued { delivery, .. } => ops.push(Op::Put(
                 Table::Messages,
                 format::message_key(cid, delivery.id),
-                format::delivery(delivery),
+                format::delivery_sent(delivery, plan.sent.get(&(sid, delivery.id)).copied()),
             )),
             Change::Sent {
                 id: m,
                 packet_id,
                 stage,
                 ..
-            } => ops.push(Op::Put(
-                Table::Inflight,
-                format::message_key(cid, *m),
-                format::inflight(*packet_id, *stage),
-            )),
+            } => {
+                let key = format::message_key(cid, *m);
+                if let Some(rows) = &mut self.inflight_rows {
+                    rows.insert(key.clone());
+                }
+                ops.push(Op::Put(
+                    Table::Inflight,
+                    key,
+                    format::inflight(*packet_id, *stage),
+                ))
+            }
             Change::Removed { id: m, .. } => {
                 let key = format::message_key(cid, *m);
-                ops.push(Op::Delete(Table::Inflight, key.clone()));
+                if self
+                    .inflight_rows
+                    .as_mut()
+                    .is_none_or(|rows| rows.remove(&key))
+                {
+                    ops.push(Op::Delete(Table::Inflight, key.clone()));
+                }
                 ops.push(Op::Delete(Table::Messages, key));
             }
             Change::Received { packet_id, .. } => ops.push(Op::Put(
@@ -216,17 +250,69 @@ impl<E: Engine> KvStore<E> {
     }
 }
 
+/// What a batch's changes to messages come to, before they are written.
+#[derive(Default)]
+struct Plan {
+    /// Messages queued and removed within the batch (delivered and
+    /// acknowledged before it was written): their writes would cancel out,
+    /// so none is made. Message ids are never reused within a session, so a
+    /// message queued in this batch was not on disk before it.
+    transient: HashSet<(SessionId, u64)>,
+    /// Messages queued and sent within the batch, and where they last
+    /// stood: written with the message, not as a row of their own.
+    sent: HashMap<(SessionId, u64), (u16, InflightStage)>,
+}
+
+impl Plan {
+    fn of(changes: &[(u64, Change)]) -> Plan {
+        let mut queued = HashSet::new();
+        let mut plan = Plan::default();
+        for (_, c) in changes {
+            match c {
+                Change::Queued {
+                    session, delivery, ..
+                } => {
+                    queued.insert((*session, delivery.id));
+                }
+                Change::Sent {
+                    session,
+                    id,
+                    packet_id,
+                    stage,
+                } if queued.contains(&(*session, *id)) => {
+                    plan.sent.insert((*session, *id), (*packet_id, *stage));
+                }
+                Change::Removed { session, id } if queued.contains(&(*session, *id)) => {
+                    plan.sent.remove(&(*session, *id));
+                    plan.transient.insert((*session, *id));
+                }
+                _ => {}
+            }
+        }
+        plan
+    }
+}
+
 impl<E: Engine> Store for KvStore<E> {
     fn commit(&mut self, changes: &[(u64, Change)], sync: bool) -> Result<(), StoreError> {
         let ops = self.ops(changes);
-        if ops.is_empty() && !sync {
-            return Ok(());
+        if ops.is_empty() {
+            // Nothing to write (messages that came and went within the
+            // batch): only what earlier batches left unsynced needs an fsync.
+            return if sync { self.sync() } else { Ok(()) };
         }
-        self.engine.write(&ops, sync).map_err(StoreError::Io)
+        self.engine.write(&ops, sync).map_err(StoreError::Io)?;
+        self.unsynced = !sync;
+        Ok(())
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
-        self.engine.sync().map_err(StoreError::Io)
+        if !self.unsynced {
+            return Ok(());
+        }
+        self.engine.sync().map_err(StoreError::Io)?;
+        self.unsynced = false;
+        Ok(())
     }
 
     fn load(&mut self) -> Result<Loaded, StoreError> {
@@ -265,7 +351,8 @@ impl<E: Engine> Store for KvStore<E> {
                 .scan(t, &mut |k, v| rows.push((t, k.to_vec(), v.to_vec())))?;
         }
         let mut inflight = BTreeMap::new();
-        let mut messages: BTreeMap<(MqttString, u64), StoredDelivery> = BTreeMap::new();
+        let mut rows_inflight = HashSet::new();
+        let mut messages: BTreeMap<(MqttString, u64), format::Delivery> = BTreeMap::new();
         for (t, k, v) in rows {
             let (id, rest) = match format::split_key(&k) {
                 Ok(x) => x,
@@ -297,6 +384,7 @@ impl<E: Engine> Store for KvStore<E> {
                                 messages.insert((id.clone(), n), d);
                             })
                         } else {
+                            rows_inflight.insert(k.clone());
                             format::inflight_of(&v).map(|x| {
                                 inflight.insert((id.clone(), n), x);
                             })
@@ -310,13 +398,15 @@ impl<E: Engine> Store for KvStore<E> {
                 bad(t, &k, e);
             }
         }
-        for ((id, n), d) in messages {
+        for ((id, n), (d, sent)) in messages {
             let s = sessions.get_mut(&id).expect("checked above");
-            match inflight.remove(&(id.clone(), n)) {
+            // A row of its own says more recently than the message's.
+            match inflight.remove(&(id.clone(), n)).or(sent) {
                 Some((pid, stage)) => s.inflight.push((pid, stage, d)),
                 None => s.queued.push(d),
             }
         }
+        self.inflight_rows = Some(rows_inflight);
         for ((id, n), _) in inflight {
             let key = format::message_key(id.as_bytes(), n);
             bad(Table::Inflight, &key, "no message");

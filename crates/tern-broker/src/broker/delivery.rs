@@ -253,7 +253,7 @@ impl Broker {
                 return false;
             }
             let data = data.clone();
-            self.sent_publish(conn, data);
+            self.sent_publish(conn, data, qos);
             return true;
         }
         let mut p = Publish {
@@ -283,13 +283,22 @@ impl Broker {
         if let Some(k) = key {
             self.out.keep_wire(k, data.clone());
         }
-        self.sent_publish(conn, data);
+        self.sent_publish(conn, data, qos);
         true
     }
 
-    fn sent_publish(&mut self, conn: ConnId, data: bytes::Bytes) {
+    /// Queues an encoded PUBLISH. At QoS 0 and 1 it need not wait for the
+    /// store: a client that gets it again after a crash is within what the
+    /// QoS allows. At QoS 2 it waits: its state as sent must be durable, or
+    /// a crash could have it delivered twice.
+    fn sent_publish(&mut self, conn: ConnId, data: bytes::Bytes, qos: QosPid) {
         self.stats.messages_sent += 1;
-        self.push_transmit(conn, data);
+        if matches!(qos, QosPid::ExactlyOnce(_)) {
+            self.push_transmit(conn, data);
+        } else {
+            self.count_transmit(conn, &data);
+            self.out.push_now(conn, data);
+        }
     }
 
     /// After a session resumes: PUBLISH (DUP) and PUBREL again, in order.

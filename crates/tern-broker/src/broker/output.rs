@@ -1,7 +1,7 @@
 //! What the embedding polls, and the packets behind it: transmits
 //! (encoded into shared chunks) and events.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -127,18 +127,23 @@ pub(super) struct WireKey {
 /// into.
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
-    /// Each with the number of the last change made before it: it goes out
-    /// once that change is durable.
-    transmits: VecDeque<(u64, Transmit)>,
+    /// Transmits that may be written now.
+    ready: VecDeque<Transmit>,
+    /// Transmits waiting for a change to be durable, each with the number
+    /// of the last change made before it, in the order they were made.
+    held: VecDeque<(u64, Transmit)>,
+    /// How many transmits each connection has held: a later one for it
+    /// waits behind them, whatever it depends on.
+    held_per_conn: HashMap<ConnId, u32>,
+    pub(super) events: VecDeque<BrokerEvent>,
+    /// For the router, with `Config::forward`.
+    pub(super) reports: VecDeque<Report>,
     /// Changes to the durable state, numbered from 1.
     changes: VecDeque<(u64, Change)>,
     /// The number of the last change made.
     logged: u64,
     /// The number of the last change the embedding said is durable.
     persisted: u64,
-    pub(super) events: VecDeque<BrokerEvent>,
-    /// For the router, with `Config::forward`.
-    pub(super) reports: VecDeque<Report>,
     /// Where outgoing packets are encoded: each is split off as its own
     /// `Bytes` sharing the chunk, so encoding allocates once per chunk, not
     /// once per packet.
@@ -148,46 +153,41 @@ pub(super) struct Outbox {
 }
 
 impl Outbox {
-    /// Queues bytes for `conn`: they wait for every change made so far to
-    /// be durable.
+    /// Queues bytes for `conn` that tell the client something that depends
+    /// on every change made so far: they go out once those are durable.
     pub(super) fn push(&mut self, conn: ConnId, data: Bytes) {
-        self.transmits
-            .push_back((self.logged, Transmit { conn, data }));
+        self.push_after(self.logged, conn, data);
     }
 
-    /// The next transmit, unless it waits for a change to be durable.
-    pub(super) fn pop(&mut self) -> Option<Transmit> {
-        match self.transmits.front() {
-            Some(&(need, _)) if need <= self.persisted => self.transmits.pop_front().map(|t| t.1),
-            _ => None,
+    /// Queues bytes that depend on no change (a QoS 0 or 1 PUBLISH, which a
+    /// crash may make the client get again, as QoS 1 allows): they go out
+    /// as soon as what the connection has waiting before them.
+    pub(super) fn push_now(&mut self, conn: ConnId, data: Bytes) {
+        self.push_after(0, conn, data);
+    }
+
+    fn push_after(&mut self, need: u64, conn: ConnId, data: Bytes) {
+        let t = Transmit { conn, data };
+        if need <= self.persisted
+            && (self.held.is_empty() || !self.held_per_conn.contains_key(&conn))
+        {
+            self.ready.push_back(t);
+        } else {
+            *self.held_per_conn.entry(conn).or_insert(0) += 1;
+            self.held.push_back((need, t));
         }
+    }
+
+    /// The next transmit that may be written.
+    pub(super) fn pop(&mut self) -> Option<Transmit> {
+        self.ready.pop_front()
     }
 
     /// Drops every transmit still waiting for a change to be durable
     /// (the store failed: those changes may never be).
     pub(super) fn drop_held(&mut self) -> Vec<Transmit> {
-        let persisted = self.persisted;
-        let mut dropped = Vec::new();
-        self.transmits.retain_mut(|(need, t)| {
-            let keep = *need <= persisted;
-            if !keep {
-                dropped.push(std::mem::replace(
-                    t,
-                    Transmit {
-                        conn: t.conn,
-                        data: Bytes::new(),
-                    },
-                ));
-            }
-            keep
-        });
-        dropped
-    }
-
-    /// Queues bytes that depend on no change (they go out at once).
-    pub(super) fn push_now(&mut self, conn: ConnId, data: Bytes) {
-        self.transmits
-            .push_back((self.persisted, Transmit { conn, data }));
+        self.held_per_conn.clear();
+        self.held.drain(..).map(|(_, t)| t).collect()
     }
 
     /// Records a change to the durable state.
@@ -201,9 +201,24 @@ impl Outbox {
         self.changes.pop_front()
     }
 
-    /// The changes up to number `n` are durable.
+    /// The changes up to number `n` are durable: what waited for them is
+    /// ready, in order.
     pub(super) fn persisted(&mut self, n: u64) {
         self.persisted = self.persisted.max(n.min(self.logged));
+        while self
+            .held
+            .front()
+            .is_some_and(|&(need, _)| need <= self.persisted)
+        {
+            let (_, t) = self.held.pop_front().expect("front exists");
+            if let Some(k) = self.held_per_conn.get_mut(&t.conn) {
+                *k -= 1;
+                if *k == 0 {
+                    self.held_per_conn.remove(&t.conn);
+                }
+            }
+            self.ready.push_back(t);
+        }
     }
 
     /// Encodes a packet the broker built (valid by construction).
@@ -279,10 +294,15 @@ impl Broker {
     }
 
     pub(super) fn push_transmit(&mut self, conn: ConnId, data: Bytes) {
+        self.count_transmit(conn, &data);
+        self.out.push(conn, data);
+    }
+
+    /// Counts bytes handed out for `conn`.
+    pub(super) fn count_transmit(&mut self, conn: ConnId, data: &Bytes) {
         self.stats.bytes_sent += data.len() as u64;
         if let Some(c) = self.conns.get_mut(&conn) {
             c.unwritten += data.len();
         }
-        self.out.push(conn, data);
     }
 }

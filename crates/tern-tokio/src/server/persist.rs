@@ -89,6 +89,13 @@ pub(super) fn spawn(
     Ok(())
 }
 
+/// Changes taken from the shards and not yet written, in the order they
+/// arrived, and the number of the last change of each shard among them.
+struct Pending {
+    changes: Vec<(u64, Change)>,
+    upto: Vec<u64>,
+}
+
 struct Writer {
     store: Arc<Mutex<Box<dyn Store>>>,
     /// Relaxed: how often to sync.
@@ -104,12 +111,15 @@ const RETRY: Duration = Duration::from_secs(1);
 impl Writer {
     fn run(mut self, rx: Receiver<ToWriter>) {
         // Changes taken from the shards and not yet written, in order.
-        let mut pending: Vec<Batch> = Vec::new();
+        let mut pending = Pending {
+            changes: Vec::new(),
+            upto: vec![0; self.shards.len()],
+        };
         let mut stop = None;
         let mut last_sync = now();
         loop {
             let wait = match (self.failing, self.flush) {
-                _ if !pending.is_empty() => Some(RETRY),
+                _ if !pending.changes.is_empty() => Some(RETRY),
                 (_, Some(f)) => Some(f.saturating_sub(last_sync.elapsed())),
                 _ => None,
             };
@@ -126,7 +136,7 @@ impl Writer {
             while let Ok(msg) = rx.try_recv() {
                 self.take(msg, &mut pending, &mut stop);
             }
-            if !pending.is_empty() {
+            if !pending.changes.is_empty() {
                 self.write(&mut pending);
             }
             if self.flush.is_some_and(|f| last_sync.elapsed() >= f) || stop.is_some() {
@@ -134,12 +144,11 @@ impl Writer {
                 last_sync = now();
             }
             if let Some(done) = stop.take() {
-                if !pending.is_empty() {
+                if !pending.changes.is_empty() {
                     // Stopping with a store that cannot write: what it
                     // could not take was never acknowledged.
-                    let n: usize = pending.iter().map(|b| b.changes.len()).sum();
                     error!(
-                        changes = n,
+                        changes = pending.changes.len(),
                         "stopped with changes the store could not write"
                     );
                 }
@@ -149,43 +158,37 @@ impl Writer {
         }
     }
 
-    fn take(&mut self, msg: ToWriter, pending: &mut Vec<Batch>, stop: &mut Option<Sender<()>>) {
+    fn take(&mut self, msg: ToWriter, pending: &mut Pending, stop: &mut Option<Sender<()>>) {
         match msg {
-            ToWriter::Batch(b) => pending.push(b),
+            ToWriter::Batch(mut b) => {
+                if let Some(&(n, _)) = b.changes.last() {
+                    pending.upto[b.shard] = pending.upto[b.shard].max(n);
+                }
+                pending.changes.append(&mut b.changes);
+            }
             ToWriter::Stop(done) => *stop = Some(done),
         }
     }
 
     /// Writes every pending batch as one, durable unless relaxed; on
     /// success tells each shard how far its changes are.
-    fn write(&mut self, pending: &mut Vec<Batch>) {
-        let changes: Vec<(u64, Change)> = pending
-            .iter()
-            .flat_map(|b| b.changes.iter().cloned())
-            .collect();
+    fn write(&mut self, pending: &mut Pending) {
         let result = {
             let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-            store.commit(&changes, self.flush.is_none())
+            store.commit(&pending.changes, self.flush.is_none())
         };
         match result {
             Ok(()) => {
                 if let Some(since) = self.failing.take() {
                     info!(after = ?since.elapsed(), "the store takes changes again");
                 }
-                if self.flush.is_none() {
-                    let mut upto = vec![0u64; self.shards.len()];
-                    for b in pending.iter() {
-                        if let Some(&(n, _)) = b.changes.last() {
-                            upto[b.shard] = upto[b.shard].max(n);
-                        }
+                for (shard, n) in pending.upto.iter_mut().enumerate() {
+                    if *n > 0 && self.flush.is_none() {
+                        let _ = self.shards[shard].send(ToShard::Persisted(*n));
                     }
-                    for (shard, n) in upto.into_iter().enumerate() {
-                        if n > 0 {
-                            let _ = self.shards[shard].send(ToShard::Persisted(n));
-                        }
-                    }
+                    *n = 0;
                 }
-                pending.clear();
+                pending.changes.clear();
             }
             Err(e) => {
                 if self.failing.is_none() {
