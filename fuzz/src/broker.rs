@@ -89,6 +89,9 @@ fn config(b: u8) -> Config {
     // Durable: every change goes to tern-sim's disk, which must hold what
     // the broker holds after every step.
     c.durable = b & 64 != 0;
+    // And a connected session holds at most two queued messages in memory:
+    // the rest go to the disk and come back.
+    c.queue_window = 2;
     c
 }
 

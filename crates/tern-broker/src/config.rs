@@ -119,6 +119,14 @@ pub struct Config {
     /// that depends on a change is sent before the embedding says it is
     /// durable ([`Broker::handle_persisted`](crate::Broker::handle_persisted)).
     pub durable: bool,
+    /// With `durable`: at most this many queued messages of a connected
+    /// session are held in memory (none of an offline one's); the rest
+    /// stay in the store only, and the broker asks for them
+    /// ([`Broker::poll_fetch`](crate::Broker::poll_fetch)) as the queue
+    /// drains. Memory stays bounded however much offline sessions have
+    /// waiting; `max_queued_messages` and `max_queued_bytes` still bound
+    /// each whole queue.
+    pub queue_window: usize,
     /// Seeds the hash tables keyed by what clients choose (client ids,
     /// topic levels). Fixed by default, so that runs repeat; a broker
     /// facing the network should use a random seed, so that nobody can
@@ -160,6 +168,7 @@ impl Default for Config {
             shard: 0,
             forward: false,
             durable: false,
+            queue_window: 256,
             hash_seed: 0,
         }
     }

@@ -112,6 +112,9 @@ pub struct StoredSession {
     pub inflight: Vec<(u16, InflightStage, StoredDelivery)>,
     /// Messages waiting to be sent, in order.
     pub queued: Vec<StoredDelivery>,
+    /// Messages waiting after `queued` that the store keeps and hands over
+    /// when asked ([`Fetch`]): all of them when `count` is 0.
+    pub spilled: Spilled,
     /// Incoming QoS 2 packet identifiers acknowledged with PUBREC and not
     /// yet released.
     pub incoming_qos2: Vec<u16>,
@@ -120,6 +123,42 @@ pub struct StoredSession {
     /// When the will is due, on the wall clock, once the session is offline
     /// with a Will Delay Interval.
     pub will_at: Option<WallMs>,
+}
+
+/// Queued messages of a session kept in the store only, after those in
+/// memory: a durable broker holds at most
+/// [`Config::queue_window`](crate::Config::queue_window) of a session's
+/// queued messages in memory, and asks for the next ones ([`Fetch`]) as its
+/// queue drains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spilled {
+    /// How many.
+    pub count: u64,
+    /// Their size, as the broker weighs a message (a store may give the
+    /// size of its records instead): it counts towards
+    /// [`Config::max_queued_bytes`](crate::Config::max_queued_bytes).
+    pub bytes: u64,
+    /// The id of the last ([`StoredDelivery::id`]): later deliveries get
+    /// higher ids.
+    pub last_id: u64,
+}
+
+/// A request for a session's next queued messages from the store
+/// ([`Broker::poll_fetch`](crate::Broker::poll_fetch)): answer with
+/// [`Broker::handle_fetched`](crate::Broker::handle_fetched) once every
+/// change polled before it is written (a store reads what it was given,
+/// not necessarily synced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetch {
+    /// The session.
+    pub session: SessionId,
+    /// Its client id, which a store keys it by.
+    pub client_id: MqttString,
+    /// The first message id wanted: the queued (not in-flight) messages
+    /// with this id or a higher one, in id order.
+    pub from: u64,
+    /// At most this many.
+    pub max: usize,
 }
 
 /// Why a session could not be imported.
@@ -353,6 +392,20 @@ impl Image {
     pub fn retained(&self) -> Vec<StoredRetained> {
         self.retained.values().cloned().collect()
     }
+
+    /// What a store answers to a [`Fetch`]: the queued messages of the
+    /// session of `client_id` from id `from` on, at most `max`.
+    pub fn fetch(&self, client_id: &MqttString, from: u64, max: usize) -> Vec<StoredDelivery> {
+        let Some(s) = self.sessions.get(client_id) else {
+            return Vec::new();
+        };
+        s.messages
+            .range(from..)
+            .filter(|(_, (_, at))| at.is_none())
+            .take(max)
+            .map(|(_, (d, _))| d.clone())
+            .collect()
+    }
 }
 
 /// The session a change is about, if any.
@@ -385,6 +438,7 @@ impl ImageSession {
                 subscriptions: Vec::new(),
                 inflight: Vec::new(),
                 queued: Vec::new(),
+                spilled: Spilled::default(),
                 incoming_qos2: Vec::new(),
                 will: None,
                 will_at: None,

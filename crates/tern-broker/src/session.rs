@@ -9,6 +9,7 @@ use tern_codec::{
     Message, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions, TopicFilter, Will,
 };
 
+use crate::durable::Spilled;
 use crate::policy::ClientInfo;
 use crate::stamp::Stamp;
 use crate::{ConnId, SessionId};
@@ -183,6 +184,13 @@ pub(crate) struct Flow {
     pub next_pid: u16,
     pub queue: VecDeque<Delivery>,
     pub queued_bytes: usize,
+    /// Queued after `queue`, in the durable store only
+    /// (`Config::queue_window`).
+    pub spilled: Spilled,
+    /// Where the spilled messages start: the first id to fetch.
+    pub fetch_from: u64,
+    /// How many messages a fetch on its way asked for (0: none is).
+    pub fetching: usize,
     /// QoS 2 packet ids received and acknowledged with PUBREC, awaiting
     /// PUBREL: a resent PUBLISH with one of these is not routed again.
     pub incoming_qos2: BTreeSet<u16>,
@@ -192,6 +200,19 @@ pub(crate) struct Flow {
 static NO_FLOW: Flow = Flow::new();
 
 impl Flow {
+    /// Messages queued, in memory and spilled to the store.
+    pub fn queued(&self) -> usize {
+        self.queue
+            .len()
+            .saturating_add(usize::try_from(self.spilled.count).unwrap_or(usize::MAX))
+    }
+
+    /// Their size.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+            .saturating_add(usize::try_from(self.spilled.bytes).unwrap_or(usize::MAX))
+    }
+
     const fn new() -> Flow {
         Flow {
             inflight: BTreeMap::new(),
@@ -200,6 +221,13 @@ impl Flow {
             next_pid: 1,
             queue: VecDeque::new(),
             queued_bytes: 0,
+            spilled: Spilled {
+                count: 0,
+                bytes: 0,
+                last_id: 0,
+            },
+            fetch_from: 0,
+            fetching: 0,
             incoming_qos2: BTreeSet::new(),
         }
     }
@@ -265,6 +293,13 @@ impl Session {
         let f = self.flow_mut();
         f.queued_bytes += d.msg.weight();
         f.queue.push_back(d);
+    }
+
+    /// Puts a delivery back at the front.
+    pub fn push_queue_front(&mut self, d: Delivery) {
+        let f = self.flow_mut();
+        f.queued_bytes += d.msg.weight();
+        f.queue.push_front(d);
     }
 
     /// Removes and returns the next queued delivery.

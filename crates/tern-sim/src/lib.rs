@@ -113,7 +113,7 @@ pub struct Sim {
     latency: Duration,
     chunk: Option<usize>,
     requests: VecDeque<Request>,
-    dropped: Vec<(String, TopicName)>,
+    dropped: Vec<(String, Option<TopicName>)>,
     transcript: Vec<(ClientRef, Bytes)>,
     /// Reports of a broker with `forward` that shares no router.
     reports: Vec<Report>,
@@ -155,6 +155,8 @@ impl Sim {
         // step (scripts/test runs the simulation tests both ways).
         if std::env::var_os("TERN_SIM_DURABLE").is_some_and(|v| v == "1") {
             config.durable = true;
+            // Queues beyond two messages go to the disk and come back.
+            config.queue_window = config.queue_window.min(2);
         }
         let config_durable = config.durable;
         Sim {
@@ -399,8 +401,8 @@ impl Sim {
         self.requests.drain(..).collect()
     }
 
-    /// Messages the broker reported dropped: (client id, topic).
-    pub fn dropped(&self) -> &[(String, TopicName)] {
+    /// Messages the broker reported dropped: (client id, topic, if known).
+    pub fn dropped(&self) -> &[(String, Option<TopicName>)] {
         &self.dropped
     }
 
@@ -414,6 +416,26 @@ impl Sim {
     /// ([`Broker::poll_report`]), oldest first.
     pub fn take_reports(&mut self) -> Vec<Report> {
         std::mem::take(&mut self.reports)
+    }
+
+    /// Every session, as [`Broker::export_sessions`] gives it; a durable
+    /// broker's queues whole, with the messages it left to the disk.
+    pub fn export_sessions(&self) -> Vec<StoredSession> {
+        let mut out = self.broker.export_sessions();
+        let Some(disk) = &self.disk else {
+            return out;
+        };
+        let on_disk = disk.sessions();
+        for s in &mut out {
+            if s.spilled.count == 0 {
+                continue;
+            }
+            if let Some(d) = on_disk.iter().find(|d| d.client_id == s.client_id) {
+                s.queued.clone_from(&d.queued);
+                s.spilled = Default::default();
+            }
+        }
+        out
     }
 
     /// Restores a session into the broker (and, when it is durable, into
@@ -638,7 +660,14 @@ impl Sim {
         if let Some(n) = last {
             self.broker.handle_persisted(n);
         }
-        last.is_some()
+        let mut fetched = false;
+        while let Some(f) = self.broker.poll_fetch() {
+            fetched = true;
+            let got = disk.fetch(&f.client_id, f.from, f.max);
+            let now = self.now;
+            self.broker.handle_fetched(f.session, got, now);
+        }
+        last.is_some() || fetched
     }
 
     /// Reports go to the router (before the transmits, as the call
@@ -696,6 +725,26 @@ pub fn disk_matches(broker: &Broker, image: &Image, retained: bool) -> Result<()
     let mut held: Vec<_> = broker.export_sessions().into_iter().map(plain).collect();
     held.retain(|s| stored.contains(&s.client_id) || s.expiry > 0);
     held.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    // What the broker holds of a queue in memory, the disk holds all of:
+    // the rest must be as many as the broker says it spilled.
+    let on_disk: Vec<_> = on_disk
+        .into_iter()
+        .map(|mut s| {
+            let Some(h) = held.iter().find(|h| h.client_id == s.client_id) else {
+                return s;
+            };
+            if h.spilled.count > 0 && s.queued.len() >= h.queued.len() {
+                let rest = s.queued.split_off(h.queued.len());
+                s.spilled.count = rest.len() as u64;
+                s.spilled.last_id = rest.last().map_or(0, |d| d.id);
+            }
+            s
+        })
+        .collect();
+    for h in &mut held {
+        // Its size is the broker's estimate; the disk has no such figure.
+        h.spilled.bytes = 0;
+    }
     if on_disk != held {
         return Err(format!(
             "the disk and the broker differ on sessions:\n disk   {on_disk:?}\n broker {held:?}"

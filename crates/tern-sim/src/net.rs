@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tern_broker::durable::{Change, Image};
+use tern_broker::durable::{Change, Fetch, Image};
 use tern_broker::{Broker, BrokerEvent, Config, ConnId};
 use tern_client::{Client, ClientEvent, State};
 
@@ -92,6 +92,8 @@ impl Net {
         // As for `Sim`: TERN_SIM_DURABLE=1 makes every broker durable.
         if std::env::var_os("TERN_SIM_DURABLE").is_some_and(|v| v == "1") {
             config.durable = true;
+            // Queues beyond two messages go to the disk and come back.
+            config.queue_window = config.queue_window.min(2);
         }
         // The one real clock reading: an origin for virtual time.
         #[allow(clippy::disallowed_methods)]
@@ -193,6 +195,7 @@ impl Net {
     pub fn crash(&mut self, down: Duration) {
         let disk = self.disk.as_mut().expect("a durable broker");
         disk.pending.clear();
+        disk.fetches.clear();
         let image = disk.synced.clone();
         self.transit.clear();
         self.by_conn.clear();
@@ -490,6 +493,18 @@ impl Net {
                 self.broker.handle_persisted(n);
             }
         }
+        while let Some(f) = self.broker.poll_fetch() {
+            disk.fetches.push(f);
+        }
+        // A store reads what it was given before the request; this disk
+        // answers once that is synced.
+        if disk.pending.is_empty() {
+            for f in std::mem::take(&mut disk.fetches) {
+                any = true;
+                let got = disk.synced.fetch(&f.client_id, f.from, f.max);
+                self.broker.handle_fetched(f.session, got, self.now);
+            }
+        }
         any
     }
 }
@@ -502,6 +517,9 @@ const WALL_START: u64 = 1_767_225_600_000;
 struct Disk {
     synced: Image,
     pending: Vec<(u64, Change)>,
+    /// Requests for spilled messages, answered once what came before them
+    /// is synced.
+    fetches: Vec<Fetch>,
     auto: bool,
     /// Every change synced, for [`Net::take_changes`].
     log: Vec<(u64, Change)>,
@@ -512,6 +530,7 @@ impl Default for Disk {
         Disk {
             synced: Image::new(),
             pending: Vec::new(),
+            fetches: Vec::new(),
             auto: true,
             log: Vec::new(),
         }

@@ -279,6 +279,15 @@ pub fn delivery(d: &StoredDelivery) -> Vec<u8> {
 /// there is one, says more recently).
 pub fn delivery_sent(d: &StoredDelivery, sent: Option<(u16, InflightStage)>) -> Vec<u8> {
     let mut v = vec![FORMAT];
+    // Right after the format byte, so that a loader can tell a message in
+    // flight from a queued one without decoding it.
+    match sent {
+        Some((pid, stage)) => {
+            v.put_u8(stage_byte(stage));
+            v.put_u16(pid);
+        }
+        None => v.put_u8(0),
+    }
     v.put_u8(d.qos as u8);
     v.put_u8(u8::from(d.retain));
     put_opt_u64(&mut v, d.expires_at);
@@ -287,11 +296,12 @@ pub fn delivery_sent(d: &StoredDelivery, sent: Option<(u16, InflightStage)>) -> 
         v.put_u32(id.get());
     }
     put_message(&mut v, &d.message.message);
-    if let Some((pid, stage)) = sent {
-        v.put_u16(pid);
-        v.put_u8(stage_byte(stage));
-    }
     v
+}
+
+/// Whether an encoded message says it was sent (without decoding it).
+pub fn delivery_is_sent(v: &[u8]) -> bool {
+    v.get(1).is_some_and(|&b| b != 0)
 }
 
 /// A message for a session and where it stood in flight, if it was sent.
@@ -300,6 +310,17 @@ pub type Delivery = (StoredDelivery, Option<(u16, InflightStage)>);
 /// Decodes a message for a session.
 pub fn delivery_of(id: u64, mut b: &[u8]) -> Result<Delivery, Bad> {
     format(&mut b)?;
+    let sent = match u8_of(&mut b)? {
+        0 => None,
+        stage => {
+            let stage = stage_of(stage)?;
+            let pid = u16_of(&mut b)?;
+            if pid == 0 {
+                return Err("packet id 0");
+            }
+            Some((pid, stage))
+        }
+    };
     let qos = QoS::from_u8(u8_of(&mut b)?).ok_or("QoS invalid")?;
     let retain = u8_of(&mut b)? != 0;
     let expires_at = opt_u64_of(&mut b)?;
@@ -309,17 +330,7 @@ pub fn delivery_of(id: u64, mut b: &[u8]) -> Result<Delivery, Bad> {
         subscription_ids.push(NonZeroU32::new(u32_of(&mut b)?).ok_or("subscription id 0")?);
     }
     let message = message_of(&mut b)?;
-    let sent = if b.is_empty() {
-        None
-    } else {
-        let pid = u16_of(&mut b)?;
-        let stage = stage_of(u8_of(&mut b)?)?;
-        end(b)?;
-        if pid == 0 {
-            return Err("packet id 0");
-        }
-        Some((pid, stage))
-    };
+    end(b)?;
     let d = StoredDelivery {
         id,
         message: Arc::new(Envelope::from(message)),

@@ -5,13 +5,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 
-use tern_broker::durable::{Change, InflightStage, StoredRetained, StoredSession};
+use tern_broker::durable::{Change, InflightStage, StoredDelivery};
 
 use tern_broker::SessionId;
 use tern_codec::MqttString;
 
 use crate::format::{self, SessionRecord, Table};
-use crate::{Loaded, Problem, Store, StoreError};
+use crate::{Loaded, Store, StoreError};
 
 /// One write of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,14 @@ pub trait Engine: Send {
     fn sync(&mut self) -> io::Result<()>;
     /// Calls `f` with every record of `table`, in key order.
     fn scan(&mut self, table: Table, f: &mut dyn FnMut(&[u8], &[u8])) -> io::Result<()>;
+    /// Calls `f` with the records of `table` from key `start` on, in key
+    /// order, while it returns true.
+    fn scan_from(
+        &mut self,
+        table: Table,
+        start: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> io::Result<()>;
     /// Bytes the engine holds on disk (0 when it cannot tell).
     fn size(&self) -> u64 {
         0
@@ -42,17 +50,17 @@ pub trait Engine: Send {
 /// The durable store on an [`Engine`].
 #[derive(Debug)]
 pub struct KvStore<E> {
-    engine: E,
+    pub(crate) engine: E,
     /// Client id of each session of the broker writing to it.
     names: HashMap<SessionId, MqttString>,
     /// Each stored session's record, as last written.
-    records: HashMap<MqttString, SessionRecord>,
+    pub(crate) records: HashMap<MqttString, SessionRecord>,
     /// Whether a batch was written without a sync since the last one.
     unsynced: bool,
     /// The keys with a row in [`Table::Inflight`], once `load` has read
     /// them (before, a message removed has its row deleted whether there
     /// is one or not).
-    inflight_rows: Option<HashSet<Vec<u8>>>,
+    pub(crate) inflight_rows: Option<HashSet<Vec<u8>>>,
 }
 
 impl<E: Engine> KvStore<E> {
@@ -315,146 +323,21 @@ impl<E: Engine> Store for KvStore<E> {
         Ok(())
     }
 
-    fn load(&mut self) -> Result<Loaded, StoreError> {
-        let mut problems = Vec::new();
-        let mut sessions: BTreeMap<MqttString, StoredSession> = BTreeMap::new();
-        // The records are read back; which session of the running broker
-        // each is stays as its `Session` changes said.
-        self.records.clear();
-        let mut bad = |table: Table, key: &[u8], reason: &'static str| {
-            problems.push(Problem {
-                table: table.name(),
-                key: String::from_utf8_lossy(key).into_owned(),
-                reason,
-            });
-        };
-        let mut records = Vec::new();
-        self.engine.scan(Table::Sessions, &mut |k, v| {
-            records.push((k.to_vec(), format::session_of(v)));
-        })?;
-        for (k, r) in records {
-            let id = std::str::from_utf8(&k)
-                .ok()
-                .and_then(|s| MqttString::from_str(s).ok());
-            match (id, r) {
-                (Some(id), Ok(r)) => {
-                    sessions.insert(id.clone(), stored(id.clone(), &r));
-                    self.records.insert(id, r);
-                }
-                (None, _) => bad(Table::Sessions, &k, "client id invalid"),
-                (_, Err(e)) => bad(Table::Sessions, &k, e),
-            }
-        }
-        let mut rows = Vec::new();
-        for t in Table::OF_SESSION {
-            self.engine
-                .scan(t, &mut |k, v| rows.push((t, k.to_vec(), v.to_vec())))?;
-        }
-        let mut inflight = BTreeMap::new();
-        let mut rows_inflight = HashSet::new();
-        let mut messages: BTreeMap<(MqttString, u64), format::Delivery> = BTreeMap::new();
-        for (t, k, v) in rows {
-            let (id, rest) = match format::split_key(&k) {
-                Ok(x) => x,
-                Err(e) => {
-                    bad(t, &k, e);
-                    continue;
-                }
-            };
-            let Some(s) = sessions.get_mut(&id) else {
-                bad(t, &k, "no session");
-                continue;
-            };
-            let r = match t {
-                Table::Subscriptions => {
-                    format::subscription_of(rest, &v).map(|sub| s.subscriptions.push(sub))
-                }
-                Table::Qos2 => match rest {
-                    [a, b] if v.is_empty() => {
-                        s.incoming_qos2.push(u16::from_be_bytes([*a, *b]));
-                        Ok(())
-                    }
-                    _ => Err("packet id invalid"),
-                },
-                Table::Messages | Table::Inflight => match <[u8; 8]>::try_from(rest) {
-                    Ok(n) => {
-                        let n = u64::from_be_bytes(n);
-                        if t == Table::Messages {
-                            format::delivery_of(n, &v).map(|d| {
-                                messages.insert((id.clone(), n), d);
-                            })
-                        } else {
-                            rows_inflight.insert(k.clone());
-                            format::inflight_of(&v).map(|x| {
-                                inflight.insert((id.clone(), n), x);
-                            })
-                        }
-                    }
-                    Err(_) => Err("message id invalid"),
-                },
-                _ => Ok(()),
-            };
-            if let Err(e) = r {
-                bad(t, &k, e);
-            }
-        }
-        for ((id, n), (d, sent)) in messages {
-            let s = sessions.get_mut(&id).expect("checked above");
-            // A row of its own says more recently than the message's.
-            match inflight.remove(&(id.clone(), n)).or(sent) {
-                Some((pid, stage)) => s.inflight.push((pid, stage, d)),
-                None => s.queued.push(d),
-            }
-        }
-        self.inflight_rows = Some(rows_inflight);
-        for ((id, n), _) in inflight {
-            let key = format::message_key(id.as_bytes(), n);
-            bad(Table::Inflight, &key, "no message");
-        }
-        let mut retained = Vec::new();
-        let mut rows = Vec::new();
-        self.engine.scan(Table::Retained, &mut |k, v| {
-            rows.push((k.to_vec(), v.to_vec()))
-        })?;
-        for (k, v) in rows {
-            match format::topic_of(&k).and_then(|topic| {
-                let r: StoredRetained = format::retained_of(&v)?;
-                if r.message.topic == topic {
-                    Ok(r)
-                } else {
-                    Err("topic differs from its key")
-                }
-            }) {
-                Ok(r) => retained.push(r),
-                Err(e) => bad(Table::Retained, &k, e),
-            }
-        }
-        Ok(Loaded {
-            sessions: sessions.into_values().collect(),
-            retained,
-            problems,
-        })
+    fn load(&mut self, window: usize) -> Result<Loaded, StoreError> {
+        self.load_window(window)
+    }
+
+    fn fetch(
+        &mut self,
+        client_id: &MqttString,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StoredDelivery>, StoreError> {
+        self.fetch_queued(client_id, from, max)
     }
 
     fn size(&self) -> u64 {
         self.engine.size()
-    }
-}
-
-/// A session with its record and nothing else yet.
-fn stored(client_id: MqttString, r: &SessionRecord) -> StoredSession {
-    StoredSession {
-        client_id,
-        username: r.username.clone(),
-        version: r.version,
-        expiry: r.expiry,
-        expires_at: r.expires_at,
-        subscriptions: Vec::new(),
-        inflight: Vec::new(),
-        queued: Vec::new(),
-        incoming_qos2: Vec::new(),
-        will: r.will.clone(),
-        will_at: r.will_at,
     }
 }
 
@@ -503,6 +386,22 @@ impl Engine for MemEngine {
     fn scan(&mut self, table: Table, f: &mut dyn FnMut(&[u8], &[u8])) -> io::Result<()> {
         for (k, v) in self.tables.get(&table).into_iter().flatten() {
             f(k, v);
+        }
+        Ok(())
+    }
+
+    fn scan_from(
+        &mut self,
+        table: Table,
+        start: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> io::Result<()> {
+        if let Some(t) = self.tables.get(&table) {
+            for (k, v) in t.range(start.to_vec()..) {
+                if !f(k, v) {
+                    break;
+                }
+            }
         }
         Ok(())
     }

@@ -14,8 +14,9 @@
 //! let mut store = KvStore::new(MemEngine::default());
 //! // The server commits each round's changes (here: none), durably...
 //! store.commit(&[], true)?;
-//! // ...and loads everything back at startup, with what it could not read.
-//! let loaded = store.load()?;
+//! // ...and loads everything back at startup (of each session's queue, the
+//! // first 100 messages: the rest on request), with what it could not read.
+//! let loaded = store.load(100)?;
 //! assert!(loaded.sessions.is_empty() && loaded.problems.is_empty());
 //! # Ok::<(), tern_store::StoreError>(())
 //! ```
@@ -24,6 +25,7 @@
 
 pub mod format;
 mod kv;
+mod load;
 #[cfg(feature = "redb")]
 mod redb;
 
@@ -37,7 +39,8 @@ pub fn open(dir: &std::path::Path) -> Result<KvStore<RedbEngine>, StoreError> {
     Ok(KvStore::new(RedbEngine::open(dir)?))
 }
 
-use tern_broker::durable::{Change, StoredRetained, StoredSession};
+use tern_broker::durable::{Change, StoredDelivery, StoredRetained, StoredSession};
+use tern_codec::MqttString;
 
 /// Where a broker's durable state is kept.
 pub trait Store: Send {
@@ -48,10 +51,23 @@ pub trait Store: Send {
     /// Makes everything committed so far durable.
     fn sync(&mut self) -> Result<(), StoreError>;
 
-    /// Reads back everything stored: the sessions and retained messages to
+    /// Reads back what is stored: the sessions and retained messages to
     /// import, and every record that could not be read (which is left out,
-    /// not guessed at).
-    fn load(&mut self) -> Result<Loaded, StoreError>;
+    /// not guessed at). Of each session's queued messages the first
+    /// `window` are read; the rest stay in the store, counted in
+    /// [`StoredSession::spilled`], for [`Store::fetch`].
+    fn load(&mut self, window: usize) -> Result<Loaded, StoreError>;
+
+    /// The queued messages (not those in flight) of the session of
+    /// `client_id` from id `from` on, in id order, at most `max`: the
+    /// answer to a broker's [`Fetch`](tern_broker::durable::Fetch), reading
+    /// what was committed before it.
+    fn fetch(
+        &mut self,
+        client_id: &MqttString,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StoredDelivery>, StoreError>;
 
     /// Bytes the store holds on disk (0 when it cannot tell).
     fn size(&self) -> u64 {

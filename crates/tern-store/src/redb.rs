@@ -125,6 +125,23 @@ impl Engine for RedbEngine {
         Ok(())
     }
 
+    fn scan_from(
+        &mut self,
+        table: Table,
+        start: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> io::Result<()> {
+        let tx = self.db.begin_read().map_err(other)?;
+        let t = tx.open_table(definition(table)).map_err(other)?;
+        for entry in t.range(start..).map_err(other)? {
+            let (k, v) = entry.map_err(other)?;
+            if !f(k.value(), v.value()) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn size(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tern_broker::durable::Change;
+use tern_broker::durable::{Change, StoredDelivery};
 use tern_client::{ClientConfig, DisconnectReason, Message};
 use tern_codec::{
-    ProtocolVersion, QoS, ReasonCode, SubscribeFilter, SubscriptionOptions, TopicFilter, TopicName,
+    MqttString, ProtocolVersion, QoS, ReasonCode, SubscribeFilter, SubscriptionOptions,
+    TopicFilter, TopicName,
 };
 use tern_store::{KvStore, Loaded, MemEngine, Store, StoreError};
 use tern_tokio::{
@@ -38,8 +39,17 @@ impl Store for Shared {
         self.inner.sync()
     }
 
-    fn load(&mut self) -> Result<Loaded, StoreError> {
-        self.inner.load()
+    fn load(&mut self, window: usize) -> Result<Loaded, StoreError> {
+        self.inner.load(window)
+    }
+
+    fn fetch(
+        &mut self,
+        client_id: &MqttString,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StoredDelivery>, StoreError> {
+        self.inner.fetch(client_id, from, max)
     }
 }
 
@@ -150,6 +160,60 @@ async fn what_was_acknowledged_is_there_after_a_restart() {
     late.subscribe(vec![f]).await.expect("subscribed");
     assert_eq!(next_message(&mut le).await, "m1", "the retained message");
     late.disconnect().await;
+    let _ = stop.send(());
+    run.await.expect("joined").expect("stopped");
+}
+
+#[tokio::test]
+async fn a_long_queue_waits_in_the_store_and_comes_back_in_order() {
+    let store: Arc<Mutex<Box<dyn Store>>> = Arc::new(Mutex::new(Box::new(Shared {
+        inner: KvStore::new(MemEngine::default()),
+        full: Arc::new(AtomicBool::new(false)),
+    })));
+    let (port, stop, run) = serve(&store).await;
+    let (s, mut se) = AsyncClient::start(persistent("sub", port)).expect("valid");
+    timeout(LIMIT, se.first_connection())
+        .await
+        .expect("in time")
+        .expect("connected");
+    let f = SubscribeFilter {
+        filter: TopicFilter::new("q/#").expect("valid"),
+        options: SubscriptionOptions::new(QoS::AtLeastOnce),
+    };
+    s.subscribe(vec![f]).await.expect("subscribed");
+    s.disconnect().await;
+    let (p, mut pe) = AsyncClient::start(persistent("pub", port)).expect("valid");
+    timeout(LIMIT, pe.first_connection())
+        .await
+        .expect("in time")
+        .expect("connected");
+    // More than the broker holds of a connected session's queue (256),
+    // within the default queue limit (1,000): offline, all of it is in the
+    // store only.
+    const N: usize = 900;
+    for i in 0..N {
+        let m = Message::new(TopicName::new("q/x").expect("valid"), format!("{i}"))
+            .with_qos(QoS::AtLeastOnce);
+        p.publish(m).await.expect("acknowledged");
+    }
+    p.disconnect().await;
+    let _ = stop.send(());
+    run.await.expect("joined").expect("stopped");
+    // After a restart, the subscriber gets them all, in order, fetched as
+    // its queue drains.
+    let (port, stop, run) = serve(&store).await;
+    let mut o = persistent("sub", port);
+    o.config.clean_start = false;
+    let (s, mut se) = AsyncClient::start(o).expect("valid");
+    let c = timeout(LIMIT, se.first_connection())
+        .await
+        .expect("in time")
+        .expect("connected");
+    assert!(c.session_present);
+    for i in 0..N {
+        assert_eq!(next_message(&mut se).await, i.to_string());
+    }
+    s.disconnect().await;
     let _ = stop.send(());
     run.await.expect("joined").expect("stopped");
 }

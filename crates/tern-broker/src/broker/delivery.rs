@@ -14,18 +14,12 @@ use crate::session::{Delivery, OutState, Outgoing, Session};
 use crate::{Config, QueueFullPolicy};
 
 impl Broker {
-    pub(super) fn deliver(&mut self, sid: SessionId, mut d: Delivery, now: Instant) {
+    pub(super) fn deliver(&mut self, sid: SessionId, d: Delivery, now: Instant) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
         if d.msg.expired(now) {
             return;
-        }
-        if s.stored {
-            // Named within its session, for the durable store.
-            let f = s.flow_mut();
-            d.id = f.next_id;
-            f.next_id += 1;
         }
         let max = self.config.max_unwritten_bytes;
         let congested = s
@@ -38,11 +32,11 @@ impl Broker {
                 self.stats.messages_dropped += 1;
                 self.out.events.push_back(BrokerEvent::Dropped {
                     client_id: s.client.client_id.clone(),
-                    topic: d.msg.topic.clone(),
+                    topic: Some(d.msg.topic.clone()),
                 });
             }
             Some(conn) if d.qos == QoS::AtMostOnce => self.send_publish(conn, sid, d, false, now),
-            Some(conn) if s.flow().queue.is_empty() && s.window_open() && !congested => {
+            Some(conn) if s.flow().queued() == 0 && s.window_open() && !congested => {
                 self.send_publish(conn, sid, d, false, now)
             }
             None if d.qos == QoS::AtMostOnce && !self.config.queue_qos0_offline => {}
@@ -50,12 +44,13 @@ impl Broker {
         }
     }
 
-    pub(super) fn enqueue(&mut self, sid: SessionId, d: Delivery) {
+    pub(super) fn enqueue(&mut self, sid: SessionId, mut d: Delivery) {
         let s = self.sessions.get_mut(&sid).expect("session exists");
         let w = d.msg.weight();
         let full = |s: &Session, cfg: &Config| {
             let f = s.flow();
-            f.queue.len() >= cfg.max_queued_messages || f.queued_bytes + w > cfg.max_queued_bytes
+            f.queued() >= cfg.max_queued_messages
+                || f.queued_bytes().saturating_add(w) > cfg.max_queued_bytes
         };
         let mut dropped = None;
         if full(s, &self.config) {
@@ -63,7 +58,7 @@ impl Broker {
                 QueueFullPolicy::DropNewest => dropped = Some(d.msg.topic.clone()),
                 QueueFullPolicy::DropOldest => {
                     while full(s, &self.config) {
-                        match s.pop_queue() {
+                        let topic = match s.pop_queue() {
                             Some(old) => {
                                 if s.stored {
                                     self.out.log(Change::Removed {
@@ -71,14 +66,21 @@ impl Broker {
                                         id: old.id,
                                     });
                                 }
-                                self.stats.messages_dropped += 1;
-                                self.out.events.push_back(BrokerEvent::Dropped {
-                                    client_id: s.client.client_id.clone(),
-                                    topic: old.msg.topic.clone(),
-                                });
+                                Some(old.msg.topic.clone())
+                            }
+                            None if s.flow().spilled.count > 0 => {
+                                // The oldest is in the store only.
+                                let id = drop_spilled(s);
+                                self.out.log(Change::Removed { session: sid, id });
+                                None
                             }
                             None => break,
-                        }
+                        };
+                        self.stats.messages_dropped += 1;
+                        self.out.events.push_back(BrokerEvent::Dropped {
+                            client_id: s.client.client_id.clone(),
+                            topic,
+                        });
                     }
                     if full(s, &self.config) {
                         dropped = Some(d.msg.topic.clone());
@@ -91,11 +93,12 @@ impl Broker {
                 self.stats.messages_dropped += 1;
                 self.out.events.push_back(BrokerEvent::Dropped {
                     client_id: s.client.client_id.clone(),
-                    topic,
+                    topic: Some(topic),
                 });
             }
             None => {
                 if s.stored {
+                    name(s, &mut d);
                     let delivery = self.stored_delivery(&d);
                     self.out.log(Change::Queued {
                         session: sid,
@@ -103,7 +106,22 @@ impl Broker {
                     });
                 }
                 let s = self.sessions.get_mut(&sid).expect("session exists");
-                s.push_queue(d);
+                // Offline, a session holds none of its queue in memory.
+                let window = s.conn.map_or(0, |_| self.config.queue_window);
+                let f = s.flow();
+                if s.stored && (f.spilled.count > 0 || f.queue.len() >= window) {
+                    // In the store only, after what is in memory: fetched
+                    // when the queue drains.
+                    let f = s.flow_mut();
+                    if f.spilled.count == 0 {
+                        f.fetch_from = d.id;
+                    }
+                    f.spilled.count += 1;
+                    f.spilled.bytes += w as u64;
+                    f.spilled.last_id = d.id;
+                } else {
+                    s.push_queue(d);
+                }
             }
         }
     }
@@ -116,6 +134,8 @@ impl Broker {
                 return;
             };
             let Some(conn) = s.conn else { return };
+            self.fetch_if_low(sid);
+            let s = self.sessions.get_mut(&sid).expect("checked above");
             let Some(front) = s.flow().queue.front() else {
                 return;
             };
@@ -141,7 +161,7 @@ impl Broker {
         &mut self,
         conn: ConnId,
         sid: SessionId,
-        d: Delivery,
+        mut d: Delivery,
         queued: bool,
         now: Instant,
     ) {
@@ -151,6 +171,10 @@ impl Broker {
             QoS::AtMostOnce => (QosPid::AtMostOnce, None),
             q => {
                 let Some(id) = s.allocate_pid().and_then(PacketId::new) else {
+                    if queued {
+                        // Back where it was, first in line.
+                        return s.push_queue_front(d);
+                    }
                     return self.enqueue(sid, d);
                 };
                 if q == QoS::AtLeastOnce {
@@ -162,6 +186,9 @@ impl Broker {
         };
         // Logged first: the PUBLISH goes out once its state is durable.
         if stored {
+            if !queued && qos.packet_id().is_some() {
+                name(s, &mut d);
+            }
             self.log_sent(sid, &d, queued, qos);
         }
         let sent = self.write_publish(conn, &d, qos, false, now);
@@ -341,4 +368,29 @@ fn remaining(at: Instant, now: Instant) -> u32 {
     let left = at.saturating_duration_since(now);
     let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
     secs.min(u64::from(u32::MAX)) as u32
+}
+
+/// Names a delivery within its stored session, for the durable store, as
+/// it is first stored: the ids of a session's stored messages run on
+/// without gaps, so the queued ones left to the store are the ids from
+/// `fetch_from` to `spilled.last_id`.
+fn name(s: &mut Session, d: &mut Delivery) {
+    let f = s.flow_mut();
+    d.id = f.next_id;
+    f.next_id += 1;
+}
+
+/// Forgets the oldest message the store holds for the session (whose id is
+/// `fetch_from`: the ids run on without gaps); its id. Its size is not
+/// known unread: the average is taken off.
+fn drop_spilled(s: &mut Session) -> u64 {
+    let f = s.flow_mut();
+    let id = f.fetch_from;
+    f.spilled.bytes -= f.spilled.bytes / f.spilled.count;
+    f.spilled.count -= 1;
+    f.fetch_from += 1;
+    if f.spilled.count == 0 {
+        f.spilled = Default::default();
+    }
+    id
 }

@@ -81,8 +81,26 @@ impl Broker {
         if f.inflight.contains_key(&0) {
             return Err(format!("{who}: packet id 0 in flight"));
         }
-        if f.queue.len() > cfg.max_queued_messages {
-            return Err(format!("{who}: {} queued", f.queue.len()));
+        if f.queued() > cfg.max_queued_messages {
+            return Err(format!("{who}: {} queued", f.queued()));
+        }
+        if s.stored && s.conn.is_none() && !f.queue.is_empty() {
+            return Err(format!(
+                "{who}: offline with {} queued in memory",
+                f.queue.len()
+            ));
+        }
+        if f.spilled.count > 0 && f.queue.len() > cfg.queue_window {
+            return Err(format!(
+                "{who}: {} queued in memory and spilled",
+                f.queue.len()
+            ));
+        }
+        if f.queue
+            .back()
+            .is_some_and(|d| f.spilled.count > 0 && d.id >= f.fetch_from)
+        {
+            return Err(format!("{who}: a message in memory after the spilled ones"));
         }
         let bytes: usize = f.queue.iter().map(|d| d.msg.weight()).sum();
         if bytes != f.queued_bytes || bytes > cfg.max_queued_bytes {

@@ -178,6 +178,7 @@ impl Broker {
         }
         let expires_at = expires.and_then(|at| self.wall_of(at));
         let will_at = will_due.and_then(|at| self.wall_of(at));
+        self.spill_queue(sid);
         self.log_for(sid, || Change::Offline {
             session: sid,
             expires_at,

@@ -25,6 +25,7 @@ mod lifecycle;
 mod output;
 mod publish;
 mod routing;
+mod spill;
 mod storage;
 mod subscribe;
 mod sys;

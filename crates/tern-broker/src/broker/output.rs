@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use tern_codec::{Packet, ProtocolVersion, Publish, ReasonCode, TopicFilter, TopicName};
 
 use super::{Broker, ConnId, Token};
-use crate::durable::Change;
+use crate::durable::{Change, Fetch};
 use crate::policy::{ClientInfo, Credentials};
 use crate::router::Report;
 
@@ -91,8 +91,9 @@ pub enum BrokerEvent {
     Dropped {
         /// The session's client id.
         client_id: String,
-        /// The topic of the dropped message.
-        topic: TopicName,
+        /// The topic of the dropped message (`None`: one the durable store
+        /// held, dropped unread).
+        topic: Option<TopicName>,
     },
 }
 
@@ -138,6 +139,8 @@ pub(super) struct Outbox {
     pub(super) events: VecDeque<BrokerEvent>,
     /// For the router, with `Config::forward`.
     pub(super) reports: VecDeque<Report>,
+    /// Requests for spilled messages, with `Config::durable`.
+    pub(super) fetches: VecDeque<Fetch>,
     /// Changes to the durable state, numbered from 1.
     changes: VecDeque<(u64, Change)>,
     /// The number of the last change made.

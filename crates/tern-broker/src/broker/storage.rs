@@ -9,7 +9,7 @@ use tern_codec::MqttString;
 use super::durability::stage;
 use super::{Broker, SessionId};
 use crate::durable::{
-    Change, ImportError, InflightStage, StoredDelivery, StoredRetained, StoredSession,
+    Change, ImportError, InflightStage, Spilled, StoredDelivery, StoredRetained, StoredSession,
     StoredSubscription,
 };
 use crate::session::{Delivery, Envelope, OutState, Outgoing, Session, SessionWill, Sub};
@@ -45,6 +45,7 @@ impl Broker {
                         .map(|(&id, o)| (id, stage(o.state), self.stored_delivery(&o.delivery)))
                         .collect(),
                     queued: f.queue.iter().map(|d| self.stored_delivery(d)).collect(),
+                    spilled: f.spilled,
                     incoming_qos2: f.incoming_qos2.iter().copied().collect(),
                     will: s.will.as_ref().map(|w| w.will.clone()),
                     will_at: s.will.as_ref().and_then(|w| w.at).and_then(wall),
@@ -116,14 +117,48 @@ impl Broker {
             }
             f.next_seq = seq as u64 + 1;
         }
+        let window = if self.config.durable {
+            self.config.queue_window
+        } else {
+            usize::MAX
+        };
+        // Beyond the window, queued messages stay in the store only, with
+        // those the store kept back (`stored.spilled`), which come after.
+        let mut extra = Spilled::default();
+        let mut first_spilled = None;
+        let last_loaded = stored.queued.last().map(|d| d.id);
         for d in stored.queued {
             next_id = next_id.max(d.id + 1);
+            if first_spilled.is_none() && s.flow().queue.len() >= window {
+                first_spilled = Some(d.id);
+            }
+            if first_spilled.is_some() {
+                extra.count += 1;
+                extra.bytes += d.message.weight() as u64;
+                extra.last_id = d.id;
+                continue;
+            }
             let delivery = self.delivery(d, now);
             if delivery.msg.expired(now) {
                 expired.push(delivery.id);
             } else {
                 s.push_queue(delivery);
             }
+        }
+        let more = stored.spilled;
+        if extra.count + more.count > 0 {
+            next_id = next_id.max(more.last_id + 1);
+            let f = s.flow_mut();
+            f.spilled = Spilled {
+                count: extra.count + more.count,
+                bytes: extra.bytes + more.bytes,
+                last_id: if more.count > 0 {
+                    more.last_id
+                } else {
+                    extra.last_id
+                },
+            };
+            f.fetch_from = first_spilled.or(last_loaded.map(|id| id + 1)).unwrap_or(0);
         }
         if next_id > 0 {
             s.flow_mut().next_id = next_id;
@@ -161,7 +196,7 @@ impl Broker {
 
     /// A stored delivery back in this process: its message's expiry from
     /// the wall clock, if it was stored with one.
-    fn delivery(&self, d: StoredDelivery, now: Instant) -> Delivery {
+    pub(super) fn delivery(&self, d: StoredDelivery, now: Instant) -> Delivery {
         Delivery {
             msg: self.envelope(d.message, d.expires_at, now),
             qos: d.qos,

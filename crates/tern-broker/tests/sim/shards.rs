@@ -179,7 +179,6 @@ fn a_session_that_moves_to_another_shard_takes_its_subscriptions_along() {
     let p = connected(&mut a, V3, "p", true);
     a.send(p, publish("moves/1", 1, 1, "queued"));
     let sessions: Vec<_> = a
-        .broker
         .export_sessions()
         .into_iter()
         .filter(|s| s.client_id.as_str() == "mover")
@@ -214,7 +213,7 @@ fn sessions_and_retained_messages_survive_export_and_import() {
     sim.kill(s);
     sim.send(p, publish("t/b", 2, 2, "queued"));
 
-    let sessions = sim.broker.export_sessions();
+    let sessions = sim.export_sessions();
     let retained = sim.broker.export_retained();
     // "p" is still connected: its session is exported too.
     assert_eq!(sessions.len(), 2);
@@ -249,7 +248,7 @@ fn sessions_and_retained_messages_survive_export_and_import() {
 fn importing_an_existing_client_id_is_refused() {
     let mut sim = Sim::default();
     connected(&mut sim, V3, "s", false);
-    let sessions = sim.broker.export_sessions();
+    let sessions = sim.export_sessions();
     let now = sim.now();
     assert!(sim.broker.import_session(sessions[0].clone(), now).is_err());
 }

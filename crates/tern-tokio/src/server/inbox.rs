@@ -44,6 +44,11 @@ pub(super) enum ToShard {
     Stop,
     /// The shard's changes up to this number are durable.
     Persisted(u64),
+    /// The store's answer to a fetch.
+    Fetched {
+        session: tern_broker::SessionId,
+        deliveries: Vec<tern_broker::durable::StoredDelivery>,
+    },
     /// The store cannot write.
     StoreFailed,
     /// A plain TCP connection, for the shard's own poll, with what was read

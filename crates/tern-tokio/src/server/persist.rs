@@ -13,7 +13,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tern_broker::durable::Change;
+use tern_broker::durable::{Change, Fetch};
 use tern_store::{Loaded, Store};
 use tracing::{error, info, warn};
 
@@ -49,6 +49,11 @@ pub(super) struct Batch {
 /// What the writer is sent.
 pub(super) enum ToWriter {
     Batch(Batch),
+    /// A shard's broker asks for a session's next queued messages.
+    Fetch {
+        shard: usize,
+        fetch: Fetch,
+    },
     /// Write what is left, sync, and stop; reply when done.
     Stop(std::sync::mpsc::Sender<()>),
 }
@@ -56,8 +61,10 @@ pub(super) enum ToWriter {
 /// Reads the store back, saying what could not be read.
 pub(super) fn load(p: &Persistence) -> std::io::Result<Loaded> {
     let mut store = p.store.lock().unwrap_or_else(|e| e.into_inner());
+    // Sessions come back offline, when a broker holds none of their queue
+    // in memory: the store reads what is in flight, and counts the rest.
     let loaded = store
-        .load()
+        .load(0)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     for problem in &loaded.problems {
         warn!(%problem, "left out of the store: cannot be read");
@@ -116,10 +123,11 @@ impl Writer {
             upto: vec![0; self.shards.len()],
         };
         let mut stop = None;
+        let mut fetches = Vec::new();
         let mut last_sync = now();
         loop {
             let wait = match (self.failing, self.flush) {
-                _ if !pending.changes.is_empty() => Some(RETRY),
+                _ if !pending.changes.is_empty() || !fetches.is_empty() => Some(RETRY),
                 (_, Some(f)) => Some(f.saturating_sub(last_sync.elapsed())),
                 _ => None,
             };
@@ -128,16 +136,20 @@ impl Writer {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match first {
-                Ok(msg) => self.take(msg, &mut pending, &mut stop),
+                Ok(msg) => self.take(msg, &mut pending, &mut fetches, &mut stop),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             // Everything that arrived meanwhile joins the same write.
             while let Ok(msg) = rx.try_recv() {
-                self.take(msg, &mut pending, &mut stop);
+                self.take(msg, &mut pending, &mut fetches, &mut stop);
             }
             if !pending.changes.is_empty() {
                 self.write(&mut pending);
+            }
+            if pending.changes.is_empty() {
+                // What was asked for after those changes can be read now.
+                self.answer(&mut fetches);
             }
             if self.flush.is_some_and(|f| last_sync.elapsed() >= f) || stop.is_some() {
                 self.sync();
@@ -158,8 +170,15 @@ impl Writer {
         }
     }
 
-    fn take(&mut self, msg: ToWriter, pending: &mut Pending, stop: &mut Option<Sender<()>>) {
+    fn take(
+        &mut self,
+        msg: ToWriter,
+        pending: &mut Pending,
+        fetches: &mut Vec<(usize, Fetch)>,
+        stop: &mut Option<Sender<()>>,
+    ) {
         match msg {
+            ToWriter::Fetch { shard, fetch } => fetches.push((shard, fetch)),
             ToWriter::Batch(mut b) => {
                 if let Some(&(n, _)) = b.changes.last() {
                     pending.upto[b.shard] = pending.upto[b.shard].max(n);
@@ -200,6 +219,29 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Reads what each fetch asks for and sends it to its shard; one the
+    /// store cannot read now is tried again later (an empty answer would
+    /// say there is no more).
+    fn answer(&mut self, fetches: &mut Vec<(usize, Fetch)>) {
+        if fetches.is_empty() {
+            return;
+        }
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        fetches.retain(|(shard, f)| match store.fetch(&f.client_id, f.from, f.max) {
+            Ok(deliveries) => {
+                let _ = self.shards[*shard].send(ToShard::Fetched {
+                    session: f.session,
+                    deliveries,
+                });
+                false
+            }
+            Err(e) => {
+                error!(error = %e, client_id = %f.client_id, "the store cannot read queued messages");
+                true
+            }
+        });
     }
 
     fn sync(&mut self) {

@@ -279,6 +279,10 @@ impl Shard {
             }
             ToShard::Stop => return true,
             ToShard::Persisted(n) => self.broker.handle_persisted(n),
+            ToShard::Fetched {
+                session,
+                deliveries,
+            } => self.broker.handle_fetched(session, deliveries, now),
             ToShard::StoreFailed => self.broker.handle_store_failed(now),
         }
         false
@@ -392,17 +396,26 @@ impl Shard {
         while let Some(c) = self.broker.poll_change() {
             changes.push(c);
         }
-        let Some(&(last, _)) = changes.last() else {
-            return false;
-        };
-        let batch = Batch {
-            shard: self.index,
-            changes,
-        };
-        if writer.send(ToWriter::Batch(batch)).is_ok() && self.relaxed {
-            self.broker.handle_persisted(last);
+        let mut any = false;
+        if let Some(&(last, _)) = changes.last() {
+            any = true;
+            let batch = Batch {
+                shard: self.index,
+                changes,
+            };
+            if writer.send(ToWriter::Batch(batch)).is_ok() && self.relaxed {
+                self.broker.handle_persisted(last);
+            }
         }
-        true
+        // After the changes: the writer reads what it wrote before.
+        while let Some(fetch) = self.broker.poll_fetch() {
+            any = true;
+            let _ = writer.send(ToWriter::Fetch {
+                shard: self.index,
+                fetch,
+            });
+        }
+        any
     }
 
     /// Hands the core's reports to the router, and the router's decisions
@@ -454,7 +467,8 @@ impl Shard {
                 info!(shard = self.index, conn = conn.get(), %client_id, session_present, "connected");
             }
             BrokerEvent::Dropped { client_id, topic } => {
-                debug!(shard = self.index, %client_id, %topic, "message dropped: queue full or slow consumer");
+                let topic = topic.as_ref().map_or("(stored)", |t| t.as_str());
+                debug!(shard = self.index, %client_id, topic, "message dropped: queue full or slow consumer");
             }
             BrokerEvent::Authenticate { token, credentials } if self.check.is_some() => {
                 let check = self.check.clone().expect("checked");
