@@ -191,6 +191,11 @@ pub(crate) struct Flow {
     pub fetch_from: u64,
     /// How many messages a fetch on its way asked for (0: none is).
     pub fetching: usize,
+    /// Where it asked from: an answer to a request made before the queue
+    /// changed under it (`fetch_from` moved) is stale.
+    pub fetching_from: u64,
+    /// How many were spilled when it asked.
+    pub fetching_count: u64,
     /// QoS 2 packet ids received and acknowledged with PUBREC, awaiting
     /// PUBREL: a resent PUBLISH with one of these is not routed again.
     pub incoming_qos2: BTreeSet<u16>,
@@ -228,6 +233,8 @@ impl Flow {
             },
             fetch_from: 0,
             fetching: 0,
+            fetching_from: 0,
+            fetching_count: 0,
             incoming_qos2: BTreeSet::new(),
         }
     }

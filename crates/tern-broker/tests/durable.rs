@@ -236,6 +236,34 @@ fn a_full_queue_on_the_disk_drops_by_its_policy() {
 }
 
 #[test]
+fn messages_spilled_while_a_fetch_is_on_its_way_are_not_forgotten() {
+    let mut net = Net::new(Config {
+        durable: true,
+        queue_window: 4,
+        ..Config::default()
+    });
+    let s = add(&mut net, persistent("s", V5));
+    let p = add(&mut net, persistent("p", V5));
+    connect(&mut net, s);
+    connect(&mut net, p);
+    subscribe(&mut net, s, "t/#", QoS::AtLeastOnce);
+    net.cut(s);
+    for n in 0..2 {
+        publish(&mut net, p, &format!("{n}"), QoS::AtLeastOnce);
+        net.run();
+    }
+    // The subscriber comes back while more arrive: its first fetch finds
+    // the two on disk, and more are spilled before the answer is in.
+    net.open(s);
+    for n in 2..30 {
+        publish(&mut net, p, &format!("{n}"), QoS::AtLeastOnce);
+    }
+    net.run();
+    let want: Vec<String> = (0..30).map(|n| n.to_string()).collect();
+    assert_eq!(payloads(&net.events(s)), want);
+}
+
+#[test]
 fn what_was_acknowledged_survives_a_crash_and_is_delivered_once() {
     for v in [V5, V311] {
         let mut net = durable();

@@ -7,6 +7,8 @@
 //! - `fanout`: one publisher, M subscribers of its topic.
 //! - `p2p`: N pairs, a topic each.
 //! - `latency`: one publisher at a fixed rate, one subscriber.
+//! - `queue`: M persistent sessions away while their queues fill, then
+//!   back to take them (`--phase` runs one half, around a restart).
 //!
 //! Every payload carries (publisher, sequence, send time), so the
 //! subscribers count loss and duplicates exactly and measure latency into an
@@ -17,7 +19,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,13 +27,15 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
-use tern_codec::{
-    Ack, Connect, Decoder, MqttString, Packet, PacketId, ProtocolVersion, Publish, QoS, QosPid,
-    Subscribe, SubscribeFilter, SubscriptionOptions, TopicFilter, TopicName,
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tern_codec::{Ack, Packet, PacketId, ProtocolVersion, Publish, QoS, QosPid, TopicName};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, Semaphore};
+
+mod conn;
+mod queue;
+mod wire;
+
+use wire::{read_acks, Conn};
 
 /// Which load to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -46,6 +50,9 @@ pub enum Scenario {
     P2p,
     /// One publisher at a fixed rate to one subscriber.
     Latency,
+    /// M persistent sessions away while N publishers fill their queues,
+    /// then back to take them.
+    Queue,
 }
 
 /// `tern bench` options.
@@ -110,6 +117,9 @@ pub struct BenchArgs {
     /// 3.1.1: clean session off): what a durable broker must store.
     #[arg(long)]
     pub persistent: bool,
+    /// Which half of the queue scenario to run.
+    #[arg(long, value_enum, default_value = "both")]
+    pub phase: queue::Phase,
 }
 
 fn parse_version(s: &str) -> Result<u8, String> {
@@ -198,114 +208,6 @@ fn version(v: u8) -> ProtocolVersion {
     }
 }
 
-struct Conn {
-    stream: TcpStream,
-    decoder: Decoder,
-    buf: BytesMut,
-    version: ProtocolVersion,
-    /// Acknowledgements queued, written before the next wait for input:
-    /// one system call for a batch, not one per message.
-    out: BytesMut,
-}
-
-impl Conn {
-    async fn open(args: &BenchArgs, id: &str, n: usize) -> Result<Conn, String> {
-        let addr = SocketAddr::new(args.host, args.port);
-        let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-        if args.sources > 1 {
-            let src = Ipv4Addr::new(127, 0, 0, 1 + (n % usize::from(args.sources)) as u8);
-            socket
-                .bind(SocketAddr::new(IpAddr::V4(src), 0))
-                .map_err(|e| format!("bind {src}: {e}"))?;
-        }
-        let stream = socket
-            .connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let v = version(args.version);
-        let mut c = Conn {
-            stream,
-            decoder: Decoder::client(v).with_max_packet_size(u32::MAX),
-            buf: BytesMut::with_capacity(64 * 1024),
-            version: v,
-            out: BytesMut::new(),
-        };
-        let mut connect = Connect::new(v, MqttString::from_str(id).map_err(|e| e.to_string())?);
-        connect.keep_alive = 600;
-        if v.is_v5() {
-            connect.properties.receive_maximum = std::num::NonZeroU16::new(65_535);
-        }
-        if args.persistent {
-            if v.is_v5() {
-                connect.properties.session_expiry_interval = Some(3600);
-            } else {
-                connect.clean_start = false;
-            }
-        }
-        c.send(&connect.into()).await?;
-        match c.recv().await? {
-            Some(Packet::ConnAck(a)) if !a.reason_code.is_error() => Ok(c),
-            other => Err(format!("{id}: expected CONNACK, got {other:?}")),
-        }
-    }
-
-    async fn send(&mut self, p: &Packet) -> Result<(), String> {
-        let b = p.to_bytes(self.version).map_err(|e| e.to_string())?;
-        self.stream.write_all(&b).await.map_err(|e| e.to_string())
-    }
-
-    /// Queues `p`; it is written before the next wait for input.
-    fn queue(&mut self, p: &Packet) -> Result<(), String> {
-        p.encode(self.version, &mut self.out)
-            .map_err(|e| e.to_string())
-    }
-
-    async fn recv(&mut self) -> Result<Option<Packet>, String> {
-        loop {
-            if let Some(p) = self
-                .decoder
-                .decode(&mut self.buf)
-                .map_err(|e| e.to_string())?
-            {
-                return Ok(Some(p));
-            }
-            if !self.out.is_empty() {
-                self.stream
-                    .write_all(&self.out)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.out.clear();
-            }
-            self.buf.reserve(64 * 1024);
-            let n = self
-                .stream
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Ok(None);
-            }
-        }
-    }
-
-    async fn subscribe(&mut self, filter: &str, qos: QoS) -> Result<(), String> {
-        let s = Subscribe {
-            packet_id: PacketId::new(1).expect("non-zero"),
-            filters: vec![SubscribeFilter {
-                filter: TopicFilter::new(filter).map_err(|e| e.to_string())?,
-                options: SubscriptionOptions::new(qos),
-            }],
-            properties: Default::default(),
-        };
-        self.send(&Packet::Subscribe(s)).await?;
-        match self.recv().await? {
-            Some(Packet::SubAck(a)) if a.reason_codes.iter().all(|c| !c.is_error()) => Ok(()),
-            other => Err(format!("expected SUBACK, got {other:?}")),
-        }
-    }
-}
-
 struct Plan {
     publishers: Vec<String>,
     subscribers: Vec<String>,
@@ -341,7 +243,7 @@ fn plan(args: &BenchArgs) -> Plan {
             subscribers: vec![t("bench/latency")],
             expected_per_message: 1,
         },
-        Scenario::Conn => Plan {
+        Scenario::Conn | Scenario::Queue => Plan {
             publishers: Vec::new(),
             subscribers: Vec::new(),
             expected_per_message: 0,
@@ -372,8 +274,10 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
     if args.size < HEADER {
         return Err(format!("--size must be at least {HEADER}"));
     }
-    if args.scenario == Scenario::Conn {
-        return conn_bench(args).await;
+    match args.scenario {
+        Scenario::Conn => return conn::run(args).await,
+        Scenario::Queue => return queue::run(args).await,
+        _ => {}
     }
     let qos = QoS::from_u8(args.qos).expect("checked");
     let clock = Arc::new(Clock(Instant::now()));
@@ -717,128 +621,5 @@ async fn publisher(
     while inflight > 0 {
         inflight -= read_acks(&mut rd, &mut decoder, &mut buf, &mut wr, version, false).await?;
     }
-    Ok(())
-}
-
-/// Reads acknowledgements; returns how many flows completed. With
-/// `nowait`, only what is already buffered or readable at once.
-async fn read_acks(
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
-    decoder: &mut Decoder,
-    buf: &mut BytesMut,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    version: ProtocolVersion,
-    nowait: bool,
-) -> Result<usize, String> {
-    let mut done = 0;
-    let mut rels = BytesMut::new();
-    loop {
-        while let Some(p) = decoder.decode(buf).map_err(|e| e.to_string())? {
-            match p {
-                Packet::PubAck(_) | Packet::PubComp(_) => done += 1,
-                Packet::PubRec(a) => Packet::PubRel(Ack::new(a.packet_id))
-                    .encode(version, &mut rels)
-                    .map_err(|e| e.to_string())?,
-                _ => {}
-            }
-        }
-        // The PUBRELs of what was read, in one write, before any wait.
-        if !rels.is_empty() {
-            wr.write_all(&rels).await.map_err(|e| e.to_string())?;
-            rels.clear();
-        }
-        if done > 0 {
-            return Ok(done);
-        }
-        buf.reserve(16 * 1024);
-        if nowait {
-            match rd.try_read_buf(buf) {
-                Ok(0) => return Err("broker closed the connection".into()),
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(0),
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        if rd.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
-            return Err("broker closed the connection".into());
-        }
-    }
-}
-
-async fn conn_bench(args: BenchArgs) -> Result<(), String> {
-    let broker_before = args.broker_pid.and_then(proc_stats);
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
-    let mut conns = Vec::with_capacity(args.clients);
-    let started = Instant::now();
-    let mut errors = 0u64;
-    // Connect in waves of 100 concurrent handshakes.
-    let mut i = 0;
-    while i < args.clients {
-        let wave = (args.clients - i).min(100);
-        let mut tasks = Vec::with_capacity(wave);
-        for k in 0..wave {
-            let a = args.clone();
-            let n = i + k;
-            tasks.push(tokio::spawn(async move {
-                let t = Instant::now();
-                let c = Conn::open(&a, &format!("{}-c{n}", a.id_prefix), n).await;
-                (c, t.elapsed())
-            }));
-        }
-        for t in tasks {
-            match t.await {
-                Ok((Ok(c), d)) => {
-                    let _ = latency.record(d.as_nanos() as u64);
-                    conns.push(c);
-                }
-                _ => errors += 1,
-            }
-        }
-        i += wave;
-        if !args.quiet {
-            eprint!("\r  connected {:>8}  errors {errors}   ", conns.len());
-        }
-    }
-    let connect_time = started.elapsed().as_secs_f64();
-    if !args.quiet {
-        eprintln!();
-    }
-    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
-    let broker = args.broker_pid.and_then(proc_stats);
-    let us = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
-    let rate = conns.len() as f64 / connect_time;
-    println!(
-        "scenario conn  connections {}  errors {errors}  connect rate {rate:.0}/s",
-        conns.len()
-    );
-    println!(
-        "  connect latency µs  p50 {:.0}  p99 {:.0}  max {:.0}",
-        us(0.5),
-        us(0.99),
-        latency.max() as f64 / 1000.0
-    );
-    let per_conn = match (broker_before, broker) {
-        (Some(b), Some(a)) if !conns.is_empty() => {
-            let per = (a.1 as f64 - b.1 as f64) / conns.len() as f64;
-            println!(
-                "  broker RSS {:.1} MB, {per:.0} B per connection",
-                a.1 as f64 / 1e6
-            );
-            Some(per)
-        }
-        _ => None,
-    };
-    let json = serde_json::json!({
-        "label": args.label,
-        "scenario": "conn",
-        "connections": conns.len(),
-        "errors": errors,
-        "connect_per_s": rate,
-        "latency_us": {"p50": us(0.5), "p99": us(0.99), "max": latency.max() as f64 / 1000.0},
-        "broker_rss": broker.map(|b| b.1),
-        "broker_bytes_per_conn": per_conn,
-    });
-    println!("{json}");
-    drop(conns);
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tern_broker::durable::{Change, Fetch, Image};
-use tern_broker::{Broker, BrokerEvent, Config, ConnId};
+use tern_broker::durable::{Change, Fetch, Image, StoredDelivery};
+use tern_broker::{Broker, BrokerEvent, Config, ConnId, SessionId};
 use tern_client::{Client, ClientEvent, State};
 
 /// A client of a [`Net`], as returned by [`Net::add`].
@@ -196,6 +196,7 @@ impl Net {
         let disk = self.disk.as_mut().expect("a durable broker");
         disk.pending.clear();
         disk.fetches.clear();
+        disk.answers.clear();
         let image = disk.synced.clone();
         self.transit.clear();
         self.by_conn.clear();
@@ -310,8 +311,19 @@ impl Net {
     pub fn step(&mut self) -> bool {
         // What the test made the clients do since the last step.
         self.pump();
+        // The store's answers read so far arrive after the next delivery:
+        // the queue may change meanwhile, as it does while a store reads.
+        let answers = self
+            .disk
+            .as_mut()
+            .map(|d| std::mem::take(&mut d.answers))
+            .unwrap_or_default();
         let Some(t) = self.transit.pop_front() else {
-            return false;
+            if answers.is_empty() {
+                return false;
+            }
+            self.answer(answers);
+            return true;
         };
         self.delivered += 1;
         let peer = &mut self.peers[t.peer];
@@ -346,8 +358,16 @@ impl Net {
                 }
             }
         }
-        self.pump();
+        self.answer(answers);
         true
+    }
+
+    /// Hands the store's answers to the broker.
+    fn answer(&mut self, answers: Vec<(SessionId, Vec<StoredDelivery>)>) {
+        for (session, got) in answers {
+            self.broker.handle_fetched(session, got, self.now);
+        }
+        self.pump();
     }
 
     /// Delivers packets until none is in transit.
@@ -497,12 +517,12 @@ impl Net {
             disk.fetches.push(f);
         }
         // A store reads what it was given before the request; this disk
-        // answers once that is synced.
+        // reads once that is synced.
         if disk.pending.is_empty() {
             for f in std::mem::take(&mut disk.fetches) {
                 any = true;
                 let got = disk.synced.fetch(&f.client_id, f.from, f.max);
-                self.broker.handle_fetched(f.session, got, self.now);
+                disk.answers.push((f.session, got));
             }
         }
         any
@@ -520,6 +540,8 @@ struct Disk {
     /// Requests for spilled messages, answered once what came before them
     /// is synced.
     fetches: Vec<Fetch>,
+    /// Their answers, read and on their way.
+    answers: Vec<(SessionId, Vec<StoredDelivery>)>,
     auto: bool,
     /// Every change synced, for [`Net::take_changes`].
     log: Vec<(u64, Change)>,
@@ -531,6 +553,7 @@ impl Default for Disk {
             synced: Image::new(),
             pending: Vec::new(),
             fetches: Vec::new(),
+            answers: Vec::new(),
             auto: true,
             log: Vec::new(),
         }

@@ -45,6 +45,11 @@ pub trait Engine: Send {
     fn size(&self) -> u64 {
         0
     }
+    /// Gives back space that churn left free, when that is worth it;
+    /// returns whether it did. Called when the store is idle.
+    fn maintain(&mut self) -> io::Result<bool> {
+        Ok(false)
+    }
 }
 
 /// The durable store on an [`Engine`].
@@ -338,6 +343,10 @@ impl<E: Engine> Store for KvStore<E> {
 
     fn size(&self) -> u64 {
         self.engine.size()
+    }
+
+    fn maintain(&mut self) -> Result<bool, StoreError> {
+        self.engine.maintain().map_err(StoreError::Io)
     }
 }
 

@@ -73,6 +73,13 @@ pub trait Store: Send {
     fn size(&self) -> u64 {
         0
     }
+
+    /// Gives back the space that churn left free, when the store holds
+    /// more than twice its live data; returns whether it did. It may take
+    /// a while (redb: about 10 ms per MB live): call it when idle.
+    fn maintain(&mut self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 /// What a store holds, as read back.

@@ -21,6 +21,14 @@ use crate::StoreError;
 /// The file in the data directory.
 pub const FILE: &str = "tern.redb";
 
+/// The pages redb keeps in memory (its default is 1 GiB, which a broker
+/// with millions of queued messages fills): the operating system's page
+/// cache holds the rest of the file, outside the broker's memory.
+const CACHE: usize = 32 * 1024 * 1024;
+
+/// Files smaller than this are not worth compacting.
+const COMPACT_FROM: u64 = 8 * 1024 * 1024;
+
 fn definition(t: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
     TableDefinition::new(t.name())
 }
@@ -39,7 +47,9 @@ impl RedbEngine {
     pub fn open(dir: &Path) -> Result<RedbEngine, StoreError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(FILE);
-        let db = Database::create(&path)
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE)
+            .create(&path)
             .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(other)?;
         for t in Table::ALL {
@@ -52,6 +62,16 @@ impl RedbEngine {
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Rewrites the file to hold only live pages, giving back to the file
+    /// system what churn left free (a store that keeps turning over holds
+    /// about three times its live data between compactions: pages freed
+    /// by copy-on-write wait for reuse). Returns whether it compacted.
+    pub fn compact(&mut self) -> io::Result<bool> {
+        self.db
+            .compact(redb::CompactionMode::Maximum)
+            .map_err(other)
     }
 }
 
@@ -81,24 +101,34 @@ impl Engine for RedbEngine {
             Durability::None
         };
         tx.set_durability(durability).map_err(other)?;
-        for op in ops {
-            match op {
-                Op::Put(t, k, v) => {
-                    let mut table = tx.open_table(definition(*t)).map_err(other)?;
-                    table.insert(k.as_slice(), v.as_slice()).map_err(other)?;
+        {
+            // Each table opened once per batch, on first use.
+            let mut open: [Option<redb::Table<&[u8], &[u8]>>; Table::ALL.len()] =
+                Default::default();
+            for op in ops {
+                let t = match op {
+                    Op::Put(t, ..) | Op::Delete(t, _) | Op::DeletePrefix(t, _) => *t,
+                };
+                let slot = &mut open[t as usize];
+                if slot.is_none() {
+                    *slot = Some(tx.open_table(definition(t)).map_err(other)?);
                 }
-                Op::Delete(t, k) => {
-                    let mut table = tx.open_table(definition(*t)).map_err(other)?;
-                    table.remove(k.as_slice()).map_err(other)?;
-                }
-                Op::DeletePrefix(t, p) => {
-                    let mut table = tx.open_table(definition(*t)).map_err(other)?;
-                    let start = p.as_slice();
-                    let r = match successor(p) {
-                        Some(end) => table.retain_in(start..end.as_slice(), |_, _| false),
-                        None => table.retain_in(start.., |_, _| false),
-                    };
-                    r.map_err(other)?;
+                let table = slot.as_mut().expect("opened above");
+                match op {
+                    Op::Put(_, k, v) => {
+                        table.insert(k.as_slice(), v.as_slice()).map_err(other)?;
+                    }
+                    Op::Delete(_, k) => {
+                        table.remove(k.as_slice()).map_err(other)?;
+                    }
+                    Op::DeletePrefix(_, p) => {
+                        let start = p.as_slice();
+                        let r = match successor(p) {
+                            Some(end) => table.retain_in(start..end.as_slice(), |_, _| false),
+                            None => table.retain_in(start.., |_, _| false),
+                        };
+                        r.map_err(other)?;
+                    }
                 }
             }
         }
@@ -144,6 +174,21 @@ impl Engine for RedbEngine {
 
     fn size(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    fn maintain(&mut self) -> io::Result<bool> {
+        let size = self.size();
+        if size < COMPACT_FROM {
+            return Ok(false);
+        }
+        let tx = self.db.begin_write().map_err(other)?;
+        let stats = tx.stats().map_err(other)?;
+        tx.abort().map_err(other)?;
+        let live = stats.stored_bytes() + stats.metadata_bytes();
+        if size <= 2 * live {
+            return Ok(false);
+        }
+        self.compact()
     }
 }
 

@@ -44,7 +44,19 @@ impl Broker {
             Some(s) if s.flow().fetching > 0 => s.flow().fetching,
             _ => return,
         };
-        let all = deliveries.len() < asked;
+        let s = self.sessions.get_mut(&session).expect("checked above");
+        let f = s.flow_mut();
+        if f.fetching_from != f.fetch_from {
+            // The queue changed under the request (it went offline and
+            // back, or its oldest was dropped): ask again.
+            f.fetching = 0;
+            return self.drain_queue(session, now);
+        }
+        // Spilled after the request: the answer may not have them yet.
+        let since = f.spilled.count.saturating_sub(f.fetching_count);
+        // Fewer than it had counted when asked: the store has no more of
+        // those (records it could not read).
+        let short = (deliveries.len() as u64) < (asked as u64).min(f.fetching_count);
         let mut expired = Vec::new();
         for d in deliveries {
             let d = self.delivery(d, now);
@@ -65,8 +77,10 @@ impl Broker {
         let s = self.sessions.get_mut(&session).expect("checked above");
         let f = s.flow_mut();
         f.fetching = 0;
-        if all || f.spilled.count == 0 {
-            // What the store has is what there is.
+        if short {
+            f.spilled.count = since;
+        }
+        if f.spilled.count == 0 {
             f.spilled = Default::default();
         }
         for id in expired {
@@ -120,7 +134,10 @@ impl Broker {
             from: f.fetch_from,
             max,
         };
-        s.flow_mut().fetching = max;
+        let f = s.flow_mut();
+        f.fetching = max;
+        f.fetching_from = f.fetch_from;
+        f.fetching_count = f.spilled.count;
         self.out.fetches.push_back(fetch);
     }
 }

@@ -115,6 +115,9 @@ struct Writer {
 /// How long a failed write waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// How long without a batch before the store is given time for its upkeep.
+const IDLE: Duration = Duration::from_secs(2);
+
 impl Writer {
     fn run(mut self, rx: Receiver<ToWriter>) {
         // Changes taken from the shards and not yet written, in order.
@@ -125,10 +128,15 @@ impl Writer {
         let mut stop = None;
         let mut fetches = Vec::new();
         let mut last_sync = now();
+        // Whether the store was written since it last had time for its
+        // upkeep, and when it last heard from a shard.
+        let mut written = false;
+        let mut last_heard = now();
         loop {
             let wait = match (self.failing, self.flush) {
                 _ if !pending.changes.is_empty() || !fetches.is_empty() => Some(RETRY),
                 (_, Some(f)) => Some(f.saturating_sub(last_sync.elapsed())),
+                _ if written => Some(IDLE),
                 _ => None,
             };
             let first = match wait {
@@ -136,8 +144,18 @@ impl Writer {
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
             match first {
-                Ok(msg) => self.take(msg, &mut pending, &mut fetches, &mut stop),
-                Err(RecvTimeoutError::Timeout) => {}
+                Ok(msg) => {
+                    last_heard = now();
+                    self.take(msg, &mut pending, &mut fetches, &mut stop)
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if written && pending.changes.is_empty() && last_heard.elapsed() >= IDLE {
+                        // Quiet: give back what churn left free (the
+                        // shards go on; what they send waits for it).
+                        written = false;
+                        self.maintain();
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             // Everything that arrived meanwhile joins the same write.
@@ -146,6 +164,7 @@ impl Writer {
             }
             if !pending.changes.is_empty() {
                 self.write(&mut pending);
+                written = true;
             }
             if pending.changes.is_empty() {
                 // What was asked for after those changes can be read now.
@@ -242,6 +261,21 @@ impl Writer {
                 true
             }
         });
+    }
+
+    fn maintain(&mut self) {
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let (before, started) = (store.size(), now());
+        match store.maintain() {
+            Ok(true) => info!(
+                before = before,
+                after = store.size(),
+                ms = started.elapsed().as_millis() as u64,
+                "store compacted"
+            ),
+            Ok(false) => {}
+            Err(e) => warn!(error = %e, "the store could not compact"),
+        }
     }
 
     fn sync(&mut self) {
