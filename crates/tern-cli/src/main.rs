@@ -376,6 +376,9 @@ fn broker(args: BrokerArgs) -> ExitCode {
     };
     let config_path = args.config.clone();
     runtime.block_on(async move {
+        // Registered before the broker says it listens: a SIGTERM right
+        // after that line is a clean shutdown, not the default death.
+        let stop = shutdown_signal();
         let server = match Server::bind(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -384,7 +387,7 @@ fn broker(args: BrokerArgs) -> ExitCode {
             }
         };
         tokio::spawn(reload_on_sighup(config_path, passwords, acl, tls_files));
-        match server.run(shutdown_signal()).await {
+        match server.run(stop).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tern: {e}");
@@ -438,25 +441,33 @@ async fn reload_on_sighup(
     }
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// SIGINT or SIGTERM: the handlers are registered when this is called
+/// (within the runtime), the future ends at the first signal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut term), Some(mut int)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Some(mut one), None) | (None, Some(mut one)) => {
+                    one.recv().await;
+                }
+                (None, None) => std::future::pending().await,
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

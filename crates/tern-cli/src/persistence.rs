@@ -38,6 +38,9 @@ pub fn open(
         }
         Err(e) => return Err(format!("{}: {e}", dir.display())),
     };
+    if store.engine().repaired() {
+        tracing::error!(file = %store.engine().path().display(), "the store was damaged: it was repaired by going back to its last intact commit, and what was written after that is lost");
+    }
     let relaxed = (p.mode == Durability::Relaxed)
         .then(|| Duration::from_millis(p.flush_ms.unwrap_or(100).max(1)));
     match relaxed {

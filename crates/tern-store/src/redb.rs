@@ -36,8 +36,11 @@ fn definition(t: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]
 /// The store's engine on a redb file.
 #[derive(Debug)]
 pub struct RedbEngine {
-    db: Database,
+    /// `None` after a write failed: redb then wants the file opened again
+    /// (its allocator state is gone), which the next use does.
+    db: Option<Database>,
     path: PathBuf,
+    repaired: bool,
 }
 
 impl RedbEngine {
@@ -47,16 +50,37 @@ impl RedbEngine {
     pub fn open(dir: &Path) -> Result<RedbEngine, StoreError> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(FILE);
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE)
-            .create(&path)
-            .map_err(|e| StoreError::Damaged(format!("{}: {e}", path.display())))?;
+        let (db, repaired) = open_checked(&path)?;
         let tx = db.begin_write().map_err(other)?;
         for t in Table::ALL {
             tx.open_table(definition(t)).map_err(other)?;
         }
         tx.commit().map_err(other)?;
-        Ok(RedbEngine { db, path })
+        Ok(RedbEngine {
+            db: Some(db),
+            path,
+            repaired,
+        })
+    }
+
+    /// The database, opened again if a write failed.
+    fn db(&mut self) -> io::Result<&mut Database> {
+        if self.db.is_none() {
+            let (db, repaired) = open_checked(&self.path).map_err(|e| match e {
+                StoreError::Io(io) => io,
+                e => other(e),
+            })?;
+            self.repaired |= repaired;
+            self.db = Some(db);
+        }
+        Ok(self.db.as_mut().expect("opened above"))
+    }
+
+    /// Whether the file was damaged when opened and redb repaired it by
+    /// going back to its last intact commit: what was committed after it
+    /// is gone.
+    pub fn repaired(&self) -> bool {
+        self.repaired
     }
 
     /// The file.
@@ -69,9 +93,37 @@ impl RedbEngine {
     /// about three times its live data between compactions: pages freed
     /// by copy-on-write wait for reuse). Returns whether it compacted.
     pub fn compact(&mut self) -> io::Result<bool> {
-        self.db
+        self.db()?
             .compact(redb::CompactionMode::Maximum)
             .map_err(other)
+    }
+}
+
+/// Opens the file and checks every page's checksum before anything is read
+/// (redb panics on a page it finds damaged later, and with debug
+/// assertions on some it checks): a file that fails is repaired to its
+/// last intact commit (`true`), or refused. About 70 ms per GB warm, 500
+/// ms cold.
+fn open_checked(path: &Path) -> Result<(Database, bool), StoreError> {
+    let damaged =
+        |e: &dyn std::fmt::Display| StoreError::Damaged(format!("{}: {e}", path.display()));
+    // A damaged page is an answer here, not a crash: redb's panic message
+    // is kept off the terminal while it checks.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| {
+        let mut db = redb::Builder::new().set_cache_size(CACHE).create(path)?;
+        let intact = db.check_integrity()?;
+        Ok::<_, redb::DatabaseError>((db, !intact))
+    });
+    std::panic::set_hook(hook);
+    match opened {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(io)))) => {
+            Err(StoreError::Io(io))
+        }
+        Ok(Err(e)) => Err(damaged(&e)),
+        Err(_) => Err(damaged(&"its pages are damaged")),
     }
 }
 
@@ -92,9 +144,9 @@ fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-impl Engine for RedbEngine {
-    fn write(&mut self, ops: &[Op], sync: bool) -> io::Result<()> {
-        let mut tx = self.db.begin_write().map_err(other)?;
+impl RedbEngine {
+    fn write_batch(&mut self, ops: &[Op], sync: bool) -> io::Result<()> {
+        let mut tx = self.db()?.begin_write().map_err(other)?;
         let durability = if sync {
             Durability::Immediate
         } else {
@@ -137,16 +189,30 @@ impl Engine for RedbEngine {
             e => other(e),
         })
     }
+}
+
+impl Engine for RedbEngine {
+    fn write(&mut self, ops: &[Op], sync: bool) -> io::Result<()> {
+        let r = self.write_batch(ops, sync);
+        if r.is_err() {
+            // A failed commit leaves redb wanting the file opened again.
+            self.db = None;
+        }
+        r
+    }
 
     fn sync(&mut self) -> io::Result<()> {
         // A commit made durable makes every commit before it durable.
-        let mut tx = self.db.begin_write().map_err(other)?;
+        let mut tx = self.db()?.begin_write().map_err(other)?;
         tx.set_durability(Durability::Immediate).map_err(other)?;
-        tx.commit().map_err(other)
+        let r = tx.commit().map_err(other);
+        if r.is_err() {
+            self.db = None;
+        }
+        r
     }
-
     fn scan(&mut self, table: Table, f: &mut dyn FnMut(&[u8], &[u8])) -> io::Result<()> {
-        let tx = self.db.begin_read().map_err(other)?;
+        let tx = self.db()?.begin_read().map_err(other)?;
         let t = tx.open_table(definition(table)).map_err(other)?;
         for entry in t.iter().map_err(other)? {
             let (k, v) = entry.map_err(other)?;
@@ -161,7 +227,7 @@ impl Engine for RedbEngine {
         start: &[u8],
         f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> io::Result<()> {
-        let tx = self.db.begin_read().map_err(other)?;
+        let tx = self.db()?.begin_read().map_err(other)?;
         let t = tx.open_table(definition(table)).map_err(other)?;
         for entry in t.range(start..).map_err(other)? {
             let (k, v) = entry.map_err(other)?;
@@ -181,7 +247,7 @@ impl Engine for RedbEngine {
         if size < COMPACT_FROM {
             return Ok(false);
         }
-        let tx = self.db.begin_write().map_err(other)?;
+        let tx = self.db()?.begin_write().map_err(other)?;
         let stats = tx.stats().map_err(other)?;
         tx.abort().map_err(other)?;
         let live = stats.stored_bytes() + stats.metadata_bytes();

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tern_broker::durable::{Change, Fetch};
-use tern_store::{Loaded, Store};
+use tern_store::{Loaded, Store, StoreError};
 use tracing::{error, info, warn};
 
 use super::inbox::{ShardTx, ToShard};
@@ -63,9 +63,7 @@ pub(super) fn load(p: &Persistence) -> std::io::Result<Loaded> {
     let mut store = p.store.lock().unwrap_or_else(|e| e.into_inner());
     // Sessions come back offline, when a broker holds none of their queue
     // in memory: the store reads what is in flight, and counts the rest.
-    let loaded = store
-        .load(0)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let loaded = guarded(|| store.load(0)).map_err(|e| std::io::Error::other(e.to_string()))?;
     for problem in &loaded.problems {
         warn!(%problem, "left out of the store: cannot be read");
     }
@@ -213,7 +211,7 @@ impl Writer {
     fn write(&mut self, pending: &mut Pending) {
         let result = {
             let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-            store.commit(&pending.changes, self.flush.is_none())
+            guarded(|| store.commit(&pending.changes, self.flush.is_none()))
         };
         match result {
             Ok(()) => {
@@ -248,7 +246,7 @@ impl Writer {
             return;
         }
         let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-        fetches.retain(|(shard, f)| match store.fetch(&f.client_id, f.from, f.max) {
+        fetches.retain(|(shard, f)| match guarded(|| store.fetch(&f.client_id, f.from, f.max)) {
             Ok(deliveries) => {
                 let _ = self.shards[*shard].send(ToShard::Fetched {
                     session: f.session,
@@ -266,7 +264,7 @@ impl Writer {
     fn maintain(&mut self) {
         let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
         let (before, started) = (store.size(), now());
-        match store.maintain() {
+        match guarded(|| store.maintain()) {
             Ok(true) => info!(
                 before = before,
                 after = store.size(),
@@ -280,8 +278,23 @@ impl Writer {
 
     fn sync(&mut self) {
         let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = store.sync() {
+        if let Err(e) = guarded(|| store.sync()) {
             error!(error = %e, "the store cannot sync");
         }
     }
+}
+
+/// Runs a store operation; an engine that panics (redb does on a page it
+/// finds damaged) is an error like any other, not the end of the writer.
+fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(StoreError::Damaged(format!(
+            "the store's engine failed: {why}"
+        )))
+    })
 }
