@@ -168,7 +168,7 @@ impl Default for Config {
             shard: 0,
             forward: false,
             durable: false,
-            queue_window: 256,
+            queue_window: 1000,
             hash_seed: 0,
         }
     }

@@ -69,6 +69,11 @@ async fn serve(
             store: store.clone(),
             relaxed: None,
         }),
+        // A small window: a long queue comes back in many fetches.
+        broker: tern_broker::Config {
+            queue_window: 16,
+            ..tern_broker::Config::default()
+        },
         ..ServerConfig::default()
     };
     let server = Server::bind(config).await.expect("bound");
@@ -187,9 +192,8 @@ async fn a_long_queue_waits_in_the_store_and_comes_back_in_order() {
         .await
         .expect("in time")
         .expect("connected");
-    // More than the broker holds of a connected session's queue (256),
-    // within the default queue limit (1,000): offline, all of it is in the
-    // store only.
+    // Offline, all of it is in the store only; back, the session takes it
+    // in fetches of up to 16 (a window of 16 in memory).
     const N: usize = 900;
     for i in 0..N {
         let m = Message::new(TopicName::new("q/x").expect("valid"), format!("{i}"))
