@@ -264,6 +264,47 @@ fn messages_spilled_while_a_fetch_is_on_its_way_are_not_forgotten() {
 }
 
 #[test]
+fn after_a_clean_shutdown_a_qos_1_message_in_flight_is_resent_as_a_resend() {
+    for clean in [true, false] {
+        let mut net = durable();
+        let mut sc = persistent("s", V5);
+        sc.manual_ack = true;
+        let s = add(&mut net, sc);
+        let p = add(&mut net, persistent("p", V5));
+        connect(&mut net, s);
+        connect(&mut net, p);
+        subscribe(&mut net, s, "t/#", QoS::AtLeastOnce);
+        publish(&mut net, p, "held", QoS::AtLeastOnce);
+        net.run();
+        // Received, never acknowledged.
+        let first: Vec<bool> = dups(&net.events(s));
+        assert_eq!(first, [false]);
+        if clean {
+            let now = net.now();
+            net.broker.shutdown(now);
+            net.run();
+        }
+        net.crash(Duration::from_secs(1));
+        let (_, events) = connect_with(&mut net, s);
+        // A clean shutdown kept where it stood: resent with DUP, as
+        // [MQTT-4.4.0-1] asks. After a crash it comes again as new (QoS 1
+        // allows a second delivery).
+        assert_eq!(payloads(&events), ["held"], "clean {clean}");
+        assert_eq!(dups(&events), [clean], "clean {clean}");
+    }
+}
+
+fn dups(events: &[ClientEvent]) -> Vec<bool> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ClientEvent::Message(d) => Some(d.dup),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
 fn what_was_acknowledged_survives_a_crash_and_is_delivered_once() {
     for v in [V5, V311] {
         let mut net = durable();

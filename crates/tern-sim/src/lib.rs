@@ -431,7 +431,14 @@ impl Sim {
                 continue;
             }
             if let Some(d) = on_disk.iter().find(|d| d.client_id == s.client_id) {
-                s.queued.clone_from(&d.queued);
+                // The disk has QoS 1 messages in flight as queued.
+                let flying: Vec<u64> = s.inflight.iter().map(|(_, _, x)| x.id).collect();
+                s.queued = d
+                    .queued
+                    .iter()
+                    .filter(|x| !flying.contains(&x.id))
+                    .cloned()
+                    .collect();
                 s.spilled = Default::default();
             }
         }
@@ -719,10 +726,20 @@ impl Sim {
 /// the retained messages, value for value. `Err` says what differs: a
 /// change the broker made and did not report.
 pub fn disk_matches(broker: &Broker, image: &Image, retained: bool) -> Result<(), String> {
-    let on_disk: Vec<_> = image.sessions().into_iter().map(plain).collect();
+    let on_disk: Vec<_> = image
+        .sessions()
+        .into_iter()
+        .map(plain)
+        .map(qos1_as_queued)
+        .collect();
     let stored: std::collections::BTreeSet<_> =
         on_disk.iter().map(|s| s.client_id.clone()).collect();
-    let mut held: Vec<_> = broker.export_sessions().into_iter().map(plain).collect();
+    let mut held: Vec<_> = broker
+        .export_sessions()
+        .into_iter()
+        .map(plain)
+        .map(qos1_as_queued)
+        .collect();
     held.retain(|s| stored.contains(&s.client_id) || s.expiry > 0);
     held.sort_by(|a, b| a.client_id.cmp(&b.client_id));
     // What the broker holds of a queue in memory, the disk holds all of:
@@ -780,6 +797,19 @@ pub fn disk_matches(broker: &Broker, image: &Image, retained: bool) -> Result<()
         ));
     }
     Ok(())
+}
+
+/// A session with its QoS 1 messages in flight counted as queued: a broker
+/// stores where those stand only when it shuts down (after a crash they
+/// are sent again as new), so while it runs the disk has them queued.
+fn qos1_as_queued(mut s: StoredSession) -> StoredSession {
+    let (ack, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut s.inflight)
+        .into_iter()
+        .partition(|(_, stage, _)| *stage == tern_broker::durable::InflightStage::AwaitPubAck);
+    s.inflight = rest;
+    s.queued.extend(ack.into_iter().map(|(_, _, d)| d));
+    s.queued.sort_by_key(|d| d.id);
+    s
 }
 
 /// A stored session as a store keeps it: its messages without what only

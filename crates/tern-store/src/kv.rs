@@ -11,6 +11,7 @@ use tern_broker::SessionId;
 use tern_codec::MqttString;
 
 use crate::format::{self, SessionRecord, Table};
+use crate::removals::{Removal, Removals};
 use crate::{Loaded, Store, StoreError};
 
 /// One write of a batch.
@@ -22,6 +23,8 @@ pub enum Op {
     Delete(Table, Vec<u8>),
     /// Removes every key that starts with the prefix.
     DeletePrefix(Table, Vec<u8>),
+    /// Removes every key from the first (included) to the second (not).
+    DeleteRange(Table, Vec<u8>, Vec<u8>),
 }
 
 /// An ordered key-value engine with tables and atomic, durable batches.
@@ -66,6 +69,8 @@ pub struct KvStore<E> {
     /// them (before, a message removed has its row deleted whether there
     /// is one or not).
     pub(crate) inflight_rows: Option<HashSet<Vec<u8>>>,
+    /// Acknowledged messages, removed by range where they go in order.
+    pub(crate) removals: Removals,
 }
 
 impl<E: Engine> KvStore<E> {
@@ -77,6 +82,7 @@ impl<E: Engine> KvStore<E> {
             records: HashMap::new(),
             unsynced: false,
             inflight_rows: None,
+            removals: Removals::default(),
         }
     }
 
@@ -98,13 +104,37 @@ impl<E: Engine> KvStore<E> {
             match c {
                 Change::Queued {
                     session, delivery, ..
-                } if plan.transient.contains(&(*session, delivery.id)) => {}
-                Change::Sent { session, id, .. } | Change::Removed { session, id, .. }
-                    if plan.transient.contains(&(*session, *id)) => {}
+                } if plan.transient.contains(&(*session, delivery.id)) => {
+                    if let Some(name) = self.names.get(session) {
+                        self.removals.queued(name, delivery.id);
+                    }
+                }
+                Change::Removed { session, id, .. }
+                    if plan.transient.contains(&(*session, *id)) =>
+                {
+                    // Never written: only the mark moves.
+                    if let Some(name) = self.names.get(session) {
+                        let _ = self.removals.removed(name, *id);
+                    }
+                }
+                Change::Sent { session, id, .. } if plan.transient.contains(&(*session, *id)) => {}
                 // Said with the message itself.
                 Change::Sent { session, id, .. } if plan.sent.contains_key(&(*session, *id)) => {}
                 _ => self.op(c, &plan, &mut ops),
             }
+        }
+        for (cid, from, to) in self.removals.take_ranges() {
+            let (start, end) = (
+                format::message_key(cid.as_bytes(), from),
+                format::message_key(cid.as_bytes(), to),
+            );
+            if let Some(rows) = &mut self.inflight_rows {
+                for n in from..to {
+                    rows.remove(&format::message_key(cid.as_bytes(), n));
+                }
+            }
+            ops.push(Op::DeleteRange(Table::Inflight, start.clone(), end.clone()));
+            ops.push(Op::DeleteRange(Table::Messages, start, end));
         }
         ops
     }
@@ -168,6 +198,7 @@ impl<E: Engine> KvStore<E> {
             Change::Ended { .. } => {
                 self.names.remove(&sid);
                 self.records.remove(&id);
+                self.removals.ended(&id);
                 let prefix = format::session_prefix(cid);
                 if let Some(rows) = &mut self.inflight_rows {
                     rows.retain(|k| !k.starts_with(&prefix));
@@ -189,11 +220,14 @@ impl<E: Engine> KvStore<E> {
                 Table::Subscriptions,
                 format::subscription_key(cid, filter),
             )),
-            Change::Queued { delivery, .. } => ops.push(Op::Put(
-                Table::Messages,
-                format::message_key(cid, delivery.id),
-                format::delivery_sent(delivery, plan.sent.get(&(sid, delivery.id)).copied()),
-            )),
+            Change::Queued { delivery, .. } => {
+                self.removals.queued(&id, delivery.id);
+                ops.push(Op::Put(
+                    Table::Messages,
+                    format::message_key(cid, delivery.id),
+                    format::delivery_sent(delivery, plan.sent.get(&(sid, delivery.id)).copied()),
+                ))
+            }
             Change::Sent {
                 id: m,
                 packet_id,
@@ -211,6 +245,10 @@ impl<E: Engine> KvStore<E> {
                 ))
             }
             Change::Removed { id: m, .. } => {
+                if self.removals.removed(&id, *m) == Removal::Ranged {
+                    // The batch's range delete takes it.
+                    return;
+                }
                 let key = format::message_key(cid, *m);
                 if self
                     .inflight_rows
@@ -381,6 +419,17 @@ impl Engine for MemEngine {
                 Op::DeletePrefix(t, p) => {
                     if let Some(m) = self.tables.get_mut(t) {
                         m.retain(|k, _| !k.starts_with(p));
+                    }
+                }
+                Op::DeleteRange(t, start, end) => {
+                    if let Some(m) = self.tables.get_mut(t) {
+                        let gone: Vec<Vec<u8>> = m
+                            .range(start.clone()..end.clone())
+                            .map(|(k, _)| k.clone())
+                            .collect();
+                        for k in gone {
+                            m.remove(&k);
+                        }
                     }
                 }
             }

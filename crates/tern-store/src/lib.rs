@@ -4,7 +4,7 @@
 //!
 //! [`Store`] is the boundary the server writes through; [`KvStore`] puts
 //! it on any ordered key-value [`Engine`] with atomic batches, with one
-//! table per kind of record ([`format`]). A store is checked against the
+//! table per kind of record ([`format`](mod@format)). A store is checked against the
 //! core's own reference copy of the state ([`tern_broker::durable::Image`]):
 //! after the same changes, [`Store::load`] gives what the image gives.
 //!
@@ -28,6 +28,7 @@ mod kv;
 mod load;
 #[cfg(feature = "redb")]
 mod redb;
+mod removals;
 
 pub use kv::{Engine, KvStore, MemEngine, Op};
 #[cfg(feature = "redb")]

@@ -89,6 +89,8 @@ impl<E: Engine> KvStore<E> {
         // ones of each session are read, the rest only counted.
         let mut current: Option<(Vec<u8>, Option<MqttString>)> = None;
         let mut matched = HashSet::new();
+        // Each session's lowest stored id: where its removal mark starts.
+        let mut first: BTreeMap<MqttString, u64> = BTreeMap::new();
         self.engine.scan(Table::Messages, &mut |k, v| {
             let (cid, rest) = match raw_split(k) {
                 Some(x) => x,
@@ -108,6 +110,7 @@ impl<E: Engine> KvStore<E> {
                 return bad(Table::Messages, k, "message id invalid");
             };
             let s = sessions.get_mut(client_id).expect("checked above");
+            first.entry(client_id.clone()).or_insert(n);
             let row = inflight.get(k).copied();
             if row.is_none()
                 && !format::delivery_is_sent(v)
@@ -135,6 +138,11 @@ impl<E: Engine> KvStore<E> {
         })?;
         for k in inflight.keys().filter(|k| !matched.contains(*k)) {
             bad(Table::Inflight, k, "no message");
+        }
+        self.removals = Default::default();
+        self.removals.known = true;
+        for id in sessions.keys() {
+            self.removals.loaded(id.clone(), first.get(id).copied());
         }
         let mut retained = Vec::new();
         let mut rows = Vec::new();

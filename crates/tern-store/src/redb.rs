@@ -159,7 +159,10 @@ impl RedbEngine {
                 Default::default();
             for op in ops {
                 let t = match op {
-                    Op::Put(t, ..) | Op::Delete(t, _) | Op::DeletePrefix(t, _) => *t,
+                    Op::Put(t, ..)
+                    | Op::Delete(t, _)
+                    | Op::DeletePrefix(t, _)
+                    | Op::DeleteRange(t, ..) => *t,
                 };
                 let slot = &mut open[t as usize];
                 if slot.is_none() {
@@ -172,6 +175,11 @@ impl RedbEngine {
                     }
                     Op::Delete(_, k) => {
                         table.remove(k.as_slice()).map_err(other)?;
+                    }
+                    Op::DeleteRange(_, start, end) => {
+                        table
+                            .retain_in(start.as_slice()..end.as_slice(), |_, _| false)
+                            .map_err(other)?;
                     }
                     Op::DeletePrefix(_, p) => {
                         let start = p.as_slice();

@@ -374,6 +374,24 @@ impl Broker {
         for conn in conns {
             self.disconnect(conn, ReasonCode::ServerShuttingDown, now);
         }
+        // QoS 1 messages in flight are stored as such only now: a restart
+        // resends them with their packet ids.
+        let mut sent = Vec::new();
+        for (&sid, s) in self.sessions.iter().filter(|(_, s)| s.stored) {
+            for (&pid, o) in &s.flow().inflight {
+                if o.state == OutState::Ack {
+                    sent.push(crate::durable::Change::Sent {
+                        session: sid,
+                        id: o.delivery.id,
+                        packet_id: pid,
+                        stage: crate::durable::InflightStage::AwaitPubAck,
+                    });
+                }
+            }
+        }
+        for change in sent {
+            self.out.log(change);
+        }
     }
 
     fn handle_packet(&mut self, conn: ConnId, p: Packet, now: Instant) {
