@@ -48,7 +48,9 @@ pub mod router;
 mod session;
 mod stamp;
 
-pub use broker::{Broker, BrokerEvent, ConnId, SessionId, Stats, Token, Transmit};
+pub use broker::{
+    Broker, BrokerEvent, ConnId, RetainedAnswer, SessionId, SessionInfo, Stats, Token, Transmit,
+};
 pub use config::{Config, QueueFullPolicy};
 pub use policy::AuthStep;
 pub use session::Envelope;

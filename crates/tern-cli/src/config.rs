@@ -17,8 +17,21 @@
 //!
 //! [[listener]]
 //! type = "ws"
-//! bind = "0.0.0.0:8080"
+//! bind = "0.0.0.0:8081"
 //! path = "/mqtt"
+//!
+//! [[listener]]
+//! type = "http"                   # the HTTP API; with cert and key, HTTPS
+//! bind = "127.0.0.1:8080"         # (the default, with no listener given)
+//!
+//! [http]
+//! admins = ["alice"]              # may use the management endpoints
+//! anonymous_remote = false        # anonymous requests only from loopback
+//! max_streams = 10000             # subscribe streams at once
+//! stream_buffer = 1000            # messages a slow stream reader may lag
+//! [[http.token]]
+//! token = "a long random string"  # Authorization: Bearer ...
+//! user = "alice"
 //!
 //! [limits]
 //! max_packet_size = 1048576
@@ -81,6 +94,40 @@ pub struct File {
     pub persistence: PersistenceFile,
     /// Broker shards; 0 or absent means one per core but one (at least one).
     pub shards: Option<usize>,
+    /// The HTTP API.
+    #[serde(default)]
+    pub http: Http,
+}
+
+/// The HTTP API's settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Users who may use the management endpoints.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// Whether anonymous requests are taken from other hosts than
+    /// loopback (where the broker allows anonymous clients at all).
+    #[serde(default)]
+    pub anonymous_remote: bool,
+    /// Subscribe streams open at once.
+    pub max_streams: Option<usize>,
+    /// Messages a stream's reader may be behind before the oldest are
+    /// skipped.
+    pub stream_buffer: Option<usize>,
+    /// API tokens.
+    #[serde(default)]
+    pub token: Vec<Token>,
+}
+
+/// An API token and the user it acts as.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Token {
+    /// The secret (`Authorization: Bearer ...`).
+    pub token: String,
+    /// The user.
+    pub user: String,
 }
 
 /// One listener.
@@ -89,7 +136,8 @@ pub struct File {
 pub struct Listener {
     /// Address and port.
     pub bind: SocketAddr,
-    /// `tcp` (the default), `tls` or `ws` (WebSocket).
+    /// `tcp` (the default), `tls`, `ws` (WebSocket) or `http` (the HTTP
+    /// API).
     #[serde(default, rename = "type")]
     pub kind: ListenerKind,
     /// TLS: the certificate chain (PEM).
@@ -116,6 +164,8 @@ pub enum ListenerKind {
     Tls,
     /// MQTT over WebSocket.
     Ws,
+    /// The HTTP API (HTTPS with `cert` and `key`).
+    Http,
 }
 
 /// Limits; absent keys keep the safe defaults.
@@ -283,6 +333,18 @@ pub fn parse(text: &str) -> Result<File, String> {
             {
                 return Err(format!("listener {n} ({}): cert, key, client_ca and cn_as_username are for type = \"tls\"", l.bind));
             }
+            ListenerKind::Http if l.client_ca.is_some() || l.cn_as_username || l.path.is_some() => {
+                return Err(format!(
+                    "listener {n} ({}): type = \"http\" takes cert and key only",
+                    l.bind
+                ));
+            }
+            ListenerKind::Http if l.cert.is_some() != l.key.is_some() => {
+                return Err(format!(
+                    "listener {n} ({}): HTTPS needs both cert and key",
+                    l.bind
+                ));
+            }
             ListenerKind::Tcp | ListenerKind::Tls if l.path.is_some() => {
                 return Err(format!(
                     "listener {n} ({}): path is for type = \"ws\"",
@@ -437,6 +499,15 @@ path = "/mqtt"
         let e =
             parse("[[listener]]\nbind = \"127.0.0.1:1\"\npath = \"/x\"\n").expect_err("refused");
         assert!(e.contains("path is for"), "{e}");
+        let f = parse(
+            "[[listener]]\ntype = \"http\"\nbind = \"127.0.0.1:8080\"\n[http]\nadmins = [\"a\"]\n[[http.token]]\ntoken = \"t\"\nuser = \"a\"\n",
+        )
+        .expect("parses");
+        assert_eq!(f.listener[0].kind, ListenerKind::Http);
+        assert_eq!(f.http.token[0].user, "a");
+        let e = parse("[[listener]]\ntype = \"http\"\nbind = \"127.0.0.1:1\"\ncert = \"c\"\n")
+            .expect_err("refused");
+        assert!(e.contains("both cert and key"), "{e}");
         let e =
             parse("[[listener]]\ntype = \"quic\"\nbind = \"127.0.0.1:1\"\n").expect_err("refused");
         assert!(e.contains("quic"), "{e}");

@@ -22,6 +22,7 @@
 
 mod bench;
 mod config;
+mod http;
 mod passwd;
 mod persistence;
 mod pubsub;
@@ -101,6 +102,10 @@ struct BrokerArgs {
     /// (tern.redb.damaged-N) and an empty one begins.
     #[arg(long)]
     start_anyway: bool,
+    /// The HTTP API's address (overrides the file's http listeners), or
+    /// `off`. Default: 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR|off")]
+    http: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +299,7 @@ fn broker(args: BrokerArgs) -> ExitCode {
 
     let mut config = ServerConfig::default();
     let mut tls_files = Vec::new();
+    let mut http_listeners = Vec::new();
     if !file.listener.is_empty() {
         config.tcp.clear();
         for l in &file.listener {
@@ -302,6 +308,28 @@ fn broker(args: BrokerArgs) -> ExitCode {
                 config::ListenerKind::Ws => config
                     .ws
                     .push((l.bind, l.path.clone().unwrap_or_else(|| "/mqtt".into()))),
+                config::ListenerKind::Http => {
+                    let tls = match (&l.cert, &l.key) {
+                        (Some(cert), Some(key)) => {
+                            match TlsSettings::load(cert, key, None, false) {
+                                Ok(t) => {
+                                    tls_files.push((t.clone(), cert.clone(), key.clone(), None));
+                                    Some(t)
+                                }
+                                Err(e) => {
+                                    eprintln!("tern: listener {}: {e}", l.bind);
+                                    return ExitCode::from(2);
+                                }
+                            }
+                        }
+                        _ => None,
+                    };
+                    http_listeners.push(http::Listener {
+                        bind: l.bind,
+                        tls,
+                        explicit: true,
+                    });
+                }
                 config::ListenerKind::Tls => {
                     let (cert, key) = (
                         l.cert.clone().expect("checked"),
@@ -349,6 +377,22 @@ fn broker(args: BrokerArgs) -> ExitCode {
             },
         }
     }));
+    let http_listeners = match http::listeners(
+        args.http.as_deref(),
+        http_listeners,
+        !file.listener.is_empty(),
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tern: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let http_settings = http::settings(
+        &file,
+        config.check_credentials.clone().expect("set above"),
+        config.broker.max_packet_size,
+    );
     // The cases without a password hash are answered on the shard; only a
     // hash to verify goes to a blocking thread.
     let quick = passwords.clone();
@@ -386,7 +430,17 @@ fn broker(args: BrokerArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let gateway = tern_http::Gateway::new(server.handle(), http_settings);
+        let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
+        if let Err(e) = http::start(&gateway, http_listeners, &http_stopped).await {
+            eprintln!("tern: {e}");
+            return ExitCode::FAILURE;
+        }
         tokio::spawn(reload_on_sighup(config_path, passwords, acl, tls_files));
+        let stop = async move {
+            stop.await;
+            let _ = http_stop.send(true);
+        };
         match server.run(stop).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

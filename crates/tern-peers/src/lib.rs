@@ -1,7 +1,8 @@
 //! Third-party test peers, shared by the integration tests of several
 //! crates (a dev-dependency; not published): the check that a peer is
 //! installed, Debian's mosquitto broker on a free port, a test PKI made
-//! with openssl, scratch directories.
+//! with openssl, scratch directories, a child process read by its log
+//! lines.
 //!
 //! A missing peer fails the test with the command that installs it; it is
 //! never skipped.
@@ -14,6 +15,10 @@
 //! println!("mosquitto on 127.0.0.1:{}", broker.port);
 //! ```
 #![forbid(unsafe_code)]
+
+mod process;
+
+pub use process::{port_in, Logged};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -35,5 +35,5 @@ pub use client::{
     AsyncClient, AsyncEvent, Backoff, ClientError, ClientOptions, Connected, Events, Transport,
 };
 pub use codec::{CodecError, MqttCodec};
-pub use server::{CredentialCheck, Persistence, PolicyFactory, Server, ServerConfig};
+pub use server::{BrokerHandle, CredentialCheck, Persistence, PolicyFactory, Server, ServerConfig};
 pub use transport::{tls_client_config, TlsSettings};

@@ -57,6 +57,16 @@ impl TlsSettings {
         Ok(())
     }
 
+    /// The TLS handshake of a server-side connection, with the current
+    /// certificate (for servers beside the broker's, such as its HTTP
+    /// listener).
+    pub async fn accept(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+        self.acceptor().accept(stream).await
+    }
+
     pub(crate) fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         let config = self
             .config

@@ -24,6 +24,7 @@ mod invariants;
 mod lifecycle;
 mod output;
 mod publish;
+mod query;
 mod routing;
 mod spill;
 mod storage;
@@ -56,6 +57,7 @@ use routing::Routing;
 use timers::Timer;
 
 pub use output::{BrokerEvent, Transmit};
+pub use query::{RetainedAnswer, SessionInfo};
 pub use sys::Stats;
 
 /// A transport connection, as the broker names it. Handed out by

@@ -420,3 +420,63 @@ fn a_request_nobody_answers_is_declined_as_not_authorized() {
         assert!(!sim.is_open(c));
     }
 }
+
+#[test]
+fn the_retained_query_answers_what_the_acl_lets_a_user_read() {
+    use std::time::Duration;
+    use tern_broker::policy::ClientInfo;
+    use tern_codec::TopicFilter;
+
+    let mut sim = Sim::default();
+    sim.broker.set_authorizer(
+        Acl::new()
+            .allow_user("writer", "#", Access::ReadWrite)
+            .allow_user("reader", "home/#", Access::Read),
+    );
+    let (c, code) = login(&mut sim, V5, "w", "writer", "");
+    assert_eq!(code, ReasonCode::Success);
+    for (i, t) in ["home/b", "home/a", "home/c", "garden/x"]
+        .iter()
+        .enumerate()
+    {
+        sim.send(c, retained(t, 0, 0, &i.to_string()));
+    }
+    let mut short = retained("home/short", 0, 0, "gone soon");
+    short.properties.message_expiry_interval = Some(1);
+    sim.send(c, short);
+    expect_nothing(&mut sim, c);
+    let reader = ClientInfo {
+        client_id: String::new(),
+        username: Some("reader".into()),
+    };
+    let filter = |f: &str| TopicFilter::new(f).expect("valid");
+    let now = sim.now();
+    let a = sim
+        .broker
+        .retained(&reader, &filter("home/#"), 10, now)
+        .expect("allowed");
+    let topics: Vec<&str> = a.messages.iter().map(|m| m.topic.as_str()).collect();
+    assert_eq!(topics, ["home/a", "home/b", "home/c", "home/short"]);
+    assert!(!a.truncated);
+    let a = sim
+        .broker
+        .retained(&reader, &filter("home/#"), 2, now)
+        .expect("allowed");
+    assert_eq!(a.messages.len(), 2);
+    assert!(a.truncated);
+    // Not readable: refused, as a SUBSCRIBE would be.
+    assert_eq!(
+        sim.broker
+            .retained(&reader, &filter("garden/#"), 10, now)
+            .map(|a| a.messages.len()),
+        Err(ReasonCode::NotAuthorized)
+    );
+    // An expired message is not among the answers.
+    sim.advance(Duration::from_secs(2));
+    let now = sim.now();
+    let a = sim
+        .broker
+        .retained(&reader, &filter("home/+"), 10, now)
+        .expect("allowed");
+    assert_eq!(a.messages.len(), 3);
+}

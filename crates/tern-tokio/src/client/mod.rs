@@ -97,6 +97,7 @@ pub(super) struct Inner {
     /// The stream's reader, waiting.
     pub(super) reader: Option<Waker>,
     pub(super) capacity: usize,
+    pub(super) drop_oldest: bool,
     pub(super) manual_ack: bool,
     pub(super) dropped: u64,
     /// `disconnect` was called: no reconnect.
@@ -210,6 +211,7 @@ impl AsyncClient {
                 notices: 0,
                 reader: None,
                 capacity: options.capacity.max(1),
+                drop_oldest: options.drop_oldest,
                 manual_ack,
                 dropped: 0,
                 closing: false,
@@ -518,6 +520,7 @@ mod tests {
             notices: 0,
             reader: None,
             capacity: 10,
+            drop_oldest: false,
             manual_ack: false,
             dropped: 0,
             closing: false,

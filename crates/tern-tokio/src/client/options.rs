@@ -1,8 +1,10 @@
 //! How to reach the server, and the reconnection delays.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::BrokerHandle;
 use tern_client::{ClientConfig, DisconnectReason, PublishError, RequestError};
 
 /// How to reach the server.
@@ -32,6 +34,17 @@ pub enum Transport {
         /// For `wss://` URLs.
         tls: Option<Arc<rustls::ClientConfig>>,
     },
+    /// An in-process connection to a [`Server`](crate::Server) running in
+    /// the same process (see [`BrokerHandle::connect`]).
+    Local {
+        /// The server's handle.
+        broker: BrokerHandle,
+        /// The user name, already authenticated by the caller; `None`
+        /// leaves authentication to the CONNECT, as on the network.
+        identity: Option<String>,
+        /// The address the server logs for the connection.
+        peer: SocketAddr,
+    },
 }
 
 impl std::fmt::Debug for Transport {
@@ -40,6 +53,7 @@ impl std::fmt::Debug for Transport {
             Transport::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
             Transport::Tls { host, port, .. } => write!(f, "tls://{host}:{port}"),
             Transport::WebSocket { url, .. } => f.write_str(url),
+            Transport::Local { identity, .. } => write!(f, "local (as {identity:?})"),
         }
     }
 }
@@ -90,6 +104,10 @@ pub struct ClientOptions {
     /// so the server's flow control bounds them (our Receive Maximum in
     /// 5.0; in 3.1.1, at most 65,535, one per packet identifier).
     pub capacity: usize,
+    /// When `capacity` QoS 0 messages wait: `false` (the default) drops
+    /// the one arriving, `true` the oldest waiting (for readers that want
+    /// the latest, such as a live view).
+    pub drop_oldest: bool,
     /// How long to wait for the TCP, TLS and WebSocket handshakes.
     pub connect_timeout: Duration,
 }
@@ -105,6 +123,7 @@ impl ClientOptions {
             },
             reconnect: Some(Backoff::default()),
             capacity: 1024,
+            drop_oldest: false,
             connect_timeout: Duration::from_secs(10),
         }
     }

@@ -150,6 +150,11 @@ impl Inner {
 
 pub(super) async fn open(t: &Transport) -> io::Result<Box<dyn ByteStream>> {
     match t {
+        Transport::Local {
+            broker,
+            identity,
+            peer,
+        } => Ok(Box::new(broker.connect(identity.clone(), *peer)?)),
         Transport::Tcp { host, port } => {
             let s = TcpStream::connect((host.as_str(), *port)).await?;
             s.set_nodelay(true)?;
@@ -348,6 +353,18 @@ pub(super) fn dispatch(inner: &mut Inner) -> Option<End> {
                     continue;
                 }
                 if d.ack.is_none() {
+                    if inner.qos0 >= inner.capacity && inner.drop_oldest {
+                        // The oldest QoS 0 message waiting makes room.
+                        let oldest = inner
+                            .incoming
+                            .iter()
+                            .position(|e| matches!(e, AsyncEvent::Message(m) if m.ack.is_none()));
+                        if let Some(i) = oldest {
+                            inner.incoming.remove(i);
+                            inner.qos0 -= 1;
+                            inner.dropped += 1;
+                        }
+                    }
                     if inner.qos0 >= inner.capacity {
                         inner.dropped += 1;
                         if inner.dropped.is_power_of_two() {

@@ -67,6 +67,18 @@ impl ConnConfig {
         true
     }
 
+    /// Whether an in-process connection may stay: within the connection
+    /// limit (the rate limit is for the network). Takes a slot, as
+    /// [`ConnConfig::admit`] does.
+    pub(super) fn admit_local(&self) -> bool {
+        if self.connections.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
+            self.release();
+            warn!("connection limit reached: in-process connection refused");
+            return false;
+        }
+        true
+    }
+
     /// A connection's slot is free again.
     pub(super) fn release(&self) {
         self.connections.fetch_sub(1, Ordering::AcqRel);

@@ -38,6 +38,13 @@ pub(super) enum ToShard {
     },
     Forward(Forward),
     Stats(oneshot::Sender<Stats>),
+    /// The retained messages matching a filter, for a client.
+    Retained {
+        client: tern_broker::policy::ClientInfo,
+        filter: tern_codec::TopicFilter,
+        limit: usize,
+        reply: oneshot::Sender<Result<tern_broker::RetainedAnswer, ReasonCode>>,
+    },
     Sys(Stats),
     Shutdown(oneshot::Sender<()>),
     /// Stop at once (the server is gone).

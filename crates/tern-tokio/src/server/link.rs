@@ -41,6 +41,22 @@ pub(super) struct ConnTask {
 }
 
 impl ConnTask {
+    /// An in-process connection's task.
+    pub(super) fn local(
+        io: Io,
+        identity: Option<String>,
+        peer: SocketAddr,
+        shards: Arc<Vec<ShardTx>>,
+        cfg: Arc<ConnConfig>,
+        live: &Arc<Live>,
+    ) -> ConnTask {
+        ConnTask {
+            start: Some(Box::pin(local(io, identity, peer, shards, cfg))),
+            running: None,
+            _live: LiveGuard::new(live),
+        }
+    }
+
     pub(super) fn new(
         stream: TcpStream,
         peer: SocketAddr,
@@ -102,7 +118,37 @@ pub(super) async fn handshake(
     cfg: Arc<ConnConfig>,
 ) -> Option<Running> {
     let _ = stream.set_nodelay(true);
-    let (mut io, identity) = secure(stream, peer, kind, &cfg).await?;
+    let (io, identity) = secure(stream, peer, kind, &cfg).await?;
+    enter(io, identity, peer, shards, cfg).await
+}
+
+/// An in-process connection (a [`BrokerHandle`](super::BrokerHandle)'s
+/// pipe): no handshake; the identity, when given, is the user name, as a
+/// client certificate's would be. Gives its slot back if it does not get
+/// to its shard.
+pub(super) async fn local(
+    io: Io,
+    identity: Option<String>,
+    peer: SocketAddr,
+    shards: Arc<Vec<ShardTx>>,
+    cfg: Arc<ConnConfig>,
+) -> Option<Running> {
+    let running = enter(io, identity, peer, shards, cfg.clone()).await;
+    if running.is_none() {
+        cfg.release();
+    }
+    running
+}
+
+/// Reads the first packet (within the connect timeout) and hands the
+/// connection to the shard its client id lives on.
+async fn enter(
+    mut io: Io,
+    identity: Option<String>,
+    peer: SocketAddr,
+    shards: Arc<Vec<ShardTx>>,
+    cfg: Arc<ConnConfig>,
+) -> Option<Running> {
     let mut buf = BytesMut::new();
     let placed = tokio::time::timeout(
         cfg.connect_timeout,

@@ -33,6 +33,7 @@ mod accept;
 mod config;
 mod inbox;
 mod link;
+mod local;
 mod persist;
 mod shard;
 mod sys;
@@ -55,6 +56,7 @@ use accept::ConnConfig;
 pub use config::{CredentialCheck, PolicyFactory, ServerConfig};
 use inbox::{ShardTx, ToShard};
 use link::ConnTask;
+pub use local::BrokerHandle;
 pub use persist::Persistence;
 
 /// Bytes read from a socket at a time, at most.
@@ -64,6 +66,8 @@ pub(super) const READ_CHUNK: usize = 16 * 1024;
 pub struct Server {
     pub(super) listeners: Vec<(TcpListener, Kind)>,
     pub(super) config: ServerConfig,
+    local: BrokerHandle,
+    local_rx: tokio::sync::mpsc::UnboundedReceiver<local::Request>,
 }
 
 /// What a listener speaks.
@@ -145,7 +149,20 @@ impl Server {
             })?;
             listeners.push((l, kind));
         }
-        Ok(Server { listeners, config })
+        let (local, local_rx) = BrokerHandle::new();
+        Ok(Server {
+            listeners,
+            config,
+            local,
+            local_rx,
+        })
+    }
+
+    /// Opens in-process connections to this server (once it runs; those
+    /// opened before wait for it): for adapters in the same process, such
+    /// as an HTTP gateway.
+    pub fn handle(&self) -> BrokerHandle {
+        self.local.clone()
     }
 
     /// The addresses listened on (with the ports the OS chose for port 0).
@@ -200,6 +217,9 @@ impl Server {
             .sys_interval
             .map(|every| tokio::spawn(sys::publish(txs.clone(), every)));
         let (mut accepts, mut conn_rx) = link::accept(others);
+        let mut local_rx = self.local_rx;
+        // The server's own handle: in-process connections end with it.
+        drop(self.local);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -213,6 +233,22 @@ impl Server {
                     let (txs, cfg) = (txs.clone(), conn_cfg.clone());
                     tokio::spawn(ConnTask::new(stream, peer, kind, txs, cfg, &live));
                 }
+                Some(r) = local_rx.recv() => match r {
+                    local::Request::Connect { io, identity, peer } => {
+                        if !conn_cfg.admit_local() {
+                            continue;
+                        }
+                        let (txs, cfg) = (txs.clone(), conn_cfg.clone());
+                        let io: link::Io = Box::pin(io);
+                        tokio::spawn(ConnTask::local(io, identity, peer, txs, cfg, &live));
+                    }
+                    // Every shard keeps every retained message; the first
+                    // has them once any forward sent before this request
+                    // is in (its inbox is in order).
+                    local::Request::Retained { client, filter, limit, reply } => {
+                        let _ = txs[0].send(ToShard::Retained { client, filter, limit, reply });
+                    }
+                },
             }
         }
         info!("shutting down");

@@ -254,6 +254,14 @@ impl Shard {
             ToShard::Stats(reply) => {
                 let _ = reply.send(self.broker.stats());
             }
+            ToShard::Retained {
+                client,
+                filter,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.broker.retained(&client, &filter, limit, now));
+            }
             ToShard::Sys(stats) => self.broker.publish_sys(&stats, now),
             ToShard::Answer { token, result } => {
                 self.broker.answer(token, result, now);

@@ -1,0 +1,243 @@
+//! The HTTP side of a Tern broker: publish with `POST`, subscribe with
+//! `GET` as a Server-Sent Events stream, read retained values; JSON,
+//! under `/api/v1`.
+//!
+//! It is not a second broker. It runs on the broker's runtime and reaches
+//! the broker's core through in-process MQTT connections
+//! ([`tern_tokio::BrokerHandle`]): a publish is a PUBLISH from a 5.0
+//! client acting as the request's user, a stream is a subscription of its
+//! own, so the ACL, the limits and persistence apply exactly as to any
+//! MQTT client. Retained values are read from the core directly, with the
+//! ACL's verdict on subscribing to the filter.
+//!
+//! | endpoint | |
+//! |---|---|
+//! | `POST /api/v1/publish/{topic...}` | the body is the payload ([`publish`]) |
+//! | `GET /api/v1/retained/{filter...}` | the last values ([`retained`]) |
+//! | `GET /api/v1/subscribe?filter=...` | a Server-Sent Events stream ([`subscribe`]) |
+//!
+//! Who is asking: HTTP Basic against the broker's credentials check (the
+//! same users as MQTT), `Bearer` API tokens, or nobody where the broker
+//! takes anonymous clients (by default only from loopback). Errors are a
+//! status and a JSON body naming the MQTT reason code ([`error`]).
+//!
+//! ```no_run
+//! use tern_http::{Gateway, HttpConfig};
+//! use tern_tokio::{Server, ServerConfig};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let server = Server::bind(ServerConfig::default()).await?;
+//! let gateway = Gateway::new(server.handle(), HttpConfig::default());
+//! let http = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! tokio::spawn(gateway.clone().serve(http, std::future::pending()));
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod auth;
+mod conn;
+pub mod error;
+pub mod json;
+mod listen;
+pub mod publish;
+pub mod retained;
+pub mod subscribe;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use listen::Peer;
+use tern_tokio::{BrokerHandle, CredentialCheck, TlsSettings};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+pub use error::ApiError;
+
+/// What the HTTP side is allowed and bounded by.
+#[derive(Clone)]
+pub struct HttpConfig {
+    /// Checks HTTP Basic credentials, and says whether anonymous requests
+    /// are allowed (called without a user name): the broker's own check,
+    /// so HTTP has the same users as MQTT. `None`: no passwords over
+    /// HTTP; anonymous requests and tokens only.
+    pub check: Option<CredentialCheck>,
+    /// API tokens (`Authorization: Bearer TOKEN`), each acting as a user.
+    pub tokens: HashMap<String, String>,
+    /// Users who may use the management endpoints.
+    pub admins: Vec<String>,
+    /// Anonymous requests from hosts other than loopback are refused
+    /// unless this is set (and the broker allows anonymous clients).
+    pub anonymous_remote: bool,
+    /// The largest body a publish takes, bytes (the broker's maximum
+    /// packet size bounds the PUBLISH as well).
+    pub max_body: usize,
+    /// Subscribe streams open at once; more are refused with 429.
+    pub max_streams: usize,
+    /// Messages a stream's reader may be behind; beyond, the oldest unread
+    /// are skipped and the reader told how many.
+    pub stream_buffer: usize,
+    /// Retained messages one request returns at most.
+    pub max_retained: usize,
+    /// QoS 1/2 publishes in flight on a user's publishing connection.
+    pub publish_inflight: u16,
+    /// Publishes waiting beyond those in flight, per user; more are
+    /// refused with 503.
+    pub max_pending: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            check: None,
+            tokens: HashMap::new(),
+            admins: Vec::new(),
+            anonymous_remote: false,
+            max_body: 1024 * 1024,
+            max_streams: 10_000,
+            stream_buffer: 1_000,
+            max_retained: 10_000,
+            publish_inflight: 1_000,
+            max_pending: 10_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("tokens", &self.tokens.len())
+            .field("admins", &self.admins)
+            .field("anonymous_remote", &self.anonymous_remote)
+            .field("max_body", &self.max_body)
+            .field("max_streams", &self.max_streams)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every request shares.
+pub(crate) struct State {
+    pub(crate) broker: BrokerHandle,
+    pub(crate) config: HttpConfig,
+    pub(crate) verified: auth::Verified,
+    pub(crate) pool: conn::Pool,
+    pub(crate) streams: Arc<Semaphore>,
+    /// Cancelled at shutdown: streams end.
+    pub(crate) stop: CancellationToken,
+}
+
+impl State {
+    pub(crate) async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Result<auth::User, ApiError> {
+        auth::authenticate(&self.config, &self.verified, headers, peer).await
+    }
+}
+
+/// The HTTP side of a broker. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("config", &self.state.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// The HTTP side of the broker `broker` leads to.
+    pub fn new(broker: BrokerHandle, config: HttpConfig) -> Gateway {
+        Gateway {
+            state: Arc::new(State {
+                broker,
+                streams: Arc::new(Semaphore::new(config.max_streams)),
+                config,
+                verified: auth::Verified::default(),
+                pool: conn::Pool::default(),
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The routes (who may be anonymous depends on the peer's address:
+    /// [`Gateway::serve`] gives it to them).
+    fn router(&self) -> Router {
+        let api = Router::new()
+            .route("/publish/{*topic}", post(publish::publish))
+            .route("/retained/{*filter}", get(retained::retained))
+            .route("/subscribe", get(subscribe::subscribe));
+        Router::new()
+            .nest("/api/v1", api)
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(DefaultBodyLimit::max(self.state.config.max_body))
+            .with_state(self.state.clone())
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` completes; then open
+    /// streams end (with an `end` event) and requests under way finish.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        debug!(addr = %listener.local_addr()?, "serving HTTP");
+        let stop = self.state.stop.clone();
+        let app = self.router().into_make_service_with_connect_info::<Peer>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stop.cancel();
+            })
+            .await
+    }
+
+    /// Serves HTTPS on `listener`, with `tls` (the broker's rustls
+    /// settings: a certificate reloaded there is used for new
+    /// connections), until `shutdown` completes.
+    pub async fn serve_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        tls: TlsSettings,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        debug!(addr = %listener.local_addr()?, "serving HTTPS");
+        let stop = self.state.stop.clone();
+        let listener = listen::TlsListener::new(listener, tls)?;
+        let app = self.router().into_make_service_with_connect_info::<Peer>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stop.cancel();
+            })
+            .await
+    }
+
+    /// Ends every open stream (with an `end` event).
+    pub fn close_streams(&self) {
+        self.state.stop.cancel();
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+}

@@ -1,0 +1,212 @@
+//! `GET /api/v1/subscribe?filter=...` (repeatable): a Server-Sent Events
+//! stream of the messages matching the filters, from an MQTT subscription
+//! of the stream's own (a clean session, acting as the user, so the ACL
+//! applies as to any client).
+//!
+//! Query: `filter` (1 to 32 of them), `qos` (0, the default, 1 or 2: the
+//! subscription's maximum QoS), `retained` (`true`, the default: the
+//! retained values come first, flagged `"retain": true`; `false`: live
+//! messages only).
+//!
+//! Events:
+//! - `event: message`, `data:` the message as JSON ([`crate::json`]);
+//! - `event: skipped`, `data: {"skipped": N}`: the reader fell behind by
+//!   more than the stream's buffer (`stream_buffer` messages), and the N
+//!   oldest messages it had not read were skipped. A slow reader loses
+//!   messages, never the stream: it is told how many, before the next
+//!   message it gets. (At QoS 1 and 2 nothing is skipped: the broker holds
+//!   back, and its queue limit for the session applies.)
+//! - `event: end`, `data: {"reason": ...}`: the last event, when the
+//!   broker ends the stream (shutdown, a kick).
+//!
+//! A comment line every 15 s keeps proxies from closing a quiet stream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Query, State as AxState};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream};
+use serde_json::json;
+use tern_codec::{
+    QoS, ReasonCode, RetainHandling, SubscribeFilter, SubscriptionOptions, TopicFilter,
+};
+use tern_tokio::{AsyncClient, AsyncEvent, Events};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use crate::conn;
+use crate::error::ApiError;
+use crate::json::JsonMessage;
+use crate::listen::Peer;
+use crate::State;
+
+/// Filters one stream may have at most.
+const MAX_FILTERS: usize = 32;
+
+/// The handler.
+pub(crate) async fn subscribe(
+    AxState(state): AxState<Arc<State>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let user = state.authenticate(&headers, peer).await?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let filters = filters(&query)?;
+    let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::refused(
+            ReasonCode::QuotaExceeded,
+            format!(
+                "too many subscribe streams (at most {})",
+                state.config.max_streams
+            ),
+        )
+    })?;
+    let (client, events) = conn::open(&state, &user, peer, state.config.stream_buffer, 100).await?;
+    let codes = client
+        .subscribe(filters)
+        .await
+        .map_err(|e| conn::connect_error(&e))?;
+    if let Some(&code) = codes.iter().find(|c| (**c as u8) >= 0x80) {
+        return Err(ApiError::refused(
+            code,
+            "the broker refused the subscription",
+        ));
+    }
+    let live = Live {
+        client,
+        events,
+        skipped: 0,
+        pending: None,
+        done: false,
+        stop: state.stop.clone(),
+        _permit: permit,
+    };
+    Ok(Sse::new(live.into_stream())
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// The subscriptions a query asks for.
+fn filters(query: &[(String, String)]) -> Result<Vec<SubscribeFilter>, ApiError> {
+    let mut qos = QoS::AtMostOnce;
+    let mut retained = true;
+    let mut names = Vec::new();
+    for (k, v) in query {
+        let bad = |what: &str| ApiError::bad_request(format!("{k}={v:?}: {what}"));
+        match k.as_str() {
+            "filter" => names.push(v),
+            "qos" => {
+                qos = match v.as_str() {
+                    "0" => QoS::AtMostOnce,
+                    "1" => QoS::AtLeastOnce,
+                    "2" => QoS::ExactlyOnce,
+                    _ => return Err(bad("0, 1 or 2")),
+                }
+            }
+            "retained" => {
+                retained = match v.as_str() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(bad("true or false")),
+                }
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {k:?}"
+                )))
+            }
+        }
+    }
+    if names.is_empty() || names.len() > MAX_FILTERS {
+        return Err(ApiError::bad_request(format!(
+            "give 1 to {MAX_FILTERS} filters (filter=...)"
+        )));
+    }
+    names
+        .into_iter()
+        .map(|f| {
+            let filter = TopicFilter::new(f).map_err(|e| {
+                ApiError::refused(
+                    ReasonCode::TopicFilterInvalid,
+                    format!("{f:?} is not a topic filter: {e}"),
+                )
+            })?;
+            let mut options = SubscriptionOptions::new(qos);
+            if !retained {
+                options.retain_handling = RetainHandling::DoNotSend;
+            }
+            Ok(SubscribeFilter { filter, options })
+        })
+        .collect()
+}
+
+/// A stream's subscription, as it is read.
+struct Live {
+    client: AsyncClient,
+    events: Events,
+    /// Messages the client skipped, as last told.
+    skipped: u64,
+    /// An event that waits behind a `skipped` one.
+    pending: Option<Event>,
+    done: bool,
+    stop: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Live {
+    fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+        stream::unfold(self, |mut live| async move {
+            let event = live.next().await?;
+            Some((Ok(event), live))
+        })
+    }
+
+    async fn next(&mut self) -> Option<Event> {
+        if let Some(e) = self.pending.take() {
+            return Some(e);
+        }
+        if self.done {
+            return None;
+        }
+        loop {
+            let e = tokio::select! {
+                () = self.stop.cancelled() => return Some(self.end("the broker is shutting down")),
+                e = self.events.recv() => e,
+            };
+            match e {
+                Some(AsyncEvent::Message(d)) => {
+                    let data =
+                        serde_json::to_string(&JsonMessage::new(&d.message)).unwrap_or_default();
+                    let event = Event::default().event("message").data(data);
+                    let dropped = self.client.dropped();
+                    if dropped > self.skipped {
+                        let n = dropped - self.skipped;
+                        self.skipped = dropped;
+                        self.pending = Some(event);
+                        let data = json!({ "skipped": n }).to_string();
+                        return Some(Event::default().event("skipped").data(data));
+                    }
+                    return Some(event);
+                }
+                Some(AsyncEvent::Disconnected(why)) => {
+                    return Some(self.end(&format!("the broker ended the stream: {why:?}")));
+                }
+                Some(_) => {}
+                None => return Some(self.end("the broker ended the stream")),
+            }
+        }
+    }
+
+    fn end(&mut self, reason: &str) -> Event {
+        self.done = true;
+        Event::default()
+            .event("end")
+            .data(json!({ "reason": reason }).to_string())
+    }
+}
