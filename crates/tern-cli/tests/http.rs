@@ -135,6 +135,17 @@ impl Lines {
         }
     }
 
+    /// Waits until the process closed its standard output (it ended).
+    fn wait_end(&self) {
+        loop {
+            match self.rx.recv_timeout(WAIT) {
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(e) => panic!("still running: {e}"),
+            }
+        }
+    }
+
     fn say(&mut self, line: &str) {
         let stdin = self.child.stdin.as_mut().expect("piped");
         writeln!(stdin, "{line}").expect("written");
@@ -307,14 +318,10 @@ fn bad_input_gets_a_json_error_and_a_status() {
         .contains("too many"));
 }
 
-#[test]
-fn users_tokens_and_the_acl_apply_over_http_as_over_mqtt() {
-    let dir = scratch("http-users-pw");
-    let pw = dir.join("passwd");
-    for (i, (user, pass)) in [("alice", "wonderland"), ("bob", "builder")]
-        .iter()
-        .enumerate()
-    {
+/// A password file with these users, in its own scratch directory.
+fn passwords(name: &str, users: &[(&str, &str)]) -> PathBuf {
+    let pw = scratch(name).join("passwd");
+    for (i, (user, pass)) in users.iter().enumerate() {
         let mut c = Command::new(env!("CARGO_BIN_EXE_tern"));
         c.args(["passwd", "-b"]);
         if i == 0 {
@@ -328,6 +335,15 @@ fn users_tokens_and_the_acl_apply_over_http_as_over_mqtt() {
             .success();
         assert!(ok);
     }
+    pw
+}
+
+#[test]
+fn users_tokens_and_the_acl_apply_over_http_as_over_mqtt() {
+    let pw = passwords(
+        "http-users-pw",
+        &[("alice", "wonderland"), ("bob", "builder")],
+    );
     let b = Broker::start(
         "users",
         &format!(
@@ -472,7 +488,13 @@ sys.exit(0 if ok else 1)
 #[test]
 fn a_slow_stream_reader_is_told_how_many_messages_it_skipped() {
     require("python3", "Python 3");
-    let b = Broker::start("slow", "[http]\nstream_buffer = 10\n");
+    // The broker itself never drops for this connection (its limit of
+    // unwritten bytes is out of reach): every skip is the stream's, and
+    // counted.
+    let b = Broker::start(
+        "slow",
+        "[limits]\nmax_unwritten_bytes = 1073741824\n[http]\nstream_buffer = 10\n",
+    );
     mosquitto_pub(&b, &["-t", "flood/ready", "-m", "go", "-r"]);
     // A reader with a small receive buffer that stops reading until told.
     let script = format!(
@@ -481,7 +503,7 @@ import socket, sys
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
 s.connect(("127.0.0.1", {http}))
-s.sendall(b"GET /api/v1/subscribe?filter=flood/%23 HTTP/1.1\r\nHost: x\r\n\r\n")
+s.sendall(b"GET /api/v1/subscribe?filter=flood/%23&qos=1 HTTP/1.1\r\nHost: x\r\n\r\n")
 buf = b""
 while b"flood/ready" not in buf:
     buf += s.recv(4096)
@@ -529,7 +551,8 @@ print("skipped", skipped, "messages", text.count("event: message"), "last", '"pa
     }
     drop(flood.stdin.take());
     assert!(flood.wait().expect("ends").success());
-    mosquitto_pub(&b, &["-t", "flood/x", "-m", "last"]);
+    // At QoS 1: never skipped.
+    mosquitto_pub(&b, &["-t", "flood/x", "-m", "last", "-q", "1"]);
     py.say("go");
     let report = py.wait("skipped");
     let words: Vec<&str> = report.split_whitespace().collect();
@@ -553,4 +576,120 @@ fn https_with_the_brokers_certificate() {
     // Plain HTTP to the HTTPS port is not served.
     let (status, _) = curl(&[&format!("http://127.0.0.1:{}/api/v1/retained/t", b.http)]);
     assert_ne!(status, 200);
+}
+
+#[test]
+fn management_is_for_admins_and_sees_kicks_and_clears() {
+    let pw = passwords("http-admin-pw", &[("root", "hunter2"), ("bob", "builder")]);
+    let b = Broker::start(
+        "admin",
+        &format!(
+            "[auth]\npassword_file = \"{}\"\n[http]\nadmins = [\"root\"]\n",
+            pw.display()
+        ),
+    );
+    let root = ["-u", "root:hunter2"];
+    let get = |path: &str| curl(&[root[0], root[1], &b.url(path)]);
+    let delete = |path: &str| curl(&[root[0], root[1], "-X", "DELETE", &b.url(path)]);
+    // A persistent 5.0 session, connected and subscribed.
+    let watcher = mosquitto_sub(
+        &b,
+        "home/#",
+        &["-V", "5", "-i", "watcher", "-c", "-q", "1", "-x", "600"],
+    );
+    // Who may ask.
+    assert_eq!(curl(&[&b.url("/api/v1/clients")]).0, 401);
+    let (status, body) = curl(&["-u", "bob:builder", &b.url("/api/v1/clients")]);
+    assert_eq!(
+        (status, json(&body)["reason_code"].clone()),
+        (403, 135.into()),
+        "{body}"
+    );
+    // The session, as listed and alone.
+    let (status, body) = get("/api/v1/clients");
+    assert_eq!(status, 200, "{body}");
+    let v = json(&body);
+    let w = v["clients"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["client_id"] == "watcher"))
+        .unwrap_or_else(|| panic!("watcher listed: {body}"))
+        .clone();
+    assert_eq!(w["connected"], true);
+    assert_eq!(
+        w["subscriptions"],
+        serde_json::json!([{"filter": "home/#", "qos": 1}])
+    );
+    assert_eq!(
+        json(&get("/api/v1/clients/watcher").1)["protocol"],
+        w["protocol"]
+    );
+    assert_eq!(get("/api/v1/clients/nobody").0, 404);
+    // A retained message cleared by an admin: subscribers get the empty
+    // message, as for any clear.
+    let url = b.url("/api/v1/publish/home/t?retain=true");
+    assert_eq!(curl(&["-u", "bob:builder", "-d", "v", &url]).0, 200);
+    assert_eq!(watcher.wait_start("home/t"), "home/t v");
+    assert_eq!(
+        curl(&[
+            "-u",
+            "bob:builder",
+            "-X",
+            "DELETE",
+            &b.url("/api/v1/retained/home/t")
+        ])
+        .0,
+        403
+    );
+    assert_eq!(delete("/api/v1/retained/home/t").0, 204);
+    assert_eq!(watcher.wait_start("home/t"), "home/t (null)");
+    assert_eq!(
+        json(&get("/api/v1/retained/home/t").1)["messages"],
+        Value::Array(vec![])
+    );
+    assert_eq!(delete("/api/v1/retained/home/t").0, 404);
+    // Kicked: the client is gone, its session stays (offline, expiring);
+    // then ended.
+    assert_eq!(delete("/api/v1/clients/watcher").0, 204);
+    watcher.wait_end();
+    let w = json(&get("/api/v1/clients/watcher").1);
+    assert_eq!(w["connected"], false, "{w}");
+    assert!(w["expires_in_s"].as_u64().is_some_and(|s| s <= 600), "{w}");
+    assert_eq!(delete("/api/v1/clients/watcher?session=true").0, 204);
+    assert_eq!(get("/api/v1/clients/watcher").0, 404);
+    // Counters, as JSON and for Prometheus (parsed by its own client).
+    let (status, body) = get("/api/v1/stats");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        json(&body)["messages_received"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{body}"
+    );
+    let (status, text) = get("/metrics");
+    assert_eq!(status, 200, "{text}");
+    let parse = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfor f in p(sys.stdin.read()):\n    for s in f.samples:\n        print(s.name, s.value)\n";
+    let mut py = Command::new("python3")
+        .args(["-c", parse])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    py.stdin
+        .take()
+        .expect("piped")
+        .write_all(text.as_bytes())
+        .expect("written");
+    let out = py.wait_with_output().expect("ends");
+    assert!(out.status.success(), "not Prometheus text:\n{text}");
+    let samples = String::from_utf8_lossy(&out.stdout).into_owned();
+    for name in [
+        "tern_clients_connected",
+        "tern_messages_received_total",
+        "tern_http_requests_total",
+    ] {
+        assert!(
+            samples.lines().any(|l| l.starts_with(&format!("{name} "))),
+            "{name} in {samples}"
+        );
+    }
 }

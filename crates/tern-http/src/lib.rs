@@ -15,6 +15,7 @@
 //! | `POST /api/v1/publish/{topic...}` | the body is the payload ([`publish`]) |
 //! | `GET /api/v1/retained/{filter...}` | the last values ([`retained`]) |
 //! | `GET /api/v1/subscribe?filter=...` | a Server-Sent Events stream ([`subscribe`]) |
+//! | `/api/v1/clients`, `/api/v1/stats`, `/metrics`, ... | management, for admins ([`manage`]) |
 //!
 //! Who is asking: HTTP Basic against the broker's credentials check (the
 //! same users as MQTT), `Bearer` API tokens, or nobody where the broker
@@ -41,6 +42,7 @@ mod conn;
 pub mod error;
 pub mod json;
 mod listen;
+pub mod manage;
 pub mod publish;
 pub mod retained;
 pub mod subscribe;
@@ -49,6 +51,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -133,6 +136,8 @@ pub(crate) struct State {
     pub(crate) streams: Arc<Semaphore>,
     /// Cancelled at shutdown: streams end.
     pub(crate) stop: CancellationToken,
+    /// API requests so far.
+    pub(crate) requests: AtomicU64,
 }
 
 impl State {
@@ -141,6 +146,7 @@ impl State {
         headers: &HeaderMap,
         peer: SocketAddr,
     ) -> Result<auth::User, ApiError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         auth::authenticate(&self.config, &self.verified, headers, peer).await
     }
 }
@@ -170,6 +176,7 @@ impl Gateway {
                 verified: auth::Verified::default(),
                 pool: conn::Pool::default(),
                 stop: CancellationToken::new(),
+                requests: AtomicU64::new(0),
             }),
         }
     }
@@ -179,10 +186,17 @@ impl Gateway {
     fn router(&self) -> Router {
         let api = Router::new()
             .route("/publish/{*topic}", post(publish::publish))
-            .route("/retained/{*filter}", get(retained::retained))
-            .route("/subscribe", get(subscribe::subscribe));
+            .route(
+                "/retained/{*filter}",
+                get(retained::retained).delete(manage::clear_retained),
+            )
+            .route("/subscribe", get(subscribe::subscribe))
+            .route("/clients", get(manage::clients))
+            .route("/clients/{id}", get(manage::client).delete(manage::kick))
+            .route("/stats", get(manage::stats));
         Router::new()
             .nest("/api/v1", api)
+            .route("/metrics", get(manage::metrics))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(self.state.config.max_body))

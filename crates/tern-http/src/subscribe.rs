@@ -15,7 +15,10 @@
 //!   oldest messages it had not read were skipped. A slow reader loses
 //!   messages, never the stream: it is told how many, before the next
 //!   message it gets. (At QoS 1 and 2 nothing is skipped: the broker holds
-//!   back, and its queue limit for the session applies.)
+//!   back, and its queue limit for the session applies. Before the stream's
+//!   buffer, the broker's own limit for a connection that does not read,
+//!   `max_unwritten_bytes`, applies as to any client: what it drops is
+//!   counted in its statistics, not in `skipped`.)
 //! - `event: end`, `data: {"reason": ...}`: the last event, when the
 //!   broker ends the stream (shutdown, a kick).
 //!

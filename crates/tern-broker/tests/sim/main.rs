@@ -5,6 +5,7 @@ mod common;
 mod connect;
 mod delivery;
 mod features;
+mod manage;
 mod policy;
 mod shards;
 mod spec;

@@ -38,6 +38,9 @@ pub(super) enum ToShard {
     },
     Forward(Forward),
     Stats(oneshot::Sender<Stats>),
+    /// A question or an act of the embedding's, run on the shard's core
+    /// (see `BrokerHandle`).
+    Run(super::local::OnShard),
     /// The retained messages matching a filter, for a client.
     Retained {
         client: tern_broker::policy::ClientInfo,

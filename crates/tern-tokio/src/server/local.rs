@@ -8,10 +8,12 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
 
 use tern_broker::policy::ClientInfo;
-use tern_broker::RetainedAnswer;
-use tern_codec::{ReasonCode, TopicFilter};
+use tern_broker::{Broker, RetainedAnswer, SessionInfo, Stats};
+use tern_codec::{ReasonCode, TopicFilter, TopicName};
 use tokio::io::DuplexStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -26,6 +28,8 @@ pub(super) enum Request {
         identity: Option<String>,
         peer: SocketAddr,
     },
+    /// Something to run on the core of the shards `target` names.
+    Run { target: Target, f: OnShard },
     /// The retained messages of a filter.
     Retained {
         client: ClientInfo,
@@ -33,6 +37,20 @@ pub(super) enum Request {
         limit: usize,
         reply: oneshot::Sender<Result<RetainedAnswer, ReasonCode>>,
     },
+}
+
+/// What runs on a shard's core, with its clock.
+pub(super) type OnShard = Arc<dyn Fn(&mut Broker, Instant) + Send + Sync>;
+
+/// Which shards.
+pub(super) enum Target {
+    /// Every one.
+    All,
+    /// The first (every shard keeps every retained message, and passes
+    /// changes to them on to the others).
+    First,
+    /// The one a client id lives on.
+    ClientId(String),
 }
 
 /// The broker, from its own process: see [`Server::handle`](super::Server::handle).
@@ -103,5 +121,84 @@ impl BrokerHandle {
             })
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())
+    }
+
+    /// Runs `f` on the cores of `target` and gathers what each returns.
+    async fn ask<T: Send + 'static>(
+        &self,
+        target: Target,
+        f: impl Fn(&mut Broker, Instant) -> T + Send + Sync + 'static,
+    ) -> io::Result<Vec<T>> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // Each shard drops its copy once it ran it: the answers end when
+        // the last shard is done.
+        let f: OnShard = Arc::new(move |b: &mut Broker, now: Instant| {
+            let _ = tx.send(f(b, now));
+        });
+        self.tx
+            .send(Request::Run { target, f })
+            .map_err(|_| stopped())?;
+        let mut out = Vec::new();
+        while let Some(v) = rx.recv().await {
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    /// The sessions by client id, from the first after `after`, at most
+    /// `limit`, over every shard.
+    pub async fn sessions(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> io::Result<Vec<SessionInfo>> {
+        let parts = self
+            .ask(Target::All, move |b, now| {
+                b.sessions(after.as_deref(), limit, now)
+            })
+            .await?;
+        let mut all: Vec<SessionInfo> = parts.into_iter().flatten().collect();
+        all.sort_unstable_by(|a, b| a.client_id.cmp(&b.client_id));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// One session, by client id.
+    pub async fn session(&self, client_id: String) -> io::Result<Option<SessionInfo>> {
+        let id = client_id.clone();
+        let found = self
+            .ask(Target::ClientId(client_id), move |b, now| {
+                b.session(&id, now)
+            })
+            .await?;
+        Ok(found.into_iter().flatten().next())
+    }
+
+    /// Disconnects a client (5.0: DISCONNECT 0x98), and with `discard`
+    /// ends its session. Whether it had a session.
+    pub async fn kick(&self, client_id: String, discard: bool) -> io::Result<bool> {
+        let id = client_id.clone();
+        let done = self
+            .ask(Target::ClientId(client_id), move |b, now| {
+                b.kick(&id, discard, now)
+            })
+            .await?;
+        Ok(done.into_iter().any(|d| d))
+    }
+
+    /// Clears a topic's retained message everywhere (as publishing an
+    /// empty retained message would, without the ACL). Whether there was
+    /// one.
+    pub async fn clear_retained(&self, topic: TopicName) -> io::Result<bool> {
+        let done = self
+            .ask(Target::First, move |b, now| b.clear_retained(&topic, now))
+            .await?;
+        Ok(done.into_iter().any(|d| d))
+    }
+
+    /// The counters of every shard, summed.
+    pub async fn stats(&self) -> io::Result<Stats> {
+        let parts = self.ask(Target::All, |b, _| b.stats()).await?;
+        Ok(parts.into_iter().fold(Stats::default(), |a, b| a + b))
     }
 }

@@ -245,6 +245,18 @@ impl Server {
                     // Every shard keeps every retained message; the first
                     // has them once any forward sent before this request
                     // is in (its inbox is in order).
+                    local::Request::Run { target, f } => {
+                        let to: Vec<usize> = match target {
+                            local::Target::All => (0..txs.len()).collect(),
+                            local::Target::First => vec![0],
+                            local::Target::ClientId(id) => {
+                                vec![conn_cfg.shard(Some(id.as_bytes()), txs.len())]
+                            }
+                        };
+                        for i in to {
+                            let _ = txs[i].send(ToShard::Run(f.clone()));
+                        }
+                    }
                     local::Request::Retained { client, filter, limit, reply } => {
                         let _ = txs[0].send(ToShard::Retained { client, filter, limit, reply });
                     }

@@ -254,6 +254,7 @@ impl Shard {
             ToShard::Stats(reply) => {
                 let _ = reply.send(self.broker.stats());
             }
+            ToShard::Run(f) => f(&mut self.broker, now),
             ToShard::Retained {
                 client,
                 filter,
