@@ -50,6 +50,7 @@ mod stamp;
 
 pub use broker::{
     Broker, BrokerEvent, ConnId, RetainedAnswer, SessionId, SessionInfo, Stats, Token, Transmit,
+    RESERVED_PREFIX,
 };
 pub use config::{Config, QueueFullPolicy};
 pub use policy::AuthStep;

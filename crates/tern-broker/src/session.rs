@@ -157,6 +157,10 @@ pub(crate) struct Session {
     /// Its changes go to the durable store (`Config::durable`, and it
     /// outlives its connection).
     pub stored: bool,
+    /// Its connection was trusted by the embedding
+    /// ([`Broker::set_trusted`](crate::Broker::set_trusted)): the
+    /// authorization policy is not asked about it.
+    pub trusted: bool,
 }
 
 /// A session's will, with its due time: one allocation (the time fits in
@@ -256,6 +260,7 @@ impl Session {
             will: None,
             flow: None,
             stored: false,
+            trusted: false,
         }
     }
 

@@ -33,6 +33,11 @@
 //! token = "a long random string"  # Authorization: Bearer ...
 //! user = "alice"
 //!
+//! [[history]]                     # recorded in the data directory
+//! filter = "sensors/#"
+//! keep = "30d"
+//! value = "/temp"                 # a JSON field; absent: the payload is the number
+//!
 //! [limits]
 //! max_packet_size = 1048576
 //! max_connections = 100000
@@ -97,6 +102,22 @@ pub struct File {
     /// The HTTP API.
     #[serde(default)]
     pub http: Http,
+    /// What the history records (in the data directory).
+    #[serde(default)]
+    pub history: Vec<HistoryRule>,
+}
+
+/// One `[[history]]` rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    /// The topics recorded.
+    pub filter: String,
+    /// How long (`30d`, `12h`).
+    pub keep: String,
+    /// Where the number is in a JSON payload (a JSON pointer, `/temp`);
+    /// absent: the payload is the number.
+    pub value: Option<String>,
 }
 
 /// The HTTP API's settings.
@@ -357,6 +378,20 @@ pub fn parse(text: &str) -> Result<File, String> {
             return Err(format!(
                 "listener {n} ({}): cn_as_username needs client_ca",
                 l.bind
+            ));
+        }
+    }
+    for (i, h) in file.history.iter().enumerate() {
+        let n = i + 1;
+        if let Err(e) = tern_codec::TopicFilter::new(&h.filter) {
+            return Err(format!("history {n}: filter {:?}: {e}", h.filter));
+        }
+        if let Err(e) = tern_http::history::api::duration_of(&h.keep) {
+            return Err(format!("history {n}: keep {e}"));
+        }
+        if h.value.as_ref().is_some_and(|v| !v.starts_with('/')) {
+            return Err(format!(
+                "history {n}: value must be a JSON pointer, such as \"/temp\""
             ));
         }
     }

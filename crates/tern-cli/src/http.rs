@@ -3,7 +3,10 @@
 
 use std::net::SocketAddr;
 
-use tern_http::{Gateway, HttpConfig};
+use tern_codec::TopicFilter;
+use tern_http::history::api::duration_of;
+use tern_http::{Gateway, HistoryConfig, HttpConfig};
+use tern_store::history::Rule;
 use tern_tokio::{CredentialCheck, TlsSettings};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -75,6 +78,33 @@ pub fn settings(file: &config::File, check: CredentialCheck, max_packet_size: u3
         c.stream_buffer = n.max(1);
     }
     c
+}
+
+/// The history's settings: the file's `[[history]]` rules, kept in the
+/// data directory, which they need.
+pub fn history(
+    file: &config::File,
+    data: Option<&std::path::Path>,
+) -> Result<Option<HistoryConfig>, String> {
+    if file.history.is_empty() {
+        return Ok(None);
+    }
+    let Some(dir) = data else {
+        return Err("[[history]] needs a data directory (--data DIR, or [persistence] dir)".into());
+    };
+    let mut rules = Vec::new();
+    for h in &file.history {
+        rules.push(Rule {
+            filter: TopicFilter::new(&h.filter)
+                .map_err(|e| format!("history {:?}: {e}", h.filter))?,
+            keep: duration_of(&h.keep)?,
+            value: h.value.clone(),
+        });
+    }
+    Ok(Some(HistoryConfig {
+        path: dir.join("history.redb"),
+        rules,
+    }))
 }
 
 /// Binds every listener and serves it until `stop` turns true. A listener

@@ -388,11 +388,19 @@ fn broker(args: BrokerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let http_settings = http::settings(
+    let mut http_settings = http::settings(
         &file,
         config.check_credentials.clone().expect("set above"),
         config.broker.max_packet_size,
     );
+    let data_dir = args.data.clone().or_else(|| file.persistence.dir.clone());
+    http_settings.history = match http::history(&file, data_dir.as_deref()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("tern: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // The cases without a password hash are answered on the shard; only a
     // hash to verify goes to a blocking thread.
     let quick = passwords.clone();
@@ -430,7 +438,13 @@ fn broker(args: BrokerArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let gateway = tern_http::Gateway::new(server.handle(), http_settings);
+        let gateway = match tern_http::Gateway::new(server.handle(), http_settings) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("tern: the history cannot be opened: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
         if let Err(e) = http::start(&gateway, http_listeners, &http_stopped).await {
             eprintln!("tern: {e}");

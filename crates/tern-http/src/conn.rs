@@ -36,6 +36,7 @@ pub(crate) async fn open(
             broker: state.broker.clone(),
             identity: user.name.clone(),
             peer,
+            trusted: false,
         },
         reconnect: None,
         capacity,

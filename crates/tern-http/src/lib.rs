@@ -15,6 +15,7 @@
 //! | `POST /api/v1/publish/{topic...}` | the body is the payload ([`publish`]) |
 //! | `GET /api/v1/retained/{filter...}` | the last values ([`retained`]) |
 //! | `GET /api/v1/subscribe?filter=...` | a Server-Sent Events stream ([`subscribe`]) |
+//! | `GET /api/v1/history/{topic...}` | recorded messages, or buckets with min/max/avg ([`history::api`]) |
 //! | `/api/v1/clients`, `/api/v1/stats`, `/metrics`, ... | management, for admins ([`manage`]) |
 //!
 //! Who is asking: HTTP Basic against the broker's credentials check (the
@@ -28,7 +29,7 @@
 //!
 //! # async fn run() -> std::io::Result<()> {
 //! let server = Server::bind(ServerConfig::default()).await?;
-//! let gateway = Gateway::new(server.handle(), HttpConfig::default());
+//! let gateway = Gateway::new(server.handle(), HttpConfig::default())?;
 //! let http = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! tokio::spawn(gateway.clone().serve(http, std::future::pending()));
 //! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await
@@ -40,10 +41,12 @@
 mod auth;
 mod conn;
 pub mod error;
+pub mod history;
 pub mod json;
 mod listen;
 pub mod manage;
 pub mod publish;
+mod replay;
 pub mod retained;
 pub mod subscribe;
 
@@ -59,12 +62,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
 use listen::Peer;
+use tern_codec::TopicFilter;
 use tern_tokio::{BrokerHandle, CredentialCheck, TlsSettings};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub use error::ApiError;
+pub use history::HistoryConfig;
 
 /// What the HTTP side is allowed and bounded by.
 #[derive(Clone)]
@@ -96,6 +101,8 @@ pub struct HttpConfig {
     /// Publishes waiting beyond those in flight, per user; more are
     /// refused with 503.
     pub max_pending: usize,
+    /// What is recorded, and where (`None`: nothing).
+    pub history: Option<HistoryConfig>,
 }
 
 impl Default for HttpConfig {
@@ -111,6 +118,7 @@ impl Default for HttpConfig {
             max_retained: 10_000,
             publish_inflight: 1_000,
             max_pending: 10_000,
+            history: None,
         }
     }
 }
@@ -138,6 +146,8 @@ pub(crate) struct State {
     pub(crate) stop: CancellationToken,
     /// API requests so far.
     pub(crate) requests: AtomicU64,
+    /// The history, if any is recorded.
+    pub(crate) history: Option<Arc<history::Recorded>>,
 }
 
 impl State {
@@ -148,6 +158,16 @@ impl State {
     ) -> Result<auth::User, ApiError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         auth::authenticate(&self.config, &self.verified, headers, peer).await
+    }
+
+    /// Whether `user` may read `filter` (the ACL's verdict on subscribing
+    /// to it).
+    pub(crate) async fn may_read(
+        &self,
+        user: &auth::User,
+        filter: &TopicFilter,
+    ) -> Result<(), ApiError> {
+        history::api::check_read(self, user.name.clone(), filter).await
     }
 }
 
@@ -166,9 +186,26 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// The HTTP side of the broker `broker` leads to.
-    pub fn new(broker: BrokerHandle, config: HttpConfig) -> Gateway {
-        Gateway {
+    /// The HTTP side of the broker `broker` leads to; with history rules,
+    /// its history file opened and its recorder started.
+    ///
+    /// # Errors
+    ///
+    /// The history file cannot be opened.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn new(broker: BrokerHandle, config: HttpConfig) -> io::Result<Gateway> {
+        let history = match &config.history {
+            Some(h) => {
+                let rec = Arc::new(history::Recorded::open(h)?);
+                rec.start(&broker);
+                Some(rec)
+            }
+            None => None,
+        };
+        Ok(Gateway {
             state: Arc::new(State {
                 broker,
                 streams: Arc::new(Semaphore::new(config.max_streams)),
@@ -177,8 +214,9 @@ impl Gateway {
                 pool: conn::Pool::default(),
                 stop: CancellationToken::new(),
                 requests: AtomicU64::new(0),
+                history,
             }),
-        }
+        })
     }
 
     /// The routes (who may be anonymous depends on the peer's address:
@@ -193,7 +231,8 @@ impl Gateway {
             .route("/subscribe", get(subscribe::subscribe))
             .route("/clients", get(manage::clients))
             .route("/clients/{id}", get(manage::client).delete(manage::kick))
-            .route("/stats", get(manage::stats));
+            .route("/stats", get(manage::stats))
+            .route("/history/{*topic}", get(history::api::history));
         Router::new()
             .nest("/api/v1", api)
             .route("/metrics", get(manage::metrics))

@@ -35,6 +35,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use serde_json::json;
+use tern_broker::policy::ClientInfo;
 use tern_codec::{
     QoS, ReasonCode, RetainHandling, SubscribeFilter, SubscriptionOptions, TopicFilter,
 };
@@ -42,10 +43,14 @@ use tern_tokio::{AsyncClient, AsyncEvent, Events};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::User;
 use crate::conn;
 use crate::error::ApiError;
+use crate::history::api::time_of;
+use crate::history::{wall_now, Recorded};
 use crate::json::JsonMessage;
 use crate::listen::Peer;
+use crate::replay::{self, Replay};
 use crate::State;
 
 /// Filters one stream may have at most.
@@ -60,7 +65,26 @@ pub(crate) async fn subscribe(
 ) -> Result<Response, ApiError> {
     let user = state.authenticate(&headers, peer).await?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let filters = filters(&query)?;
+    let (filters, since) = filters(&query)?;
+    let plain: Vec<TopicFilter> = filters.iter().map(|f| f.filter.clone()).collect();
+    let history = state.history.clone().filter(|h| h.covers(&plain));
+    let last_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let from = match (&history, last_id, since) {
+        (Some(_), Some(id), _) => replay::From::After(id),
+        (Some(_), None, Some(t)) => replay::From::Time(
+            time_of(&t, wall_now()).map_err(|e| ApiError::bad_request(format!("since: {e}")))?,
+        ),
+        (Some(_), None, None) => replay::From::Now,
+        (None, _, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "since= needs filters whose topics are recorded ([[history]])",
+            ))
+        }
+        (None, _, None) => replay::From::Now,
+    };
     let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
         ApiError::refused(
             ReasonCode::QuotaExceeded,
@@ -70,6 +94,9 @@ pub(crate) async fn subscribe(
             ),
         )
     })?;
+    if let Some(rec) = history {
+        return replayed(&state, &user, rec, filters, from, permit).await;
+    }
     let (client, events) = conn::open(&state, &user, peer, state.config.stream_buffer, 100).await?;
     let codes = client
         .subscribe(filters)
@@ -90,20 +117,69 @@ pub(crate) async fn subscribe(
         stop: state.stop.clone(),
         _permit: permit,
     };
-    Ok(Sse::new(live.into_stream())
+    Ok(sse(live.into_stream()))
+}
+
+fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
+    Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+        .into_response()
+}
+
+/// A stream served from the history (every filter names recorded topics):
+/// the ACL's verdict on each filter first, then the retained values (on a
+/// fresh start), then the records from where the stream starts.
+async fn replayed(
+    state: &State,
+    user: &User,
+    rec: Arc<Recorded>,
+    filters: Vec<SubscribeFilter>,
+    from: replay::From,
+    permit: OwnedSemaphorePermit,
+) -> Result<Response, ApiError> {
+    let mut first = Vec::new();
+    let fresh = matches!(from, replay::From::Now);
+    for f in &filters {
+        state.may_read(user, &f.filter).await?;
+        if fresh && f.options.retain_handling == RetainHandling::SendAtSubscribe {
+            let client = ClientInfo {
+                client_id: String::new(),
+                username: user.name.clone(),
+            };
+            let answer = state
+                .broker
+                .retained(client, f.filter.clone(), state.config.max_retained)
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?
+                .map_err(|code| ApiError::refused(code, "not allowed to read this"))?;
+            for m in &answer.messages {
+                let data = serde_json::to_string(&JsonMessage::new(&m.message)).unwrap_or_default();
+                first.push(Event::default().event("message").data(data));
+            }
+        }
+    }
+    let plain = filters.into_iter().map(|f| f.filter).collect();
+    let replay = Replay::start(rec, plain, from, first, state.stop.clone())
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let stream = stream::unfold((replay, permit), |(mut r, permit)| async move {
+        let e = r.next().await?;
+        Some((Ok(e), (r, permit)))
+    });
+    Ok(sse(stream))
 }
 
 /// The subscriptions a query asks for.
-fn filters(query: &[(String, String)]) -> Result<Vec<SubscribeFilter>, ApiError> {
+fn filters(query: &[(String, String)]) -> Result<(Vec<SubscribeFilter>, Option<String>), ApiError> {
     let mut qos = QoS::AtMostOnce;
+    let mut since = None;
     let mut retained = true;
     let mut names = Vec::new();
     for (k, v) in query {
         let bad = |what: &str| ApiError::bad_request(format!("{k}={v:?}: {what}"));
         match k.as_str() {
             "filter" => names.push(v),
+            "since" => since = Some(v.clone()),
             "qos" => {
                 qos = match v.as_str() {
                     "0" => QoS::AtMostOnce,
@@ -146,7 +222,8 @@ fn filters(query: &[(String, String)]) -> Result<Vec<SubscribeFilter>, ApiError>
             }
             Ok(SubscribeFilter { filter, options })
         })
-        .collect()
+        .collect::<Result<Vec<_>, ApiError>>()
+        .map(|f| (f, since))
 }
 
 /// A stream's subscription, as it is read.

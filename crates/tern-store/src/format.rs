@@ -401,7 +401,7 @@ pub fn retained_of(mut b: &[u8]) -> Result<StoredRetained, Bad> {
 
 /// A message as a length-prefixed MQTT 5.0 PUBLISH (QoS 1/2 ones with
 /// packet id 1: the id is the session's business, not the message's).
-fn put_message(v: &mut Vec<u8>, m: &Message) {
+pub(crate) fn put_message(v: &mut Vec<u8>, m: &Message) {
     let pid = PacketId::new(1).expect("non-zero");
     let qos = match m.qos {
         QoS::AtMostOnce => QosPid::AtMostOnce,
@@ -424,7 +424,7 @@ fn put_message(v: &mut Vec<u8>, m: &Message) {
     v.extend_from_slice(&buf);
 }
 
-fn message_of(b: &mut &[u8]) -> Result<Message, Bad> {
+pub(crate) fn message_of(b: &mut &[u8]) -> Result<Message, Bad> {
     let n = u32_of(b)? as usize;
     if b.len() < n {
         return Err("message truncated");

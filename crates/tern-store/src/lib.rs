@@ -24,6 +24,8 @@
 #![warn(missing_docs)]
 
 pub mod format;
+#[cfg(feature = "redb")]
+pub mod history;
 mod kv;
 mod load;
 #[cfg(feature = "redb")]

@@ -82,6 +82,8 @@ pub(super) struct AuthState {
     pub(super) reauth_waiting: bool,
     /// A user name the transport proved (a client certificate).
     pub(super) identity: Option<MqttString>,
+    /// The embedding vouches for the connection: no authorization checks.
+    pub(super) trusted: bool,
     /// Authentication Data for the CONNACK that ends an exchange.
     pub(super) success_data: Option<Bytes>,
 }

@@ -26,6 +26,10 @@ struct Accepted {
     keep_alive: u16,
 }
 
+/// Client ids only trusted connections may use
+/// ([`Broker::set_trusted`]): the broker's own sessions.
+pub const RESERVED_PREFIX: &str = "$tern/";
+
 impl Broker {
     pub(super) fn on_connect(&mut self, conn: ConnId, mut connect: Connect, now: Instant) {
         // (The connection took its version from the decoder.)
@@ -48,6 +52,12 @@ impl Broker {
         if connect.client_id.len() > self.config.max_client_id_len.max(23) {
             return self.refuse(conn, ReasonCode::ClientIdentifierNotValid, now);
         }
+        // The broker's own sessions (`$tern/...`) are for trusted
+        // connections: a client taking one over would get what it queued.
+        let trusted = self.conns[&conn].auth.as_ref().is_some_and(|a| a.trusted);
+        if connect.client_id.as_str().starts_with(RESERVED_PREFIX) && !trusted {
+            return self.refuse(conn, ReasonCode::ClientIdentifierNotValid, now);
+        }
         if let Some(w) = &connect.will {
             if w.qos > self.config.maximum_qos {
                 return self.refuse(conn, ReasonCode::QoSNotSupported, now);
@@ -63,6 +73,9 @@ impl Broker {
         {
             connect.username = Some(id);
             connect.password = None;
+            return self.connect_decided(conn, connect, assigned, Verdict::Allow, now);
+        }
+        if self.conns[&conn].auth.as_ref().is_some_and(|a| a.trusted) {
             return self.connect_decided(conn, connect, assigned, Verdict::Allow, now);
         }
         let credentials = Credentials {
@@ -200,6 +213,8 @@ impl Broker {
             .as_ref()
             .map(|w| SessionWill::new(compact_will(w)));
         s.client.username = connect.username.as_ref().map(|u| u.as_str().to_owned());
+        s.trusted = self.conns[&conn].auth.as_ref().is_some_and(|a| a.trusted);
+        let s = self.sessions.get_mut(&sid).expect("session exists");
         s.window = client_window.min(self.config.max_inflight).max(1);
 
         let keep_alive = self.keep_alive_for(version, connect.keep_alive);

@@ -56,6 +56,7 @@ use output::Outbox;
 use routing::Routing;
 use timers::Timer;
 
+pub use connect::RESERVED_PREFIX;
 pub use output::{BrokerEvent, Transmit};
 pub use query::{RetainedAnswer, SessionInfo};
 pub use sys::Stats;
@@ -230,6 +231,16 @@ impl Broker {
         );
         self.conn_timers.insert((timer, id));
         Some(id)
+    }
+
+    /// The embedding vouches for the connection (an adapter in the
+    /// broker's own process, such as a history recorder): its session's
+    /// publishes and subscriptions are not put to the authorization
+    /// policy. Call it right after [`Broker::accept`].
+    pub fn set_trusted(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.auth_mut().trusted = true;
+        }
     }
 
     /// The transport authenticated the client as `username` (the common

@@ -2,7 +2,7 @@
 //! answered by the embedding.
 
 use bytes::Bytes;
-use tern_broker::policy::{Access, Acl, AskEmbedding, StaticPasswords};
+use tern_broker::policy::{Access, Acl, AllowAll, AskEmbedding, StaticPasswords};
 use tern_broker::{AuthStep, BrokerEvent};
 use tern_codec::{Auth, AuthProperties, MqttString, Packet, ProtocolVersion, ReasonCode};
 use tern_sim::{ClientRef, Sim};
@@ -479,4 +479,39 @@ fn the_retained_query_answers_what_the_acl_lets_a_user_read() {
         .retained(&reader, &filter("home/+"), 10, now)
         .expect("allowed");
     assert_eq!(a.messages.len(), 3);
+}
+
+#[test]
+fn a_trusted_connection_is_neither_authenticated_nor_authorized() {
+    let mut sim = Sim::default();
+    sim.broker.set_authenticator(StaticPasswords::new());
+    // The ACL allows nothing at all.
+    sim.broker.set_authorizer(Acl::new());
+    let rec = sim.client(V5);
+    let conn = sim.conn(rec).expect("open");
+    sim.broker.set_trusted(conn);
+    let ack = sim.connect_with(rec, connect(V5, "$tern/recorder", true));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    sim.send(rec, subscribe(1, &[("#", 1)]));
+    assert_eq!(expect_suback(&mut sim, rec), [ReasonCode::GrantedQoS1]);
+    sim.send(rec, publish("a/b", 1, 7, "x"));
+    // Accepted, and its own message comes back through its subscription.
+    let got = sim.take(rec);
+    assert!(
+        got.iter()
+            .any(|p| matches!(p, Packet::PubAck(a) if a.reason_code == ReasonCode::Success)),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|p| matches!(p, Packet::Publish(m) if m.topic.as_str() == "a/b")),
+        "{got:?}"
+    );
+    // An untrusted connection may not take its client id over, whoever
+    // it is.
+    sim.broker.set_authenticator(AllowAll);
+    let thief = sim.client(V5);
+    let ack = sim.connect_with(thief, connect(V5, "$tern/recorder", false));
+    assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid);
+    assert!(sim.recv(rec).is_none(), "the recorder stays");
 }

@@ -44,6 +44,10 @@ pub enum Transport {
         identity: Option<String>,
         /// The address the server logs for the connection.
         peer: SocketAddr,
+        /// A connection of the server's own (`identity` is then its name):
+        /// neither authenticated nor authorized
+        /// ([`BrokerHandle::connect_trusted`]).
+        trusted: bool,
     },
 }
 

@@ -154,7 +154,11 @@ pub(super) async fn open(t: &Transport) -> io::Result<Box<dyn ByteStream>> {
             broker,
             identity,
             peer,
-        } => Ok(Box::new(broker.connect(identity.clone(), *peer)?)),
+            trusted,
+        } => Ok(Box::new(match (trusted, identity) {
+            (true, Some(name)) => broker.connect_trusted(name, *peer)?,
+            _ => broker.connect(identity.clone(), *peer)?,
+        })),
         Transport::Tcp { host, port } => {
             let s = TcpStream::connect((host.as_str(), *port)).await?;
             s.set_nodelay(true)?;

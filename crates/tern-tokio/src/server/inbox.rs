@@ -24,6 +24,8 @@ pub(super) enum ToShard {
         data: BytesMut,
         peer: SocketAddr,
         identity: Option<String>,
+        /// Not put to the authorization policy.
+        trusted: bool,
     },
     Read {
         conn: ConnId,

@@ -45,13 +45,14 @@ impl ConnTask {
     pub(super) fn local(
         io: Io,
         identity: Option<String>,
+        trusted: bool,
         peer: SocketAddr,
         shards: Arc<Vec<ShardTx>>,
         cfg: Arc<ConnConfig>,
         live: &Arc<Live>,
     ) -> ConnTask {
         ConnTask {
-            start: Some(Box::pin(local(io, identity, peer, shards, cfg))),
+            start: Some(Box::pin(local(io, identity, trusted, peer, shards, cfg))),
             running: None,
             _live: LiveGuard::new(live),
         }
@@ -119,21 +120,23 @@ pub(super) async fn handshake(
 ) -> Option<Running> {
     let _ = stream.set_nodelay(true);
     let (io, identity) = secure(stream, peer, kind, &cfg).await?;
-    enter(io, identity, peer, shards, cfg).await
+    enter(io, identity, false, peer, shards, cfg).await
 }
 
 /// An in-process connection (a [`BrokerHandle`](super::BrokerHandle)'s
 /// pipe): no handshake; the identity, when given, is the user name, as a
-/// client certificate's would be. Gives its slot back if it does not get
-/// to its shard.
+/// client certificate's would be; a trusted one is not put to the
+/// authorization policy (the server's own adapters). Gives its slot back
+/// if it does not get to its shard.
 pub(super) async fn local(
     io: Io,
     identity: Option<String>,
+    trusted: bool,
     peer: SocketAddr,
     shards: Arc<Vec<ShardTx>>,
     cfg: Arc<ConnConfig>,
 ) -> Option<Running> {
-    let running = enter(io, identity, peer, shards, cfg.clone()).await;
+    let running = enter(io, identity, trusted, peer, shards, cfg.clone()).await;
     if running.is_none() {
         cfg.release();
     }
@@ -145,6 +148,7 @@ pub(super) async fn local(
 async fn enter(
     mut io: Io,
     identity: Option<String>,
+    trusted: bool,
     peer: SocketAddr,
     shards: Arc<Vec<ShardTx>>,
     cfg: Arc<ConnConfig>,
@@ -174,6 +178,7 @@ async fn enter(
         data: buf,
         peer,
         identity,
+        trusted,
     };
     tx.send(accept).ok()?;
     Some(Running {

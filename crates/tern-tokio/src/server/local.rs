@@ -26,6 +26,7 @@ pub(super) enum Request {
     Connect {
         io: DuplexStream,
         identity: Option<String>,
+        trusted: bool,
         peer: SocketAddr,
     },
     /// Something to run on the core of the shards `target` names.
@@ -88,11 +89,29 @@ impl BrokerHandle {
     /// The stream ends at once if the server has stopped or is at its
     /// connection limit.
     pub fn connect(&self, identity: Option<String>, peer: SocketAddr) -> io::Result<DuplexStream> {
+        self.open(identity, false, peer)
+    }
+
+    /// A connection for the server's own adapters (a history recorder):
+    /// as [`BrokerHandle::connect`] with `name` as its identity, and
+    /// trusted: neither authenticated nor authorized (the ACL does not
+    /// apply to it).
+    pub fn connect_trusted(&self, name: &str, peer: SocketAddr) -> io::Result<DuplexStream> {
+        self.open(Some(name.to_owned()), true, peer)
+    }
+
+    fn open(
+        &self,
+        identity: Option<String>,
+        trusted: bool,
+        peer: SocketAddr,
+    ) -> io::Result<DuplexStream> {
         let (ours, theirs) = tokio::io::duplex(PIPE);
         self.tx
             .send(Request::Connect {
                 io: theirs,
                 identity,
+                trusted,
                 peer,
             })
             .map_err(|_| stopped())?;

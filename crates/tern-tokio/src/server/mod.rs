@@ -234,13 +234,13 @@ impl Server {
                     tokio::spawn(ConnTask::new(stream, peer, kind, txs, cfg, &live));
                 }
                 Some(r) = local_rx.recv() => match r {
-                    local::Request::Connect { io, identity, peer } => {
+                    local::Request::Connect { io, identity, trusted, peer } => {
                         if !conn_cfg.admit_local() {
                             continue;
                         }
                         let (txs, cfg) = (txs.clone(), conn_cfg.clone());
                         let io: link::Io = Box::pin(io);
-                        tokio::spawn(ConnTask::local(io, identity, peer, txs, cfg, &live));
+                        tokio::spawn(ConnTask::local(io, identity, trusted, peer, txs, cfg, &live));
                     }
                     // Every shard keeps every retained message; the first
                     // has them once any forward sent before this request

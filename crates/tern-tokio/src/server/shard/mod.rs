@@ -218,12 +218,16 @@ impl Shard {
                 data,
                 peer,
                 identity,
+                trusted,
             } => {
                 let Some(conn) = self.core_accept(now) else {
                     warn!(%peer, "connection limit reached: closed");
                     link.close();
                     return false;
                 };
+                if trusted {
+                    self.broker.set_trusted(conn);
+                }
                 if let Some(id) = &identity {
                     debug!(conn = conn.get(), identity = %id, "client certificate");
                     self.broker.set_identity(conn, id);
