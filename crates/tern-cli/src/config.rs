@@ -33,6 +33,14 @@
 //! token = "a long random string"  # Authorization: Bearer ...
 //! user = "alice"
 //!
+//! [[webhook]]                     # a topic wired to a URL
+//! name = "vendor"
+//! filter = "home/doorbell/#"
+//! url = "https://vendor.example/hook"
+//! headers = { Authorization = "Bearer ..." }
+//! secret = "..."                  # X-Tern-Signature: HMAC-SHA256
+//! body = "json"                   # or "payload"; qos = 1; timeout = "10s"
+//!
 //! [[history]]                     # recorded in the data directory
 //! filter = "sensors/#"
 //! keep = "30d"
@@ -105,6 +113,9 @@ pub struct File {
     /// What the history records (in the data directory).
     #[serde(default)]
     pub history: Vec<HistoryRule>,
+    /// Webhooks: topics wired to URLs.
+    #[serde(default)]
+    pub webhook: Vec<tern_http::WebhookDef>,
 }
 
 /// One `[[history]]` rule.
@@ -378,6 +389,17 @@ pub fn parse(text: &str) -> Result<File, String> {
             return Err(format!(
                 "listener {n} ({}): cn_as_username needs client_ca",
                 l.bind
+            ));
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, w) in file.webhook.iter().enumerate() {
+        let n = i + 1;
+        w.check().map_err(|e| format!("webhook {n}: {e}"))?;
+        if !names.insert(&w.name) {
+            return Err(format!(
+                "webhook {n}: another webhook is named {:?}",
+                w.name
             ));
         }
     }

@@ -71,6 +71,7 @@ pub fn settings(file: &config::File, check: CredentialCheck, max_packet_size: u3
             .collect(),
         ..HttpConfig::default()
     };
+    c.webhooks = file.webhook.clone();
     if let Some(n) = h.max_streams {
         c.max_streams = n;
     }

@@ -898,3 +898,198 @@ print(json.dumps(seen))
         .collect();
     assert_eq!(ids, (1..=7).collect::<Vec<u64>>());
 }
+
+/// A webhook receiver (Python's http.server): prints `got TOPIC PAYLOAD
+/// KEY SIGNED` for each request it answers; answers 500 to its first
+/// `fail` requests, 404 on `/gone`, 204 otherwise.
+fn receiver(port: u16, fail: u32) -> Lines {
+    let script = format!(
+        r#"
+import hashlib, hmac, json, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+fails = {fail}
+lock = threading.Lock()
+
+def say(*words):
+    with lock:
+        sys.stdout.write(" ".join(str(w) for w in words) + "\n")
+        sys.stdout.flush()
+
+class H(BaseHTTPRequestHandler):
+    def do_POST(self):
+        global fails
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path == "/gone":
+            self.send_response(404); self.end_headers(); return
+        if fails > 0:
+            fails -= 1
+            self.send_response(500); self.end_headers()
+            say("refused")
+            return
+        ts = self.headers.get("X-Tern-Timestamp", "")
+        sig = self.headers.get("X-Tern-Signature", "")
+        want = "sha256=" + hmac.new(b"s3cret", ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        m = json.loads(body)
+        self.send_response(204); self.end_headers()
+        say("got", m["topic"], m.get("payload"), self.headers.get("Idempotency-Key"), sig == want)
+    def log_message(self, *a):
+        pass
+
+ThreadingHTTPServer.allow_reuse_address = True
+s = ThreadingHTTPServer(("127.0.0.1", {port}), H)
+say("listening")
+s.serve_forever()
+"#
+    );
+    let mut c = Command::new("python3");
+    c.args(["-c", &script]);
+    let r = Lines::start(c);
+    r.wait("listening");
+    r
+}
+
+#[test]
+fn webhooks_deliver_in_order_through_errors_and_downtime_and_one_dead_endpoint_slows_no_other() {
+    require("python3", "Python 3");
+    let (pa, pb) = (tern_peers::free_port(), tern_peers::free_port());
+    let pw = passwords("http-hooks-pw", &[("root", "hunter2")]);
+    let a = receiver(pa, 3);
+    let b_rx = receiver(pb, 0);
+    let mut b = Broker::start(
+        "hooks",
+        &format!(
+            "[auth]\npassword_file = \"{}\"\n[http]\nadmins = [\"root\"]\n\
+             [[webhook]]\nname = \"a\"\nfilter = \"a/#\"\nurl = \"http://127.0.0.1:{pa}/in\"\nsecret = \"s3cret\"\ntimeout = \"2s\"\n\
+             [[webhook]]\nname = \"b\"\nfilter = \"b/#\"\nurl = \"http://127.0.0.1:{pb}/in\"\n\
+             [[webhook]]\nname = \"gone\"\nfilter = \"c/#\"\nurl = \"http://127.0.0.1:{pb}/gone\"\n",
+            pw.display()
+        ),
+    );
+    for _ in 0..3 {
+        b._process.wait_log("webhook subscribed");
+    }
+    let mqtt_port = b.mqtt_port();
+    let publish = |prefix: &str, range: std::ops::RangeInclusive<u32>| {
+        let lines: Vec<String> = range.map(|i| i.to_string()).collect();
+        let mut p = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &mqtt_port,
+                "-t",
+                prefix,
+                "-q",
+                "1",
+                "-l",
+            ])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub runs");
+        let stdin = p.stdin.as_mut().expect("piped");
+        stdin
+            .write_all(format!("{}\n", lines.join("\n")).as_bytes())
+            .expect("written");
+        drop(p.stdin.take());
+        assert!(p.wait().expect("ends").success());
+    };
+    // A answers 500 three times; B is healthy.
+    publish("a/x", 1..=5);
+    publish("b/x", 1..=5);
+    for _ in 0..3 {
+        a.wait("refused");
+    }
+    // B had all of its messages meanwhile, in order.
+    for i in 1..=5 {
+        let line = b_rx.wait("got b/x");
+        assert!(line.contains(&format!(" {i} ")), "{i}: {line}");
+    }
+    // A goes down altogether; more comes for it; then it is back.
+    drop(a);
+    publish("a/x", 6..=10);
+    publish("b/x", 6..=6);
+    assert!(b_rx.wait("got b/x").contains(" 6 "));
+    let a = receiver(pa, 0);
+    // Everything, in order, signed; retries of one message share its key.
+    let mut firsts: Vec<String> = Vec::new();
+    let mut keys = std::collections::HashMap::new();
+    while firsts.len() < 10 {
+        let line = a.wait("got a/x");
+        let w: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(w[4], "True", "signed: {line}");
+        let (payload, key) = (w[2].to_owned(), w[3].to_owned());
+        if let Some(k) = keys.insert(payload.clone(), key.clone()) {
+            assert_eq!(k, key, "a resend keeps its key");
+        } else {
+            firsts.push(payload);
+        }
+    }
+    let want: Vec<String> = (1..=10).map(|i| i.to_string()).collect();
+    assert_eq!(firsts, want);
+    // A 404 is a failure, counted, not retried.
+    publish("c/x", 1..=1);
+    let root = ["-u", "root:hunter2"];
+    // Reported as it happens, and in the list with each webhook's health.
+    b._process.wait_log("webhook delivery failed for good");
+    let (_, body) = curl(&[root[0], root[1], &b.url("/api/v1/webhooks")]);
+    let v = json(&body);
+    let hooks = v["webhooks"].as_array().expect("a list").clone();
+    let gone = hooks.iter().find(|h| h["name"] == "gone").expect("listed");
+    assert_eq!(
+        (&gone["failed"], &gone["delivered"], &gone["last_error"]),
+        (&1.into(), &0.into(), &"HTTP 404".into()),
+        "{gone}"
+    );
+    let a_hook = hooks.iter().find(|h| h["name"] == "a").expect("listed");
+    assert_eq!(a_hook["signed"], true);
+    assert_eq!(a_hook["source"], "config");
+    assert!(
+        a_hook["retries"].as_u64().is_some_and(|r| r >= 3),
+        "{a_hook}"
+    );
+    assert!(
+        a_hook["delivered"].as_u64().is_some_and(|d| d >= 10),
+        "{a_hook}"
+    );
+    // Added at run time, it delivers; the configuration's cannot be
+    // deleted; the added one can.
+    let add = r#"{"name":"d","filter":"d/#","url":"http://127.0.0.1:PORT/in"}"#
+        .replace("PORT", &pb.to_string());
+    let (status, body) = curl(&[
+        root[0],
+        root[1],
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &add,
+        &b.url("/api/v1/webhooks"),
+    ]);
+    assert_eq!(status, 201, "{body}");
+    b._process.wait_log("webhook subscribed");
+    publish("d/x", 1..=1);
+    assert!(b_rx.wait("got d/x").contains(" 1 "));
+    let del = |name: &str| {
+        curl(&[
+            root[0],
+            root[1],
+            "-X",
+            "DELETE",
+            &b.url(&format!("/api/v1/webhooks/{name}")),
+        ])
+    };
+    assert_eq!(del("a").0, 409);
+    assert_eq!(del("d").0, 204);
+    assert_eq!(del("d").0, 404);
+    let bad = r#"{"name":"x y","filter":"a/#","url":"ftp://nowhere"}"#;
+    let (status, _) = curl(&[
+        root[0],
+        root[1],
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        bad,
+        &b.url("/api/v1/webhooks"),
+    ]);
+    assert_eq!(status, 400);
+}

@@ -16,6 +16,7 @@
 //! | `GET /api/v1/retained/{filter...}` | the last values ([`retained`]) |
 //! | `GET /api/v1/subscribe?filter=...` | a Server-Sent Events stream ([`subscribe`]) |
 //! | `GET /api/v1/history/{topic...}` | recorded messages, or buckets with min/max/avg ([`history::api`]) |
+//! | `/api/v1/webhooks` | webhooks: a topic wired to a URL ([`webhook`], [`webhook::api`]) |
 //! | `/api/v1/clients`, `/api/v1/stats`, `/metrics`, ... | management, for admins ([`manage`]) |
 //!
 //! Who is asking: HTTP Basic against the broker's credentials check (the
@@ -49,6 +50,7 @@ pub mod publish;
 mod replay;
 pub mod retained;
 pub mod subscribe;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -70,6 +72,7 @@ use tracing::debug;
 
 pub use error::ApiError;
 pub use history::HistoryConfig;
+pub use webhook::WebhookDef;
 
 /// What the HTTP side is allowed and bounded by.
 #[derive(Clone)]
@@ -103,6 +106,8 @@ pub struct HttpConfig {
     pub max_pending: usize,
     /// What is recorded, and where (`None`: nothing).
     pub history: Option<HistoryConfig>,
+    /// Webhooks of the configuration file.
+    pub webhooks: Vec<WebhookDef>,
 }
 
 impl Default for HttpConfig {
@@ -119,6 +124,7 @@ impl Default for HttpConfig {
             publish_inflight: 1_000,
             max_pending: 10_000,
             history: None,
+            webhooks: Vec::new(),
         }
     }
 }
@@ -148,6 +154,10 @@ pub(crate) struct State {
     pub(crate) requests: AtomicU64,
     /// The history, if any is recorded.
     pub(crate) history: Option<Arc<history::Recorded>>,
+    /// The webhooks.
+    pub(crate) webhooks: webhook::Webhooks,
+    /// The broker's own connection, for what the HTTP side keeps in it.
+    trusted: tokio::sync::OnceCell<tern_tokio::AsyncClient>,
 }
 
 impl State {
@@ -158,6 +168,39 @@ impl State {
     ) -> Result<auth::User, ApiError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         auth::authenticate(&self.config, &self.verified, headers, peer).await
+    }
+
+    /// The HTTP side's own trusted connection (opened on first use).
+    pub(crate) async fn trusted_client(&self) -> Result<tern_tokio::AsyncClient, ApiError> {
+        self.trusted
+            .get_or_try_init(|| async {
+                let mut config = tern_client::ClientConfig::new("$tern/http");
+                config.keep_alive = std::time::Duration::ZERO;
+                let options = tern_tokio::ClientOptions {
+                    config,
+                    transport: tern_tokio::Transport::Local {
+                        broker: self.broker.clone(),
+                        identity: Some("$tern/http".into()),
+                        peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+                        trusted: true,
+                    },
+                    reconnect: Some(tern_tokio::Backoff::default()),
+                    capacity: 16,
+                    drop_oldest: false,
+                    connect_timeout: std::time::Duration::from_secs(10),
+                };
+                let (client, mut events) = tern_tokio::AsyncClient::start(options)
+                    .map_err(|e| ApiError::unavailable(e.to_string()))?;
+                events
+                    .first_connection()
+                    .await
+                    .map_err(|e| ApiError::unavailable(e.to_string()))?;
+                // Its notices are read (and dropped).
+                tokio::spawn(async move { while events.recv().await.is_some() {} });
+                Ok::<_, ApiError>(client)
+            })
+            .await
+            .cloned()
     }
 
     /// Whether `user` may read `filter` (the ACL's verdict on subscribing
@@ -205,18 +248,26 @@ impl Gateway {
             }
             None => None,
         };
-        Ok(Gateway {
-            state: Arc::new(State {
-                broker,
-                streams: Arc::new(Semaphore::new(config.max_streams)),
-                config,
-                verified: auth::Verified::default(),
-                pool: conn::Pool::default(),
-                stop: CancellationToken::new(),
-                requests: AtomicU64::new(0),
-                history,
-            }),
-        })
+        let webhooks = webhook::Webhooks::new(broker.clone())?;
+        for def in &config.webhooks {
+            webhooks.start(def.clone(), true).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("webhook: {e}"))
+            })?;
+        }
+        let state = Arc::new(State {
+            broker,
+            streams: Arc::new(Semaphore::new(config.max_streams)),
+            config,
+            verified: auth::Verified::default(),
+            pool: conn::Pool::default(),
+            stop: CancellationToken::new(),
+            requests: AtomicU64::new(0),
+            history,
+            webhooks,
+            trusted: tokio::sync::OnceCell::new(),
+        });
+        tokio::spawn(webhook::api::restore(state.clone()));
+        Ok(Gateway { state })
     }
 
     /// The routes (who may be anonymous depends on the peer's address:
@@ -232,7 +283,12 @@ impl Gateway {
             .route("/clients", get(manage::clients))
             .route("/clients/{id}", get(manage::client).delete(manage::kick))
             .route("/stats", get(manage::stats))
-            .route("/history/{*topic}", get(history::api::history));
+            .route("/history/{*topic}", get(history::api::history))
+            .route("/webhooks", get(webhook::api::list).post(webhook::api::add))
+            .route(
+                "/webhooks/{name}",
+                axum::routing::delete(webhook::api::remove),
+            );
         Router::new()
             .nest("/api/v1", api)
             .route("/metrics", get(manage::metrics))

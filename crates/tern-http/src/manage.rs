@@ -30,7 +30,7 @@ use crate::State;
 const MAX_LISTED: usize = 1000;
 
 /// The caller, if an admin.
-async fn admin(state: &State, headers: &HeaderMap, peer: Peer) -> Result<(), ApiError> {
+pub(crate) async fn admin(state: &State, headers: &HeaderMap, peer: Peer) -> Result<(), ApiError> {
     let user = state.authenticate(headers, peer.0).await?;
     if user.admin {
         return Ok(());

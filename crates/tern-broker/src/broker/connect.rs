@@ -26,8 +26,9 @@ struct Accepted {
     keep_alive: u16,
 }
 
-/// Client ids only trusted connections may use
-/// ([`Broker::set_trusted`]): the broker's own sessions.
+/// Client ids and topics only trusted connections may use
+/// ([`Broker::set_trusted`]): the broker's own sessions, and the topics
+/// its adapters keep their configuration in.
 pub const RESERVED_PREFIX: &str = "$tern/";
 
 impl Broker {

@@ -9,6 +9,7 @@ use tern_codec::{
 };
 
 use super::conn::{Held, Phase};
+use super::connect::RESERVED_PREFIX;
 use super::routing::Scope;
 use super::{ack, fit, refusal, Broker, BrokerEvent, ConnId, SessionId};
 use crate::durable::{Change, InflightStage};
@@ -87,6 +88,9 @@ impl Broker {
         }
         let verdict = if self.sessions[&sid].trusted {
             Verdict::Allow
+        } else if topic.as_str().starts_with(RESERVED_PREFIX) {
+            // The broker's own topics (its adapters' configuration).
+            Verdict::Deny(ReasonCode::NotAuthorized)
         } else {
             self.authz.publish(&self.sessions[&sid].client, &topic)
         };

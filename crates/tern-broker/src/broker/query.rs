@@ -67,6 +67,18 @@ impl Broker {
             Verdict::Deny(code) => return Err(code),
             Verdict::Ask => return Err(ReasonCode::NotAuthorized),
         }
+        Ok(self.retained_matching(filter, limit, now))
+    }
+
+    /// The retained messages matching `filter`, at most `limit` in topic
+    /// order, expired ones left out, with no policy asked: for the
+    /// embedding's own use (its adapters' configuration under `$tern/`).
+    pub fn retained_matching(
+        &self,
+        filter: &TopicFilter,
+        limit: usize,
+        now: Instant,
+    ) -> RetainedAnswer {
         let mut messages = Vec::new();
         self.routing.retained.for_each_match(filter, |_, m| {
             if !m.expired(now) {
@@ -76,10 +88,10 @@ impl Broker {
         messages.sort_unstable_by(|a, b| a.topic.as_str().cmp(b.topic.as_str()));
         let truncated = messages.len() > limit;
         messages.truncate(limit);
-        Ok(RetainedAnswer {
+        RetainedAnswer {
             messages,
             truncated,
-        })
+        }
     }
 
     /// The sessions by client id, from the first after `after` (all from

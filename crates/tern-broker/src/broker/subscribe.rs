@@ -10,6 +10,7 @@ use tern_codec::{
 };
 
 use super::conn::{Held, Phase};
+use super::connect::RESERVED_PREFIX;
 use super::{refusal, Broker, BrokerEvent, ConnId, SessionId};
 use crate::durable::{Change, StoredSubscription};
 use crate::policy::Verdict;
@@ -54,6 +55,9 @@ impl Broker {
             let verdict = match self.precheck(conn, filter, v5) {
                 Some(v) => v,
                 None if self.sessions[&sid].trusted => Verdict::Allow,
+                None if filter.filter().starts_with(RESERVED_PREFIX) => {
+                    Verdict::Deny(ReasonCode::NotAuthorized)
+                }
                 None => self.authz.subscribe(&self.sessions[&sid].client, filter),
             };
             if verdict == Verdict::Ask {

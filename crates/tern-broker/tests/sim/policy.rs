@@ -514,4 +514,18 @@ fn a_trusted_connection_is_neither_authenticated_nor_authorized() {
     let ack = sim.connect_with(thief, connect(V5, "$tern/recorder", false));
     assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid);
     assert!(sim.recv(rec).is_none(), "the recorder stays");
+    // Nor its topics: `$tern/...` is for trusted connections.
+    let other = sim.client(V5);
+    assert_eq!(
+        sim.connect_with(other, connect(V5, "other", true))
+            .reason_code,
+        ReasonCode::Success
+    );
+    sim.send(other, subscribe(1, &[("$tern/#", 1)]));
+    assert_eq!(expect_suback(&mut sim, other), [ReasonCode::NotAuthorized]);
+    sim.send(other, publish("$tern/webhooks/x", 1, 9, "{}"));
+    let Some(Packet::PubAck(a)) = sim.recv(other) else {
+        panic!("expected PUBACK")
+    };
+    assert_eq!(a.reason_code, ReasonCode::NotAuthorized);
 }

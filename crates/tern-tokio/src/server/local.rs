@@ -215,6 +215,21 @@ impl BrokerHandle {
         Ok(done.into_iter().any(|d| d))
     }
 
+    /// The retained messages matching `filter`, with no policy asked: for
+    /// the server's own adapters (their configuration under `$tern/`).
+    pub async fn retained_trusted(
+        &self,
+        filter: TopicFilter,
+        limit: usize,
+    ) -> io::Result<RetainedAnswer> {
+        let mut answers = self
+            .ask(Target::First, move |b, now| {
+                b.retained_matching(&filter, limit, now)
+            })
+            .await?;
+        Ok(answers.pop().unwrap_or_default())
+    }
+
     /// The counters of every shard, summed.
     pub async fn stats(&self) -> io::Result<Stats> {
         let parts = self.ask(Target::All, |b, _| b.stats()).await?;

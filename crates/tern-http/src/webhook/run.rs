@@ -1,0 +1,237 @@
+//! A webhook's task: its MQTT connection feeds the outbox machine, the
+//! machine says what to send and when, reqwest sends it.
+
+use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tern_client::{AckId, ClientConfig};
+use tern_codec::{Message, QoS, RetainHandling, SubscribeFilter, SubscriptionOptions, TopicFilter};
+use tern_tokio::{
+    AsyncClient, AsyncEvent, Backoff as Reconnect, BrokerHandle, ClientOptions, Transport,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::machine::{Answer, Backoff, Outbox, Verdict};
+use super::{unix_seconds, Status, WebhookDef};
+use crate::json::JsonMessage;
+
+/// Messages taken from the broker ahead of the one being delivered.
+const AHEAD: u16 = 100;
+/// The longest `Retry-After` or backoff.
+const MAX_DELAY: Duration = Duration::from_secs(300);
+
+/// What a webhook's task needs.
+pub(super) struct Task {
+    pub(super) def: WebhookDef,
+    pub(super) filter: TopicFilter,
+    pub(super) timeout: Duration,
+    pub(super) broker: BrokerHandle,
+    pub(super) http: reqwest::Client,
+    pub(super) status: Arc<Mutex<Status>>,
+    pub(super) stop: CancellationToken,
+}
+
+/// A message on its way.
+#[derive(Clone)]
+struct Item {
+    message: Message,
+    ack: Option<AckId>,
+    key: String,
+}
+
+/// The clock, for the machine's `now`.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+pub(super) fn spawn(task: Task) {
+    tokio::spawn(run(task));
+}
+
+async fn run(t: Task) {
+    let mut config = ClientConfig::new(&t.def.client_id());
+    config.clean_start = false;
+    config.session_expiry_interval = u32::MAX;
+    config.manual_ack = true;
+    config.keep_alive = Duration::ZERO;
+    config.receive_maximum = AHEAD;
+    let options = ClientOptions {
+        config,
+        transport: Transport::Local {
+            broker: t.broker.clone(),
+            identity: Some(t.def.client_id()),
+            peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+            trusted: true,
+        },
+        reconnect: Some(Reconnect::default()),
+        capacity: usize::from(AHEAD),
+        drop_oldest: false,
+        connect_timeout: Duration::from_secs(10),
+    };
+    let (client, mut events) = match AsyncClient::start(options) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(webhook = %t.def.name, error = %e, "webhook cannot start");
+            return;
+        }
+    };
+    let qos = if t.def.qos == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    };
+    let sub = SubscribeFilter {
+        filter: t.filter.clone(),
+        options: SubscriptionOptions {
+            retain_handling: RetainHandling::DoNotSend,
+            ..SubscriptionOptions::new(qos)
+        },
+    };
+    let mut outbox: Outbox<Item> = Outbox::new(Backoff {
+        initial: Duration::from_millis(500),
+        max: MAX_DELAY,
+    });
+    let random = RandomState::new();
+    let run_id = random.hash_one(0u8);
+    let mut n: u64 = 0;
+    loop {
+        if let Some((item, attempt)) = outbox.poll_request(now()) {
+            let answer = send(&t, &item, attempt).await;
+            let verdict = outbox.handle_answer(answer, now(), random.hash_one(n));
+            match verdict {
+                Verdict::Delivered(item) => {
+                    if let Some(id) = item.ack {
+                        client.ack(id);
+                    }
+                }
+                Verdict::Failed(item, why) => {
+                    warn!(webhook = %t.def.name, topic = %item.message.topic.as_str(), %why, "webhook delivery failed for good");
+                    if let Some(id) = item.ack {
+                        client.ack(id);
+                    }
+                }
+                Verdict::Retry(_) => {}
+            }
+            report(&t, &outbox);
+            continue;
+        }
+        let wait = outbox.poll_timeout();
+        tokio::select! {
+            () = t.stop.cancelled() => {
+                client.disconnect().await;
+                return;
+            }
+            () = sleep_until(wait) => {}
+            e = events.recv() => match e {
+                Some(AsyncEvent::Message(d)) => {
+                    n += 1;
+                    outbox.push(Item {
+                        message: d.message,
+                        ack: d.ack,
+                        key: format!("{run_id:016x}-{n}"),
+                    });
+                    report(&t, &outbox);
+                }
+                Some(AsyncEvent::Connected { .. }) => {
+                    // Every time: the filter may have changed since the
+                    // session was made.
+                    let (client, sub) = (client.clone(), sub.clone());
+                    let name = t.def.name.clone();
+                    tokio::spawn(async move {
+                        match client.subscribe(vec![sub]).await {
+                            Ok(codes) if codes.iter().all(|c| !c.is_error()) => {
+                                info!(webhook = %name, "webhook subscribed");
+                            }
+                            other => warn!(webhook = %name, ?other, "webhook cannot subscribe"),
+                        }
+                    });
+                }
+                Some(_) => {}
+                None => return,
+            },
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn report(t: &Task, outbox: &Outbox<Item>) {
+    let mut s = t.status.lock().unwrap_or_else(|e| e.into_inner());
+    s.counts = outbox.counts().clone();
+    s.pending = outbox.len();
+    s.retrying = outbox.retrying();
+}
+
+/// One attempt.
+async fn send(t: &Task, item: &Item, attempt: u32) -> Answer {
+    let body: Bytes = if t.def.body == "payload" {
+        item.message.payload.clone()
+    } else {
+        Bytes::from(serde_json::to_vec(&JsonMessage::new(&item.message)).unwrap_or_default())
+    };
+    let method =
+        reqwest::Method::from_bytes(t.def.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    let mut req = t
+        .http
+        .request(method, &t.def.url)
+        .timeout(t.timeout)
+        .header("Idempotency-Key", &item.key)
+        .header("X-Tern-Topic", item.message.topic.as_str())
+        .header("X-Tern-Attempt", (attempt + 1).to_string());
+    if t.def.body == "json" {
+        req = req.header("Content-Type", "application/json");
+    }
+    for (k, v) in &t.def.headers {
+        req = req.header(k, v);
+    }
+    if let Some(secret) = &t.def.secret {
+        let ts = unix_seconds().to_string();
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        let mut ctx = ring::hmac::Context::with_key(&key);
+        ctx.update(ts.as_bytes());
+        ctx.update(b".");
+        ctx.update(&body);
+        let sig: String = ctx
+            .sign()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        req = req
+            .header("X-Tern-Timestamp", ts)
+            .header("X-Tern-Signature", format!("sha256={sig}"));
+    }
+    match req.body(body).send().await {
+        Ok(mut resp) => {
+            let retry_after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let status = resp.status().as_u16();
+            // Read (a little of) the answer, so that its connection is
+            // kept for the next request.
+            let mut read = 0;
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                read += chunk.len();
+                if read > 64 * 1024 {
+                    break;
+                }
+            }
+            Answer::Status(status, retry_after)
+        }
+        Err(e) if e.is_timeout() => Answer::Error("timed out".into()),
+        Err(e) => Answer::Error(format!("no answer: {e}")),
+    }
+}
