@@ -900,15 +900,17 @@ print(json.dumps(seen))
 }
 
 /// A webhook receiver (Python's http.server): prints `got TOPIC PAYLOAD
-/// KEY SIGNED` for each request it answers; answers 500 to its first
-/// `fail` requests, 404 on `/gone`, 204 otherwise.
-fn receiver(port: u16, fail: u32) -> Lines {
+/// KEY SIGNED` for each request it answers; sleeps 3 s on its first
+/// `slow` requests, answers 500 to the `fail` after, 404 on `/gone`, 204
+/// otherwise.
+fn receiver(port: u16, fail: u32, slow: u32) -> Lines {
     let script = format!(
         r#"
-import hashlib, hmac, json, sys, threading
+import hashlib, hmac, json, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 fails = {fail}
+slow = {slow}
 lock = threading.Lock()
 
 def say(*words):
@@ -918,21 +920,28 @@ def say(*words):
 
 class H(BaseHTTPRequestHandler):
     def do_POST(self):
-        global fails
+        global fails, slow
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         if self.path == "/gone":
             self.send_response(404); self.end_headers(); return
+        if slow > 0:
+            slow -= 1
+            say("slow")
+            time.sleep(3)
+            self.send_response(204); self.end_headers()
+            return
         if fails > 0:
             fails -= 1
-            self.send_response(500); self.end_headers()
             say("refused")
+            self.send_response(500); self.end_headers()
             return
         ts = self.headers.get("X-Tern-Timestamp", "")
         sig = self.headers.get("X-Tern-Signature", "")
         want = "sha256=" + hmac.new(b"s3cret", ts.encode() + b"." + body, hashlib.sha256).hexdigest()
         m = json.loads(body)
-        self.send_response(204); self.end_headers()
+        # Said before the answer: the next request comes only after it.
         say("got", m["topic"], m.get("payload"), self.headers.get("Idempotency-Key"), sig == want)
+        self.send_response(204); self.end_headers()
     def log_message(self, *a):
         pass
 
@@ -954,8 +963,8 @@ fn webhooks_deliver_in_order_through_errors_and_downtime_and_one_dead_endpoint_s
     require("python3", "Python 3");
     let (pa, pb) = (tern_peers::free_port(), tern_peers::free_port());
     let pw = passwords("http-hooks-pw", &[("root", "hunter2")]);
-    let a = receiver(pa, 3);
-    let b_rx = receiver(pb, 0);
+    let a = receiver(pa, 3, 1);
+    let b_rx = receiver(pb, 0, 0);
     let mut b = Broker::start(
         "hooks",
         &format!(
@@ -994,9 +1003,11 @@ fn webhooks_deliver_in_order_through_errors_and_downtime_and_one_dead_endpoint_s
         drop(p.stdin.take());
         assert!(p.wait().expect("ends").success());
     };
-    // A answers 500 three times; B is healthy.
+    // A is slow (past the webhook's 2 s timeout), then answers 500 three
+    // times; B is healthy.
     publish("a/x", 1..=5);
     publish("b/x", 1..=5);
+    a.wait("slow");
     for _ in 0..3 {
         a.wait("refused");
     }
@@ -1010,7 +1021,7 @@ fn webhooks_deliver_in_order_through_errors_and_downtime_and_one_dead_endpoint_s
     publish("a/x", 6..=10);
     publish("b/x", 6..=6);
     assert!(b_rx.wait("got b/x").contains(" 6 "));
-    let a = receiver(pa, 0);
+    let a = receiver(pa, 0, 0);
     // Everything, in order, signed; retries of one message share its key.
     let mut firsts: Vec<String> = Vec::new();
     let mut keys = std::collections::HashMap::new();

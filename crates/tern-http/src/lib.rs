@@ -43,6 +43,7 @@ mod auth;
 mod conn;
 pub mod error;
 pub mod history;
+mod hub;
 pub mod json;
 mod listen;
 pub mod manage;
@@ -156,6 +157,8 @@ pub(crate) struct State {
     pub(crate) history: Option<Arc<history::Recorded>>,
     /// The webhooks.
     pub(crate) webhooks: webhook::Webhooks,
+    /// Shared subscriptions of QoS 0 streams.
+    pub(crate) hubs: hub::Hubs,
     /// The broker's own connection, for what the HTTP side keeps in it.
     trusted: tokio::sync::OnceCell<tern_tokio::AsyncClient>,
 }
@@ -264,6 +267,7 @@ impl Gateway {
             requests: AtomicU64::new(0),
             history,
             webhooks,
+            hubs: hub::Hubs::default(),
             trusted: tokio::sync::OnceCell::new(),
         });
         tokio::spawn(webhook::api::restore(state.clone()));

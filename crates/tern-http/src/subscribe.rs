@@ -35,12 +35,16 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use serde_json::json;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
 use tern_broker::policy::ClientInfo;
 use tern_codec::{
     QoS, ReasonCode, RetainHandling, SubscribeFilter, SubscriptionOptions, TopicFilter,
 };
 use tern_tokio::{AsyncClient, AsyncEvent, Events};
-use tokio::sync::OwnedSemaphorePermit;
+
+use crate::hub::Hub;
+use tokio::sync::{broadcast, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::User;
@@ -97,6 +101,9 @@ pub(crate) async fn subscribe(
     if let Some(rec) = history {
         return replayed(&state, &user, rec, filters, from, permit).await;
     }
+    if filters.iter().all(|f| f.options.qos == QoS::AtMostOnce) {
+        return shared(&state, &user, peer, filters, permit).await;
+    }
     let (client, events) = conn::open(&state, &user, peer, state.config.stream_buffer, 100).await?;
     let codes = client
         .subscribe(filters)
@@ -120,6 +127,103 @@ pub(crate) async fn subscribe(
     Ok(sse(live.into_stream()))
 }
 
+/// A QoS 0 stream: the retained values first (its own), then the hub's
+/// messages.
+async fn shared(
+    state: &Arc<State>,
+    user: &User,
+    peer: SocketAddr,
+    filters: Vec<SubscribeFilter>,
+    permit: OwnedSemaphorePermit,
+) -> Result<Response, ApiError> {
+    let hub = state.hubs.join(state, user, &filters, peer).await?;
+    let rx = hub.subscribe();
+    let first = retained_events(state, user, &filters).await?;
+    let stream = Shared {
+        _hub: hub,
+        rx,
+        pending: first.into(),
+        stop: state.stop.clone(),
+        done: false,
+        _permit: permit,
+    };
+    Ok(sse(stream::unfold(stream, |mut s| async move {
+        let e = s.next().await?;
+        Some((Ok(e), s))
+    })))
+}
+
+/// The retained values of the filters that ask for them, as events.
+async fn retained_events(
+    state: &State,
+    user: &User,
+    filters: &[SubscribeFilter],
+) -> Result<Vec<Event>, ApiError> {
+    let mut first = Vec::new();
+    for f in filters {
+        if f.options.retain_handling != RetainHandling::SendAtSubscribe {
+            continue;
+        }
+        let client = ClientInfo {
+            client_id: String::new(),
+            username: user.name.clone(),
+        };
+        let answer = state
+            .broker
+            .retained(client, f.filter.clone(), state.config.max_retained)
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?
+            .map_err(|code| ApiError::refused(code, "not allowed to read this"))?;
+        for m in &answer.messages {
+            let data = serde_json::to_string(&JsonMessage::new(&m.message)).unwrap_or_default();
+            first.push(Event::default().event("message").data(data));
+        }
+    }
+    Ok(first)
+}
+
+/// A stream reading a hub.
+struct Shared {
+    _hub: Arc<Hub>,
+    rx: broadcast::Receiver<Arc<str>>,
+    pending: VecDeque<Event>,
+    stop: CancellationToken,
+    done: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Shared {
+    async fn next(&mut self) -> Option<Event> {
+        if let Some(e) = self.pending.pop_front() {
+            return Some(e);
+        }
+        if self.done {
+            return None;
+        }
+        let got = tokio::select! {
+            () = self.stop.cancelled() => return Some(self.end("the broker is shutting down")),
+            got = self.rx.recv() => got,
+        };
+        match got {
+            Ok(data) => Some(Event::default().event("message").data(&*data)),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let data = json!({ "skipped": n }).to_string();
+                Some(Event::default().event("skipped").data(data))
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                Some(self.end("the broker ended the stream"))
+            }
+        }
+    }
+
+    fn end(&mut self, reason: &str) -> Event {
+        self.done = true;
+        Event::default()
+            .event("end")
+            .data(json!({ "reason": reason }).to_string())
+    }
+}
+
 fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -137,27 +241,14 @@ async fn replayed(
     from: replay::From,
     permit: OwnedSemaphorePermit,
 ) -> Result<Response, ApiError> {
-    let mut first = Vec::new();
-    let fresh = matches!(from, replay::From::Now);
     for f in &filters {
         state.may_read(user, &f.filter).await?;
-        if fresh && f.options.retain_handling == RetainHandling::SendAtSubscribe {
-            let client = ClientInfo {
-                client_id: String::new(),
-                username: user.name.clone(),
-            };
-            let answer = state
-                .broker
-                .retained(client, f.filter.clone(), state.config.max_retained)
-                .await
-                .map_err(|e| ApiError::unavailable(e.to_string()))?
-                .map_err(|code| ApiError::refused(code, "not allowed to read this"))?;
-            for m in &answer.messages {
-                let data = serde_json::to_string(&JsonMessage::new(&m.message)).unwrap_or_default();
-                first.push(Event::default().event("message").data(data));
-            }
-        }
     }
+    let first = if matches!(from, replay::From::Now) {
+        retained_events(state, user, &filters).await?
+    } else {
+        Vec::new()
+    };
     let plain = filters.into_iter().map(|f| f.filter).collect();
     let replay = Replay::start(rec, plain, from, first, state.stop.clone())
         .await

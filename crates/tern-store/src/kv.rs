@@ -71,6 +71,8 @@ pub struct KvStore<E> {
     pub(crate) inflight_rows: Option<HashSet<Vec<u8>>>,
     /// Acknowledged messages, removed by range where they go in order.
     pub(crate) removals: Removals,
+    /// The ops of a write that failed, and how many changes they were for.
+    failed: Option<(usize, Vec<Op>)>,
 }
 
 impl<E: Engine> KvStore<E> {
@@ -83,6 +85,7 @@ impl<E: Engine> KvStore<E> {
             unsynced: false,
             inflight_rows: None,
             removals: Removals::default(),
+            failed: None,
         }
     }
 
@@ -346,13 +349,23 @@ impl Plan {
 
 impl<E: Engine> Store for KvStore<E> {
     fn commit(&mut self, changes: &[(u64, Change)], sync: bool) -> Result<(), StoreError> {
-        let ops = self.ops(changes);
+        // The store's own bookkeeping (names, removal marks) moved with the
+        // ops of a write that failed: those ops are kept, and the changes
+        // given again (a retry gives the same first ones) are not replayed.
+        let (mut ops, from) = match self.failed.take() {
+            Some((n, ops)) if n <= changes.len() => (ops, n),
+            _ => (Vec::new(), 0),
+        };
+        ops.extend(self.ops(&changes[from..]));
         if ops.is_empty() {
             // Nothing to write (messages that came and went within the
             // batch): only what earlier batches left unsynced needs an fsync.
             return if sync { self.sync() } else { Ok(()) };
         }
-        self.engine.write(&ops, sync).map_err(StoreError::Io)?;
+        if let Err(e) = self.engine.write(&ops, sync) {
+            self.failed = Some((changes.len(), ops));
+            return Err(StoreError::Io(e));
+        }
         self.unsynced = !sync;
         Ok(())
     }

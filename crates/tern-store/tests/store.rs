@@ -109,7 +109,17 @@ fn subscribe(net: &mut Net, p: PeerRef, filter: &str, options: SubscriptionOptio
 }
 
 /// A random workload: every kind of change the core makes.
-fn workload<E: Engine>(seed: u64, mut store: KvStore<E>) {
+fn workload<E: Engine>(seed: u64, store: KvStore<E>) {
+    workload_failing(seed, store, |_, _| false);
+}
+
+/// The workload; `fail(store, on)` makes the engine's writes fail (or not)
+/// and says whether it can.
+fn workload_failing<E: Engine>(
+    seed: u64,
+    mut store: KvStore<E>,
+    fail: impl Fn(&mut KvStore<E>, bool) -> bool,
+) {
     let mut dice = Dice(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut net = Net::new(Config {
         durable: true,
@@ -192,7 +202,19 @@ fn workload<E: Engine>(seed: u64, mut store: KvStore<E>) {
         net.run();
         // Batches of any size: one round's changes or several, one commit.
         if dice.roll(3) == 0 || n % 10 == 9 {
-            let changes = net.take_changes();
+            let mut changes = net.take_changes();
+            // A write that fails (a full disk) is tried again with the same
+            // changes and those that came since, as the server's writer does.
+            if dice.roll(3) == 0 && fail(&mut store, true) {
+                let failed = store.commit(&changes, true).is_err();
+                fail(&mut store, false);
+                if !failed {
+                    // Nothing to write: nothing failed.
+                    changes.clear();
+                }
+                net.run();
+                changes.extend(net.take_changes());
+            }
             store.commit(&changes, true).expect("commits");
         }
         if n % 10 == 9 {
@@ -216,6 +238,16 @@ fn workload<E: Engine>(seed: u64, mut store: KvStore<E>) {
 fn a_store_holds_what_the_image_holds_after_every_change() {
     for seed in 1..=60 {
         workload(seed, KvStore::new(MemEngine::default()));
+    }
+}
+
+#[test]
+fn a_failed_write_tried_again_leaves_the_store_as_the_image() {
+    for seed in 1..=60 {
+        workload_failing(seed, KvStore::new(MemEngine::default()), |s, on| {
+            s.engine_mut().full = on;
+            true
+        });
     }
 }
 

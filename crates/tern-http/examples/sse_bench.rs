@@ -1,0 +1,171 @@
+//! Subscribe streams under load: S Server-Sent Events subscribers on one
+//! topic, a publisher at R messages/s (QoS 0), for T seconds; the delay
+//! from publish to each subscriber's event, as percentiles. Everything in
+//! this process (broker, HTTP side, publisher, readers), on its cores.
+//!
+//! ```sh
+//! cargo run --release -p tern-http --example sse_bench [S] [R] [T] [live|history]
+//! ```
+//!
+//! `live`: each stream has its own MQTT subscription. `history`: the topic
+//! is recorded and the streams are served from the recorder.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tern_client::ClientConfig;
+use tern_codec::{Message, TopicFilter, TopicName};
+use tern_http::{Gateway, HistoryConfig, HttpConfig};
+use tern_store::history::Rule;
+use tern_tokio::{AsyncClient, ClientOptions, Server, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::main]
+#[allow(clippy::disallowed_methods)]
+async fn main() -> std::io::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let subs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let rate: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let secs: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10);
+    let history = args.get(4).is_some_and(|m| m == "history");
+
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let mut config = ServerConfig {
+        tcp: vec![any],
+        ..ServerConfig::default()
+    };
+    config.broker.max_connections = subs + 100;
+    let server = Server::bind(config).await?;
+    let mqtt = server.local_addrs()?[0];
+    let dir = std::env::temp_dir().join(format!("tern-sse-bench-{}", std::process::id()));
+    let mut http = HttpConfig {
+        max_streams: subs + 10,
+        ..HttpConfig::default()
+    };
+    if history {
+        http.history = Some(HistoryConfig {
+            path: dir.join("history.redb"),
+            rules: vec![Rule {
+                filter: TopicFilter::new("bench/#").expect("valid"),
+                keep: Duration::from_secs(3600),
+                value: None,
+            }],
+        });
+    }
+    let gateway = Gateway::new(server.handle(), http)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let http_addr = listener.local_addr()?;
+    tokio::spawn(gateway.serve(listener, std::future::pending()));
+    tokio::spawn(server.run(std::future::pending()));
+
+    let start = Instant::now();
+    let hist = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
+    ));
+    let mut ready = Vec::new();
+    for _ in 0..subs {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ready.push(rx);
+        tokio::spawn(reader(http_addr, start, hist.clone(), tx));
+    }
+    for r in ready {
+        let _ = r.await;
+    }
+    // Each stream's response began: its subscription is in place.
+    let (client, mut events) = AsyncClient::start(ClientOptions::new(
+        ClientConfig::new("sse-bench-pub"),
+        "127.0.0.1",
+        mqtt.port(),
+    ))
+    .expect("a valid configuration");
+    events.first_connection().await.expect("connected");
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    let topic = TopicName::new("bench/sse").expect("valid");
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let total = rate * secs;
+    for _ in 0..total {
+        tick.tick().await;
+        let t = start.elapsed().as_micros() as u64;
+        let _ = client.try_publish(Message::new(topic.clone(), t.to_string()));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let h = hist.lock().expect("histogram");
+    println!(
+        "{subs} streams ({}), {rate} msg/s for {secs} s: {} events of {} expected; delay p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        if history { "history" } else { "live" },
+        h.len(),
+        total * subs as u64,
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.value_at_quantile(0.999) as f64 / 1000.0,
+        h.max() as f64 / 1000.0,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// One stream: reads events, records each one's delay.
+async fn reader(
+    addr: SocketAddr,
+    start: Instant,
+    hist: Arc<Mutex<Histogram<u64>>>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let req = "GET /api/v1/subscribe?filter=bench/%23&retained=false HTTP/1.1\r\nHost: x\r\n\r\n";
+    s.write_all(req.as_bytes()).await.expect("written");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut ready = Some(ready);
+    let mut local = Vec::new();
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if let Some(r) = ready.take() {
+            if !buf[..n].starts_with(b"HTTP/1.1 200") {
+                let head = String::from_utf8_lossy(&buf[..n.min(300)]).into_owned();
+                eprintln!("stream refused: {head}");
+            }
+            let _ = r.send(());
+        }
+        let now = start.elapsed().as_micros() as u64;
+        pending.extend_from_slice(&buf[..n]);
+        let mut from = 0;
+        let needle = b"\"payload\":\"";
+        while let Some(i) = find(&pending[from..], needle) {
+            let at = from + i + needle.len();
+            let digits: Vec<u8> = pending[at..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .copied()
+                .collect();
+            if at + digits.len() >= pending.len() {
+                break;
+            }
+            if let Some(sent) = std::str::from_utf8(&digits)
+                .ok()
+                .and_then(|d| d.parse::<u64>().ok())
+            {
+                local.push(now.saturating_sub(sent).max(1));
+            }
+            from = at + digits.len();
+        }
+        pending.drain(..from);
+        if !local.is_empty() {
+            let mut h = hist.lock().expect("histogram");
+            for v in local.drain(..) {
+                let _ = h.record(v);
+            }
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
