@@ -39,7 +39,9 @@
 //! url = "https://vendor.example/hook"
 //! headers = { Authorization = "Bearer ..." }
 //! secret = "..."                  # X-Tern-Signature: HMAC-SHA256
-//! body = "json"                   # or "payload"; qos = 1; timeout = "10s"
+//! body = "json"                   # or "payload", or "template" with
+//! # template = '{"text": "{{ levels[1] }} rang"}'   (Jinja)
+//! # qos = 1; timeout = "10s"
 //!
 //! [[history]]                     # recorded in the data directory
 //! filter = "sensors/#"

@@ -971,11 +971,13 @@ fn webhooks_deliver_in_order_through_errors_and_downtime_and_one_dead_endpoint_s
             "[auth]\npassword_file = \"{}\"\n[http]\nadmins = [\"root\"]\n\
              [[webhook]]\nname = \"a\"\nfilter = \"a/#\"\nurl = \"http://127.0.0.1:{pa}/in\"\nsecret = \"s3cret\"\ntimeout = \"2s\"\n\
              [[webhook]]\nname = \"b\"\nfilter = \"b/#\"\nurl = \"http://127.0.0.1:{pb}/in\"\n\
-             [[webhook]]\nname = \"gone\"\nfilter = \"c/#\"\nurl = \"http://127.0.0.1:{pb}/gone\"\n",
+             [[webhook]]\nname = \"gone\"\nfilter = \"c/#\"\nurl = \"http://127.0.0.1:{pb}/gone\"\n\
+             [[webhook]]\nname = \"shaped\"\nfilter = \"t/#\"\nurl = \"http://127.0.0.1:{pb}/in\"\n\
+             body = \"template\"\ntemplate = '{{\"topic\": \"{{{{ topic }}}}\", \"payload\": \"{{{{ levels[1] }}}}-{{{{ json.v }}}}\"}}'\n",
             pw.display()
         ),
     );
-    for _ in 0..3 {
+    for _ in 0..4 {
         b._process.wait_log("webhook subscribed");
     }
     let mqtt_port = b.mqtt_port();
@@ -1038,6 +1040,23 @@ fn webhooks_deliver_in_order_through_errors_and_downtime_and_one_dead_endpoint_s
     }
     let want: Vec<String> = (1..=10).map(|i| i.to_string()).collect();
     assert_eq!(firsts, want);
+    // A template shapes the body.
+    let mut t = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtt_port,
+            "-t",
+            "t/door",
+            "-q",
+            "1",
+        ])
+        .args(["-m", r#"{"v": 3}"#])
+        .spawn()
+        .expect("mosquitto_pub runs");
+    assert!(t.wait().expect("ends").success());
+    assert!(b_rx.wait("got t/door").contains(" door-3 "));
     // A 404 is a failure, counted, not retried.
     publish("c/x", 1..=1);
     let root = ["-u", "root:hunter2"];

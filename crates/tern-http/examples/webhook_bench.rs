@@ -62,6 +62,7 @@ async fn main() -> std::io::Result<()> {
         method: "POST".into(),
         headers: Default::default(),
         body: "json".into(),
+        template: None,
         qos: 1,
         timeout: None,
         secret: None,

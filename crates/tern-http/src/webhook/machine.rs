@@ -126,6 +126,13 @@ impl<T: Clone> Outbox<T> {
         &self.counts
     }
 
+    /// A message failed before it could be tried (its body could not be
+    /// made): counted as failed.
+    pub fn count_failure(&mut self, why: String) {
+        self.counts.failed += 1;
+        self.counts.last_error = Some(why);
+    }
+
     /// Whether the front item waits for a retry.
     pub fn retrying(&self) -> bool {
         self.not_before.is_some()

@@ -13,14 +13,17 @@
 //! holds only its own queue, never an MQTT client or another webhook.
 //!
 //! Requests: the method and headers configured; the body is the message as
-//! JSON (`body = "json"`, the default) or its payload as is (`body =
-//! "payload"`); `Idempotency-Key` (the same for every attempt of a
+//! JSON (`body = "json"`, the default), its payload as is (`body =
+//! "payload"`), or a Jinja template's rendering (`body = "template"`,
+//! [`template`]; a message the template cannot render is
+//! failed, counted and logged); `Idempotency-Key` (the same for every attempt of a
 //! message); with a `secret`, `X-Tern-Timestamp` and `X-Tern-Signature:
 //! sha256=HEX`, the HMAC-SHA256 of `TIMESTAMP.BODY`; a timeout.
 
 pub mod api;
 pub mod machine;
 mod run;
+pub mod template;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,9 +53,14 @@ pub struct WebhookDef {
     /// Headers sent with every request.
     #[serde(default)]
     pub headers: HashMap<String, String>,
-    /// `json` (the message as JSON, the default) or `payload` (as is).
+    /// `json` (the message as JSON, the default), `payload` (as is), or
+    /// `template` (the `template`, rendered).
     #[serde(default = "json")]
     pub body: String,
+    /// A Jinja template of the body (`body = "template"`): see
+    /// [`template`].
+    #[serde(default)]
+    pub template: Option<String>,
     /// The subscription's QoS: 1 (the default: nothing the broker accepted
     /// is lost) or 0.
     #[serde(default = "one")]
@@ -106,8 +114,14 @@ impl WebhookDef {
                 return Err(format!("header {k:?}"));
             }
         }
-        if !matches!(self.body.as_str(), "json" | "payload") {
-            return Err(format!("body {:?}: json or payload", self.body));
+        match (self.body.as_str(), &self.template) {
+            ("json" | "payload", None) => {}
+            ("template", Some(t)) => {
+                template::Template::new(t)?;
+            }
+            ("template", None) => return Err("body = \"template\" needs a template".into()),
+            (_, Some(_)) => return Err("a template needs body = \"template\"".into()),
+            (b, None) => return Err(format!("body {b:?}: json, payload or template")),
         }
         if self.qos > 1 {
             return Err("qos: 0 or 1".into());
@@ -216,6 +230,14 @@ impl Webhooks {
         r.stop.cancel();
         Some(r.def)
     }
+}
+
+/// The wall clock in milliseconds, for templates.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The wall clock in seconds, for signatures.

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::machine::{Answer, Backoff, Outbox, Verdict};
-use super::{unix_seconds, Status, WebhookDef};
+use super::template::Template;
+use super::{unix_millis, unix_seconds, Status, WebhookDef};
 use crate::json::JsonMessage;
 
 /// Messages taken from the broker ahead of the one being delivered.
@@ -35,10 +36,11 @@ pub(super) struct Task {
     pub(super) stop: CancellationToken,
 }
 
-/// A message on its way.
+/// A message on its way, with its body.
 #[derive(Clone)]
 struct Item {
     message: Message,
+    body: Bytes,
     ack: Option<AckId>,
     key: String,
 }
@@ -96,6 +98,16 @@ async fn run(t: Task) {
         initial: Duration::from_millis(500),
         max: MAX_DELAY,
     });
+    let template = match &t.def.template {
+        Some(src) => match Template::new(src) {
+            Ok(tpl) => Some(tpl),
+            Err(e) => {
+                warn!(webhook = %t.def.name, error = %e, "webhook cannot start");
+                return;
+            }
+        },
+        None => None,
+    };
     let random = RandomState::new();
     let run_id = random.hash_one(0u8);
     let mut n: u64 = 0;
@@ -130,11 +142,21 @@ async fn run(t: Task) {
             e = events.recv() => match e {
                 Some(AsyncEvent::Message(d)) => {
                     n += 1;
-                    outbox.push(Item {
-                        message: d.message,
-                        ack: d.ack,
-                        key: format!("{run_id:016x}-{n}"),
-                    });
+                    match body(&t, template.as_ref(), &d.message) {
+                        Ok(body) => outbox.push(Item {
+                            message: d.message,
+                            body,
+                            ack: d.ack,
+                            key: format!("{run_id:016x}-{n}"),
+                        }),
+                        Err(why) => {
+                            warn!(webhook = %t.def.name, topic = %d.message.topic.as_str(), %why, "webhook delivery failed for good");
+                            outbox.count_failure(why);
+                            if let Some(id) = d.ack {
+                                client.ack(id);
+                            }
+                        }
+                    }
                     report(&t, &outbox);
                 }
                 Some(AsyncEvent::Connected { .. }) => {
@@ -172,13 +194,18 @@ fn report(t: &Task, outbox: &Outbox<Item>) {
     s.retrying = outbox.retrying();
 }
 
+/// A message's body, as the webhook makes it.
+fn body(t: &Task, template: Option<&Template>, m: &Message) -> Result<Bytes, String> {
+    Ok(match (t.def.body.as_str(), template) {
+        ("payload", _) => m.payload.clone(),
+        ("template", Some(tpl)) => Bytes::from(tpl.render(m, &t.def.name, unix_millis())?),
+        _ => Bytes::from(serde_json::to_vec(&JsonMessage::new(m)).unwrap_or_default()),
+    })
+}
+
 /// One attempt.
 async fn send(t: &Task, item: &Item, attempt: u32) -> Answer {
-    let body: Bytes = if t.def.body == "payload" {
-        item.message.payload.clone()
-    } else {
-        Bytes::from(serde_json::to_vec(&JsonMessage::new(&item.message)).unwrap_or_default())
-    };
+    let body = item.body.clone();
     let method =
         reqwest::Method::from_bytes(t.def.method.as_bytes()).unwrap_or(reqwest::Method::POST);
     let mut req = t
@@ -188,8 +215,19 @@ async fn send(t: &Task, item: &Item, attempt: u32) -> Answer {
         .header("Idempotency-Key", &item.key)
         .header("X-Tern-Topic", item.message.topic.as_str())
         .header("X-Tern-Attempt", (attempt + 1).to_string());
-    if t.def.body == "json" {
-        req = req.header("Content-Type", "application/json");
+    let typed = t
+        .def
+        .headers
+        .keys()
+        .any(|k| k.eq_ignore_ascii_case("content-type"));
+    if !typed {
+        let json = t.def.body == "json"
+            || (t.def.body == "template" && matches!(body.first(), Some(b'{' | b'[')));
+        if json {
+            req = req.header("Content-Type", "application/json");
+        } else if t.def.body == "template" {
+            req = req.header("Content-Type", "text/plain; charset=utf-8");
+        }
     }
     for (k, v) in &t.def.headers {
         req = req.header(k, v);
