@@ -1123,3 +1123,62 @@ fn webhooks_deliver_in_order_through_errors_and_downtime_and_one_dead_endpoint_s
     ]);
     assert_eq!(status, 400);
 }
+
+#[test]
+fn a_webhooks_outbox_outlives_kill_minus_nine() {
+    require("python3", "Python 3");
+    let dir = scratch("http-hook-restart");
+    let port = tern_peers::free_port();
+    let conf = dir.join("tern.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\n[[listener]]\ntype = \"http\"\nbind = \"127.0.0.1:0\"\n\
+             [persistence]\ndir = \"{}\"\n\
+             [[webhook]]\nname = \"keep\"\nfilter = \"k/#\"\nurl = \"http://127.0.0.1:{port}/in\"\n",
+            dir.join("data").display()
+        ),
+    )
+    .expect("config written");
+    let start = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+        // One shard: a message's PUBACK then means it is stored for the
+        // webhook too (ARCHITECTURE: the known gap with several shards).
+        cmd.args(["broker", "--shards", "1", "-c"]).arg(&conf);
+        let mut p = Logged::start(cmd);
+        let http = port_in(&p.wait_log("HTTP listener"));
+        let mqtt = port_in(&p.wait_log("tern broker listening"));
+        p.wait_log("webhook subscribed");
+        Broker {
+            _process: p,
+            mqtt,
+            http,
+            dir: dir.clone(),
+        }
+    };
+    // The receiver refuses everything: the messages wait in the outbox.
+    let refusing = receiver(port, 1000, 0);
+    let b = start();
+    for i in 1..=3 {
+        mosquitto_pub(&b, &["-t", "k/x", "-m", &i.to_string(), "-q", "1"]);
+    }
+    refusing.wait("refused");
+    // kill -9 (dropping the process kills it), and the receiver is fixed.
+    drop(b);
+    drop(refusing);
+    let ok = receiver(port, 0, 0);
+    let _b = start();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let line = ok.wait("got k/x");
+        let p = line
+            .split_whitespace()
+            .nth(2)
+            .expect("a payload")
+            .to_owned();
+        if !got.contains(&p) {
+            got.push(p);
+        }
+    }
+    assert_eq!(got, ["1", "2", "3"]);
+}

@@ -310,13 +310,9 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
         debug!(addr = %listener.local_addr()?, "serving HTTP");
-        let stop = self.state.stop.clone();
         let app = self.router().into_make_service_with_connect_info::<Peer>();
         axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                stop.cancel();
-            })
+            .with_graceful_shutdown(self.until(shutdown))
             .await
     }
 
@@ -330,15 +326,23 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> io::Result<()> {
         debug!(addr = %listener.local_addr()?, "serving HTTPS");
-        let stop = self.state.stop.clone();
         let listener = listen::TlsListener::new(listener, tls)?;
         let app = self.router().into_make_service_with_connect_info::<Peer>();
         axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                stop.cancel();
-            })
+            .with_graceful_shutdown(self.until(shutdown))
             .await
+    }
+
+    /// `shutdown`, then the streams end.
+    fn until(
+        &self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let stop = self.state.stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
     }
 
     /// Ends every open stream (with an `end` event).

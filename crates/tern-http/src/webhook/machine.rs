@@ -13,38 +13,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// How retries are spaced.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    /// The first delay.
-    pub initial: Duration,
-    /// The longest delay (a `Retry-After` is capped at it too).
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff {
-            initial: Duration::from_millis(500),
-            max: Duration::from_secs(300),
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before attempt `n + 1` (after `n` failed ones, from 1):
-    /// `initial * 2^(n-1)`, at most `max`, with jitter (between half of it
-    /// and all of it), from `random`.
-    pub fn delay(&self, failed: u32, random: u64) -> Duration {
-        let base = self
-            .initial
-            .saturating_mul(1u32 << failed.saturating_sub(1).min(20))
-            .min(self.max);
-        let half = base / 2;
-        let spread = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(if spread == 0 { 0 } else { random % spread })
-    }
-}
+/// How retries are spaced: the async client's reconnection delays
+/// (`initial * 2^n`, at most `max`, with jitter between half and all).
+pub use tern_tokio::Backoff;
 
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,7 +157,7 @@ impl<T: Clone> Outbox<T> {
         self.counts.retries += 1;
         let delay = self
             .backoff
-            .delay(self.failed, random)
+            .delay(self.failed - 1, random)
             .max(at_least.unwrap_or_default().min(self.backoff.max));
         let at = now + delay;
         self.not_before = Some(at);
@@ -217,7 +188,10 @@ mod tests {
     #[test]
     fn one_request_at_a_time_in_order() {
         let t0 = start();
-        let mut o = Outbox::new(Backoff::default());
+        let mut o = Outbox::new(Backoff {
+            initial: ms(500),
+            max: Duration::from_secs(300),
+        });
         o.push(1);
         o.push(2);
         assert_eq!(o.poll_request(t0), Some((1, 0)));
@@ -310,7 +284,10 @@ mod tests {
     #[test]
     fn other_client_errors_fail_at_once_and_the_queue_moves_on() {
         let t0 = start();
-        let mut o = Outbox::new(Backoff::default());
+        let mut o = Outbox::new(Backoff {
+            initial: ms(500),
+            max: Duration::from_secs(300),
+        });
         o.push(1);
         o.push(2);
         o.poll_request(t0);

@@ -82,7 +82,10 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    pub(super) fn delay(&self, attempt: u32, random: u64) -> Duration {
+    /// The delay before retry `attempt + 1` (from 0): `initial * 2^attempt`,
+    /// at most `max`, jittered between half of it and all of it by
+    /// `random`.
+    pub fn delay(&self, attempt: u32, random: u64) -> Duration {
         let base = self
             .initial
             .saturating_mul(1u32 << attempt.min(20))
