@@ -31,7 +31,8 @@ pub struct ServerConfig {
     /// shard by the server).
     pub broker: Config,
     /// Broker shards (`0`: one per available core but one, and at least
-    /// one).
+    /// one). With `persistence`, one: an acknowledgement does not yet wait
+    /// for a forwarded copy's commit in another shard.
     pub shards: usize,
     /// How long a graceful shutdown waits for connections to flush.
     pub shutdown_grace: Duration,

@@ -48,7 +48,7 @@ use std::time::Instant;
 
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::transport::TlsSettings;
 
@@ -179,6 +179,21 @@ impl Server {
             n => n,
         }
         .min(usize::from(u16::MAX));
+        // A message forwarded to another shard is stored in that shard's
+        // batch, and its publisher's acknowledgement does not wait for it
+        // yet: with persistence, one shard, so that an acknowledged message
+        // is never lost (a kill -9 between two shards' commits lost some).
+        let n = if self.config.persistence.is_some() && n > 1 {
+            if self.config.shards > 1 {
+                warn!(
+                    shards = self.config.shards,
+                    "with persistence the broker runs one shard (an acknowledgement does not yet wait for another shard's commit)"
+                );
+            }
+            1
+        } else {
+            n
+        };
         let live = Arc::new(Live::default());
         let (txs, inboxes) = shard::inboxes(n)?;
         let txs = Arc::new(txs);
