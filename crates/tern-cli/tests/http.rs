@@ -1057,8 +1057,12 @@ fn webhooks_deliver_in_order_through_errors_and_downtime_and_one_dead_endpoint_s
         .expect("mosquitto_pub runs");
     assert!(t.wait().expect("ends").success());
     assert!(b_rx.wait("got t/door").contains(" door-3 "));
-    // A 404 is a failure, counted, not retried.
+    // A 404 is a failure, counted, not retried, and reported as an event.
+    let events = mosquitto_sub(&b, "$SYS/broker/webhooks/#", &[]);
     publish("c/x", 1..=1);
+    let event = events.wait_start("$SYS/broker/webhooks/gone/failed");
+    assert!(event.contains(r#""error":"HTTP 404""#), "{event}");
+    assert!(event.contains(r#""topic":"c/x""#), "{event}");
     let root = ["-u", "root:hunter2"];
     // Reported as it happens, and in the list with each webhook's health.
     b._process.wait_log("webhook delivery failed for good");

@@ -76,8 +76,9 @@ impl Broker {
                 now,
             );
         }
-        // Clients do not publish to `$SYS`: it is the broker's.
-        if topic.as_str().starts_with("$SYS") {
+        // Clients do not publish to `$SYS`: it is the broker's (and its
+        // trusted adapters', which report their events there).
+        if topic.as_str().starts_with("$SYS") && !self.sessions[&sid].trusted {
             return self.publish_decided(
                 conn,
                 p,

@@ -507,6 +507,14 @@ fn a_trusted_connection_is_neither_authenticated_nor_authorized() {
             .any(|p| matches!(p, Packet::Publish(m) if m.topic.as_str() == "a/b")),
         "{got:?}"
     );
+    // It may report events under `$SYS`, which clients may not.
+    sim.send(rec, publish("$SYS/broker/webhooks/w/failed", 1, 8, "{}"));
+    let got = sim.take(rec);
+    assert!(
+        got.iter()
+            .any(|p| matches!(p, Packet::PubAck(a) if a.packet_id.get() == 8 && !a.reason_code.is_error())),
+        "{got:?}"
+    );
     // An untrusted connection may not take its client id over, whoever
     // it is.
     sim.broker.set_authenticator(AllowAll);

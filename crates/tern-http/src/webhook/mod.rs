@@ -7,7 +7,8 @@
 //! applies (by default the newest message is dropped, and counted).
 //!
 //! A message is acknowledged to the broker once delivered (2xx) or failed
-//! for good, so delivery is at least once, in order, one request at a time
+//! for good (a failure is logged and published as an event on
+//! `$SYS/broker/webhooks/NAME/failed`), so delivery is at least once, in order, one request at a time
 //! per webhook ([`machine`]: what an answer means and when to try again).
 //! Each webhook has its own task and connection: a dead or slow endpoint
 //! holds only its own queue, never an MQTT client or another webhook.

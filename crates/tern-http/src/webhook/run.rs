@@ -122,7 +122,7 @@ async fn run(t: Task) {
                     }
                 }
                 Verdict::Failed(item, why) => {
-                    warn!(webhook = %t.def.name, topic = %item.message.topic.as_str(), %why, "webhook delivery failed for good");
+                    failed(&t, &client, &item.message, &why);
                     if let Some(id) = item.ack {
                         client.ack(id);
                     }
@@ -150,7 +150,7 @@ async fn run(t: Task) {
                             key: format!("{run_id:016x}-{n}"),
                         }),
                         Err(why) => {
-                            warn!(webhook = %t.def.name, topic = %d.message.topic.as_str(), %why, "webhook delivery failed for good");
+                            failed(&t, &client, &d.message, &why);
                             outbox.count_failure(why);
                             if let Some(id) = d.ack {
                                 client.ack(id);
@@ -177,6 +177,23 @@ async fn run(t: Task) {
                 None => return,
             },
         }
+    }
+}
+
+/// A message failed for good: logged, and reported as an event on
+/// `$SYS/broker/webhooks/NAME/failed` (QoS 0, not retained: the topic, the
+/// reason, the time), for whoever watches (an MQTT subscriber, a stream).
+fn failed(t: &Task, client: &AsyncClient, m: &Message, why: &str) {
+    warn!(webhook = %t.def.name, topic = %m.topic.as_str(), %why, "webhook delivery failed for good");
+    let event = serde_json::json!({
+        "webhook": t.def.name,
+        "topic": m.topic.as_str(),
+        "error": why,
+        "time": unix_millis(),
+    });
+    let at = format!("$SYS/broker/webhooks/{}/failed", t.def.name);
+    if let Ok(topic) = tern_codec::TopicName::new(&at) {
+        let _ = client.try_publish(Message::new(topic, event.to_string()));
     }
 }
 
