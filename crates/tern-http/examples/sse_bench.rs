@@ -7,12 +7,14 @@
 //! cargo run --release -p tern-http --example sse_bench [S] [R] [T] [live|history]
 //! ```
 //!
-//! `live`: each stream has its own MQTT subscription. `history`: the topic
-//! is recorded and the streams are served from the recorder.
+//! `live`: streams served live (QoS 0 streams share one subscription).
+//! `history`: the topic is recorded and the streams are served from the
+//! recorder. A fifth argument `apart` runs the readers in a process of
+//! their own (the delay is then measured on the wall clock).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use tern_client::ClientConfig;
@@ -30,6 +32,29 @@ async fn main() -> std::io::Result<()> {
     let rate: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1000);
     let secs: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(10);
     let history = args.get(4).is_some_and(|m| m == "history");
+    if args.get(1).is_some_and(|a| a == "readers") {
+        // The readers' process: readers ADDR COUNT SECONDS.
+        let addr: SocketAddr = args[2].parse().expect("an address");
+        let n: usize = args[3].parse().expect("a count");
+        let secs: u64 = args[4].parse().expect("seconds");
+        let hist = Arc::new(Mutex::new(
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
+        ));
+        let mut ready = Vec::new();
+        for _ in 0..n {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            ready.push(rx);
+            tokio::spawn(reader(addr, hist.clone(), tx));
+        }
+        for r in ready {
+            let _ = r.await;
+        }
+        println!("ready");
+        tokio::time::sleep(Duration::from_secs(secs + 2)).await;
+        report(&hist.lock().expect("histogram"), "apart");
+        return Ok(());
+    }
+    let apart = args.get(5).is_some_and(|m| m == "apart");
 
     let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
     let mut config = ServerConfig {
@@ -60,18 +85,42 @@ async fn main() -> std::io::Result<()> {
     tokio::spawn(gateway.serve(listener, std::future::pending()));
     tokio::spawn(server.run(std::future::pending()));
 
-    let start = Instant::now();
     let hist = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
     ));
-    let mut ready = Vec::new();
-    for _ in 0..subs {
+    let mut child = None;
+    if apart {
+        let mut c = std::process::Command::new(std::env::current_exe()?)
+            .args([
+                "readers",
+                &http_addr.to_string(),
+                &subs.to_string(),
+                &secs.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let out = c.stdout.take().expect("piped");
+        // Its first line says its readers are in place.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        ready.push(rx);
-        tokio::spawn(reader(http_addr, start, hist.clone(), tx));
-    }
-    for r in ready {
-        let _ = r.await;
+        let rest = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(out).lines();
+            let _ = lines.next();
+            let _ = tx.send(());
+            lines.map_while(Result::ok).collect::<Vec<_>>().join("\n")
+        });
+        let _ = rx.await;
+        child = Some((c, rest));
+    } else {
+        let mut ready = Vec::new();
+        for _ in 0..subs {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            ready.push(rx);
+            tokio::spawn(reader(http_addr, hist.clone(), tx));
+        }
+        for r in ready {
+            let _ = r.await;
+        }
     }
     // Each stream's response began: its subscription is in place.
     let (client, mut events) = AsyncClient::start(ClientOptions::new(
@@ -87,29 +136,53 @@ async fn main() -> std::io::Result<()> {
     let total = rate * secs;
     for _ in 0..total {
         tick.tick().await;
-        let t = start.elapsed().as_micros() as u64;
+        let t = micros();
         let _ = client.try_publish(Message::new(topic.clone(), t.to_string()));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let h = hist.lock().expect("histogram");
+    if let Some((mut c, rest)) = child {
+        let text = tokio::task::spawn_blocking(move || rest.join().unwrap_or_default())
+            .await
+            .unwrap_or_default();
+        let _ = c.wait();
+        println!(
+            "{subs} streams ({}, readers apart), {rate} msg/s for {secs} s: {text}",
+            if history { "history" } else { "live" }
+        );
+    } else {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        print!(
+            "{subs} streams ({}), {rate} msg/s for {secs} s: ",
+            if history { "history" } else { "live" }
+        );
+        report(&hist.lock().expect("histogram"), "");
+    }
+    let _ = total;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The wall clock in microseconds (the same in both processes).
+#[allow(clippy::disallowed_methods)]
+fn micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn report(h: &Histogram<u64>, _how: &str) {
     println!(
-        "{subs} streams ({}), {rate} msg/s for {secs} s: {} events of {} expected; delay p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-        if history { "history" } else { "live" },
+        "{} events; delay p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
         h.len(),
-        total * subs as u64,
         h.value_at_quantile(0.5) as f64 / 1000.0,
         h.value_at_quantile(0.99) as f64 / 1000.0,
         h.value_at_quantile(0.999) as f64 / 1000.0,
         h.max() as f64 / 1000.0,
     );
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
 }
 
 /// One stream: reads events, records each one's delay.
 async fn reader(
     addr: SocketAddr,
-    start: Instant,
     hist: Arc<Mutex<Histogram<u64>>>,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
@@ -134,7 +207,7 @@ async fn reader(
             }
             let _ = r.send(());
         }
-        let now = start.elapsed().as_micros() as u64;
+        let now = micros();
         pending.extend_from_slice(&buf[..n]);
         let mut from = 0;
         let needle = b"\"payload\":\"";
