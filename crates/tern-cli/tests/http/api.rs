@@ -247,17 +247,8 @@ sys.exit(0 if ok else 1)
         http = b.http,
         mqtt = b.mqtt
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = json(String::from_utf8_lossy(&out.stdout).trim());
+    let out = python(&script);
+    let v = json(out.trim());
     assert_eq!(v["status"], 200, "{v}");
     assert_eq!(v["topic"], "dev/cmd");
     assert_eq!(v["payload"], r#"{"on": true}"#);

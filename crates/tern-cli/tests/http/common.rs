@@ -295,3 +295,19 @@ s.serve_forever()
     r.wait("listening");
     r
 }
+
+/// Runs a Python script; its standard output, once it succeeded.
+pub fn python(script: &str) -> String {
+    require("python3", "Python 3");
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

@@ -1,7 +1,5 @@
 //! History and streams that resume.
 
-use std::process::Command;
-
 use tern_peers::require;
 
 use super::common::*;
@@ -169,18 +167,8 @@ print(json.dumps(seen))
         http = b.http,
         mqtt = b.mqtt
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Vec<(String, String)> =
-        serde_json::from_slice(&out.stdout).expect("the reader's JSON");
+    let out = python(&script);
+    let seen: Vec<(String, String)> = serde_json::from_str(&out).expect("the reader's JSON");
     let payloads: Vec<&str> = seen.iter().map(|(_, p)| p.as_str()).collect();
     assert_eq!(payloads, ["1", "2", "3", "4", "5", "6", "7"], "{seen:?}");
     let ids: Vec<u64> = seen

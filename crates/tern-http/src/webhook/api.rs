@@ -3,7 +3,7 @@
 //! | endpoint | |
 //! |---|---|
 //! | `GET /api/v1/webhooks` | every webhook, with its health: delivered, failed, retries, retrying, last error, outbox depth |
-//! | `POST /api/v1/webhooks` | adds one (a JSON [`WebhookDef`]); kept in the broker's store, so it outlives a restart (201; 409 if one of the configuration file has that name) |
+//! | `POST /api/v1/webhooks` | adds one (a JSON [`WebhookDef`]); kept in the broker's store, so it outlives a restart (201; 409 if one of the configuration file has that name; 429 beyond 1,000 webhooks) |
 //! | `DELETE /api/v1/webhooks/{name}` | removes one added here, and its outbox (204) |
 //!
 //! A webhook added here is kept as a retained message on
@@ -25,6 +25,9 @@ use crate::error::ApiError;
 use crate::listen::Peer;
 use crate::manage::admin;
 use crate::State;
+
+/// Webhooks at most (each is a task and a connection of its own).
+const MAX_WEBHOOKS: usize = 1000;
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::unavailable(e.to_string())
@@ -103,6 +106,20 @@ pub(crate) async fn add(
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("{:?} is defined in the configuration file", def.name),
+        ));
+    }
+    let (count, replaces) = {
+        let running = state
+            .webhooks
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        (running.len(), running.contains_key(&def.name))
+    };
+    if count >= MAX_WEBHOOKS && !replaces {
+        return Err(ApiError::refused(
+            tern_codec::ReasonCode::QuotaExceeded,
+            format!("at most {MAX_WEBHOOKS} webhooks"),
         ));
     }
     let stored = serde_json::to_vec(&def).map_err(unavailable)?;
