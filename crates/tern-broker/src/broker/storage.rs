@@ -93,11 +93,41 @@ impl Broker {
         s.client.username = stored.username;
         s.expiry = stored.expiry;
         s.window = self.config.max_inflight.max(1);
+        let mut next_id = self.import_inflight(&mut s, stored.inflight, now)?;
+        let expired = self.import_queue(&mut s, stored.queued, stored.spilled, &mut next_id, now);
+        if next_id > 0 {
+            s.flow_mut().next_id = next_id;
+        }
+        if !stored.incoming_qos2.is_empty() {
+            s.flow_mut().incoming_qos2 = stored.incoming_qos2.into_iter().collect();
+        }
+        s.will = stored.will.map(SessionWill::new);
+        let sid = self.new_session_id();
+        self.import_subscriptions(&mut s, sid, stored.subscriptions);
+        s.stored = self.config.durable;
+        self.sessions.insert(sid, Box::new(s));
+        self.by_client_id.insert(sid, &self.sessions);
+        // The store learns which session this is in this process.
+        self.record_session(sid);
+        for id in expired {
+            self.log_for(sid, || Change::Removed { session: sid, id });
+        }
+        let expires_at = stored.expires_at.map(|w| self.instant_of_wall(w, now));
+        let will_at = stored.will_at.map(|w| self.instant_of_wall(w, now));
+        self.offline(sid, now, expires_at, will_at, true);
+        Ok(sid)
+    }
+
+    /// A stored session's messages in flight, in their order; the next
+    /// delivery id after them.
+    fn import_inflight(
+        &mut self,
+        s: &mut Session,
+        inflight: Vec<(u16, InflightStage, StoredDelivery)>,
+        now: Instant,
+    ) -> Result<u64, ImportError> {
         let mut next_id = 0;
-        // Queued messages that expired while the broker was down are not
-        // sent: the store forgets them once the session is known to it.
-        let mut expired = Vec::new();
-        for (seq, (id, stage, d)) in stored.inflight.into_iter().enumerate() {
+        for (seq, (id, stage, d)) in inflight.into_iter().enumerate() {
             let state = match stage {
                 InflightStage::AwaitPubAck => OutState::Ack,
                 InflightStage::AwaitPubRec => OutState::Rec,
@@ -117,18 +147,33 @@ impl Broker {
             }
             f.next_seq = seq as u64 + 1;
         }
+        Ok(next_id)
+    }
+
+    /// A stored session's queue: up to the window in memory, the rest left
+    /// in the store with what the store kept back (`more`), which comes
+    /// after. Returns the ids of queued messages that expired while the
+    /// broker was down: they are not sent, and the store forgets them once
+    /// the session is known to it.
+    fn import_queue(
+        &mut self,
+        s: &mut Session,
+        queued: Vec<StoredDelivery>,
+        more: Spilled,
+        next_id: &mut u64,
+        now: Instant,
+    ) -> Vec<u64> {
         let window = if self.config.durable {
             self.config.queue_window
         } else {
             usize::MAX
         };
-        // Beyond the window, queued messages stay in the store only, with
-        // those the store kept back (`stored.spilled`), which come after.
+        let mut expired = Vec::new();
         let mut extra = Spilled::default();
         let mut first_spilled = None;
-        let last_loaded = stored.queued.last().map(|d| d.id);
-        for d in stored.queued {
-            next_id = next_id.max(d.id + 1);
+        let last_loaded = queued.last().map(|d| d.id);
+        for d in queued {
+            *next_id = (*next_id).max(d.id + 1);
             if first_spilled.is_none() && s.flow().queue.len() >= window {
                 first_spilled = Some(d.id);
             }
@@ -145,9 +190,8 @@ impl Broker {
                 s.push_queue(delivery);
             }
         }
-        let more = stored.spilled;
         if extra.count + more.count > 0 {
-            next_id = next_id.max(more.last_id + 1);
+            *next_id = (*next_id).max(more.last_id + 1);
             let f = s.flow_mut();
             f.spilled = Spilled {
                 count: extra.count + more.count,
@@ -160,15 +204,16 @@ impl Broker {
             };
             f.fetch_from = first_spilled.or(last_loaded.map(|id| id + 1)).unwrap_or(0);
         }
-        if next_id > 0 {
-            s.flow_mut().next_id = next_id;
-        }
-        if !stored.incoming_qos2.is_empty() {
-            s.flow_mut().incoming_qos2 = stored.incoming_qos2.into_iter().collect();
-        }
-        s.will = stored.will.map(SessionWill::new);
-        let subs: Vec<_> = stored.subscriptions;
-        let sid = self.new_session_id();
+        expired
+    }
+
+    /// A stored session's subscriptions, back in the routing index.
+    fn import_subscriptions(
+        &mut self,
+        s: &mut Session,
+        sid: SessionId,
+        subs: Vec<StoredSubscription>,
+    ) {
         for sub in &subs {
             let v = Sub {
                 options: sub.options,
@@ -180,18 +225,6 @@ impl Broker {
                 self.subscription_changed(&sub.filter, true);
             }
         }
-        s.stored = self.config.durable;
-        self.sessions.insert(sid, Box::new(s));
-        self.by_client_id.insert(sid, &self.sessions);
-        // The store learns which session this is in this process.
-        self.record_session(sid);
-        for id in expired {
-            self.log_for(sid, || Change::Removed { session: sid, id });
-        }
-        let expires_at = stored.expires_at.map(|w| self.instant_of_wall(w, now));
-        let will_at = stored.will_at.map(|w| self.instant_of_wall(w, now));
-        self.offline(sid, now, expires_at, will_at, true);
-        Ok(sid)
     }
 
     /// A stored delivery back in this process: its message's expiry from

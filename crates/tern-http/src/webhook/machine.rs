@@ -112,6 +112,7 @@ impl<T: Clone> Outbox<T> {
     /// The request to make now, if any: the front item (and how many
     /// attempts failed before), once nothing is in flight and its backoff
     /// is over.
+    #[must_use]
     pub fn poll_request(&mut self, now: Instant) -> Option<(T, u32)> {
         if self.in_flight || self.not_before.is_some_and(|t| now < t) {
             return None;
@@ -123,6 +124,7 @@ impl<T: Clone> Outbox<T> {
     }
 
     /// When to call [`Outbox::poll_request`] again, if waiting on a backoff.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.not_before.filter(|_| !self.in_flight)
     }

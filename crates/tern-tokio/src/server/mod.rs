@@ -174,26 +174,7 @@ impl Server {
     /// accepting, DISCONNECT 0x8B to 5.0 clients, wills published, writes
     /// flushed (up to `shutdown_grace`).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
-        let n = match self.config.shards {
-            0 => default_shards(),
-            n => n,
-        }
-        .min(usize::from(u16::MAX));
-        // A message forwarded to another shard is stored in that shard's
-        // batch, and its publisher's acknowledgement does not wait for it
-        // yet: with persistence, one shard, so that an acknowledged message
-        // is never lost (a kill -9 between two shards' commits lost some).
-        let n = if self.config.persistence.is_some() && n > 1 {
-            if self.config.shards > 1 {
-                warn!(
-                    shards = self.config.shards,
-                    "with persistence the broker runs one shard (an acknowledgement does not yet wait for another shard's commit)"
-                );
-            }
-            1
-        } else {
-            n
-        };
+        let n = self.shard_count();
         let live = Arc::new(Live::default());
         let (txs, inboxes) = shard::inboxes(n)?;
         let txs = Arc::new(txs);
@@ -248,34 +229,7 @@ impl Server {
                     let (txs, cfg) = (txs.clone(), conn_cfg.clone());
                     tokio::spawn(ConnTask::new(stream, peer, kind, txs, cfg, &live));
                 }
-                Some(r) = local_rx.recv() => match r {
-                    local::Request::Connect { io, identity, trusted, peer } => {
-                        if !conn_cfg.admit_local() {
-                            continue;
-                        }
-                        let (txs, cfg) = (txs.clone(), conn_cfg.clone());
-                        let io: link::Io = Box::pin(io);
-                        tokio::spawn(ConnTask::local(io, identity, trusted, peer, txs, cfg, &live));
-                    }
-                    // Every shard keeps every retained message; the first
-                    // has them once any forward sent before this request
-                    // is in (its inbox is in order).
-                    local::Request::Run { target, f } => {
-                        let to: Vec<usize> = match target {
-                            local::Target::All => (0..txs.len()).collect(),
-                            local::Target::First => vec![0],
-                            local::Target::ClientId(id) => {
-                                vec![conn_cfg.shard(Some(id.as_bytes()), txs.len())]
-                            }
-                        };
-                        for i in to {
-                            let _ = txs[i].send(ToShard::Run(f.clone()));
-                        }
-                    }
-                    local::Request::Retained { client, filter, limit, reply } => {
-                        let _ = txs[0].send(ToShard::Retained { client, filter, limit, reply });
-                    }
-                },
+                Some(r) = local_rx.recv() => local_request(r, &txs, &conn_cfg, &live),
             }
         }
         info!("shutting down");
@@ -284,13 +238,7 @@ impl Server {
             s.abort();
         }
         shard::shut_down(&txs).await;
-        if let Some(w) = writer {
-            // The last changes (sessions gone offline, wills) are written.
-            let (done, finished) = std::sync::mpsc::channel();
-            if w.send(persist::ToWriter::Stop(done)).is_ok() {
-                let _ = tokio::task::spawn_blocking(move || finished.recv()).await;
-            }
-        }
+        stop_writer(writer).await;
         // Every connection has `shutdown_grace` to flush; one still at it
         // then is left to the runtime.
         let _ = tokio::time::timeout(self.config.shutdown_grace, live.idle()).await;
@@ -301,6 +249,29 @@ impl Server {
 }
 
 impl Server {
+    /// How many shards: the configured count (0: one per core), and one
+    /// with persistence. A message forwarded to another shard is stored in
+    /// that shard's batch, and its publisher's acknowledgement does not
+    /// wait for it yet: with one shard an acknowledged message is never
+    /// lost (a kill -9 between two shards' commits lost some).
+    fn shard_count(&self) -> usize {
+        let n = match self.config.shards {
+            0 => default_shards(),
+            n => n,
+        }
+        .min(usize::from(u16::MAX));
+        if self.config.persistence.is_some() && n > 1 {
+            if self.config.shards > 1 {
+                warn!(
+                    shards = self.config.shards,
+                    "with persistence the broker runs one shard (an acknowledgement does not yet wait for another shard's commit)"
+                );
+            }
+            return 1;
+        }
+        n
+    }
+
     /// With persistence: the stored state, each session for the shard its
     /// client id lives on (every shard keeps every retained message), and
     /// the store's writer, started.
@@ -367,6 +338,70 @@ impl Live {
                 return;
             }
             notified.await;
+        }
+    }
+}
+
+/// An in-process adapter's request: a connection, or a question for the
+/// shards' cores.
+fn local_request(
+    r: local::Request,
+    txs: &Arc<Vec<ShardTx>>,
+    conn_cfg: &Arc<ConnConfig>,
+    live: &Arc<Live>,
+) {
+    match r {
+        local::Request::Connect {
+            io,
+            identity,
+            trusted,
+            peer,
+        } => {
+            if !conn_cfg.admit_local() {
+                return;
+            }
+            let (txs, cfg) = (txs.clone(), conn_cfg.clone());
+            let io: link::Io = Box::pin(io);
+            tokio::spawn(ConnTask::local(io, identity, trusted, peer, txs, cfg, live));
+        }
+        // Every shard keeps every retained message; the first has them
+        // once any forward sent before this request is in (its inbox is in
+        // order).
+        local::Request::Run { target, f } => {
+            let to: Vec<usize> = match target {
+                local::Target::All => (0..txs.len()).collect(),
+                local::Target::First => vec![0],
+                local::Target::ClientId(id) => {
+                    vec![conn_cfg.shard(Some(id.as_bytes()), txs.len())]
+                }
+            };
+            for i in to {
+                let _ = txs[i].send(ToShard::Run(f.clone()));
+            }
+        }
+        local::Request::Retained {
+            client,
+            filter,
+            limit,
+            reply,
+        } => {
+            let _ = txs[0].send(ToShard::Retained {
+                client,
+                filter,
+                limit,
+                reply,
+            });
+        }
+    }
+}
+
+/// The store's writer writes the last changes (sessions gone offline,
+/// wills) and stops.
+async fn stop_writer(writer: Option<std::sync::mpsc::Sender<persist::ToWriter>>) {
+    if let Some(w) = writer {
+        let (done, finished) = std::sync::mpsc::channel();
+        if w.send(persist::ToWriter::Stop(done)).is_ok() {
+            let _ = tokio::task::spawn_blocking(move || finished.recv()).await;
         }
     }
 }

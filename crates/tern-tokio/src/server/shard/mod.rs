@@ -219,28 +219,7 @@ impl Shard {
                 peer,
                 identity,
                 trusted,
-            } => {
-                let Some(conn) = self.core_accept(now) else {
-                    warn!(%peer, "connection limit reached: closed");
-                    link.close();
-                    return false;
-                };
-                if trusted {
-                    self.broker.set_trusted(conn);
-                }
-                if let Some(id) = &identity {
-                    debug!(conn = conn.get(), identity = %id, "client certificate");
-                    self.broker.set_identity(conn, id);
-                }
-                debug!(shard = self.index, conn = conn.get(), %peer, "accepted");
-                let k = self.linked.insert(Linked {
-                    link: link.clone(),
-                    pending: BytesMut::new(),
-                });
-                self.conns.insert(conn, Endpoint::linked(k));
-                link.accepted(conn);
-                self.read_linked(conn, data, now);
-            }
+            } => self.accept_linked(link, data, peer, identity, trusted, now),
             ToShard::Read { conn, data } => self.read_linked(conn, data, now),
             ToShard::Written { conn, n } => {
                 self.broker.handle_written(conn, n, now);
@@ -274,20 +253,7 @@ impl Shard {
                 self.resume(token.conn(), now);
             }
             ToShard::Shutdown(reply) => {
-                for mut l in std::mem::take(&mut self.listeners) {
-                    let _ = self.poll.registry().deregister(&mut l);
-                }
-                for _ in self.probes.drain() {
-                    self.cfg.release();
-                }
-                self.broker.shutdown(now);
-                self.drain(now);
-                // TLS and WebSocket connections flush on their own.
-                let all: Vec<ConnId> = self.conns.keys().copied().collect();
-                for conn in all {
-                    self.forget(conn);
-                }
-                self.stopping = Some(now + self.grace);
+                self.shut_down(now);
                 let _ = reply.send(());
             }
             ToShard::Stop => return true,
@@ -299,6 +265,58 @@ impl Shard {
             ToShard::StoreFailed => self.broker.handle_store_failed(now),
         }
         false
+    }
+
+    /// A TLS or WebSocket connection (or an in-process one) its task has
+    /// linked to this shard: the core takes it and reads what came first.
+    fn accept_linked(
+        &mut self,
+        link: Arc<Link>,
+        data: BytesMut,
+        peer: std::net::SocketAddr,
+        identity: Option<String>,
+        trusted: bool,
+        now: Instant,
+    ) {
+        let Some(conn) = self.core_accept(now) else {
+            warn!(%peer, "connection limit reached: closed");
+            link.close();
+            return;
+        };
+        if trusted {
+            self.broker.set_trusted(conn);
+        }
+        if let Some(id) = &identity {
+            debug!(conn = conn.get(), identity = %id, "client certificate");
+            self.broker.set_identity(conn, id);
+        }
+        debug!(shard = self.index, conn = conn.get(), %peer, "accepted");
+        let k = self.linked.insert(Linked {
+            link: link.clone(),
+            pending: BytesMut::new(),
+        });
+        self.conns.insert(conn, Endpoint::linked(k));
+        link.accepted(conn);
+        self.read_linked(conn, data, now);
+    }
+
+    /// Graceful shutdown: no more accepts, the core says goodbye (DISCONNECT
+    /// 0x8B, wills), what it wrote goes out within the grace period.
+    fn shut_down(&mut self, now: Instant) {
+        for mut l in std::mem::take(&mut self.listeners) {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        for _ in self.probes.drain() {
+            self.cfg.release();
+        }
+        self.broker.shutdown(now);
+        self.drain(now);
+        // TLS and WebSocket connections flush on their own.
+        let all: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in all {
+            self.forget(conn);
+        }
+        self.stopping = Some(now + self.grace);
     }
 
     /// The core takes a connection that holds a slot (it gives the slot
