@@ -270,7 +270,7 @@ mod tests {
             max: Duration::from_secs(60),
         });
         o.push(());
-        o.poll_request(t0);
+        o.poll_request(t0).expect("first attempt");
         let v = o.handle_answer(Answer::Status(429, Some(Duration::from_secs(30))), t0, 0);
         assert_eq!(v, Verdict::Retry(t0 + Duration::from_secs(30)));
         o.poll_request(t0 + Duration::from_secs(30)).expect("due");
@@ -292,12 +292,12 @@ mod tests {
         });
         o.push(1);
         o.push(2);
-        o.poll_request(t0);
+        assert_eq!(o.poll_request(t0), Some((1, 0)));
         assert_eq!(
             o.handle_answer(Answer::Status(404, None), t0, 0),
             Verdict::Failed(1, "HTTP 404".into())
         );
-        o.poll_request(t0);
+        assert_eq!(o.poll_request(t0), Some((2, 0)));
         assert_eq!(
             o.handle_answer(Answer::Status(301, None), t0, 0),
             Verdict::Failed(2, "HTTP 301".into())
