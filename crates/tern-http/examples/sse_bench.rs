@@ -11,6 +11,11 @@
 //! `history`: the topic is recorded and the streams are served from the
 //! recorder. A fifth argument `apart` runs the readers in a process of
 //! their own (the delay is then measured on the wall clock).
+//!
+//! `mqtt [HOST:PORT]`: the baseline, the same fan-out over MQTT: the
+//! readers are MQTT 3.1.1 subscribers (QoS 0) of this process's broker, or
+//! of the broker at HOST:PORT (Mosquitto, say), which the publisher then
+//! publishes to.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -55,6 +60,7 @@ async fn main() -> std::io::Result<()> {
         return Ok(());
     }
     let apart = args.get(5).is_some_and(|m| m == "apart");
+    let mqtt_mode = args.get(4).is_some_and(|m| m == "mqtt");
 
     let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
     let mut config = ServerConfig {
@@ -89,7 +95,22 @@ async fn main() -> std::io::Result<()> {
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
     ));
     let mut child = None;
-    if apart {
+    // The broker the publisher publishes to (and MQTT readers read).
+    let target: SocketAddr = match args.get(5) {
+        Some(a) if mqtt_mode => a.parse().expect("HOST:PORT"),
+        _ => mqtt,
+    };
+    if mqtt_mode {
+        let mut ready = Vec::new();
+        for _ in 0..subs {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            ready.push(rx);
+            tokio::spawn(mqtt_reader(target, hist.clone(), tx));
+        }
+        for r in ready {
+            let _ = r.await;
+        }
+    } else if apart {
         let mut c = std::process::Command::new(std::env::current_exe()?)
             .args([
                 "readers",
@@ -125,8 +146,8 @@ async fn main() -> std::io::Result<()> {
     // Each stream's response began: its subscription is in place.
     let (client, mut events) = AsyncClient::start(ClientOptions::new(
         ClientConfig::new("sse-bench-pub"),
-        "127.0.0.1",
-        mqtt.port(),
+        target.ip().to_string(),
+        target.port(),
     ))
     .expect("a valid configuration");
     events.first_connection().await.expect("connected");
@@ -151,8 +172,19 @@ async fn main() -> std::io::Result<()> {
     } else {
         tokio::time::sleep(Duration::from_secs(1)).await;
         print!(
-            "{subs} streams ({}), {rate} msg/s for {secs} s: ",
-            if history { "history" } else { "live" }
+            "{subs} {} ({}), {rate} msg/s for {secs} s: ",
+            if mqtt_mode {
+                "MQTT subscribers"
+            } else {
+                "streams"
+            },
+            if mqtt_mode {
+                format!("broker {target}")
+            } else if history {
+                "history".into()
+            } else {
+                "live".into()
+            }
         );
         report(&hist.lock().expect("histogram"), "");
     }
@@ -195,6 +227,8 @@ async fn reader(
     let mut pending: Vec<u8> = Vec::new();
     let mut ready = Some(ready);
     let mut local = Vec::new();
+    let needle = b"\"payload\":\"";
+    let finder = memchr::memmem::Finder::new(needle);
     loop {
         let n = match s.read(&mut buf).await {
             Ok(0) | Err(_) => return,
@@ -210,24 +244,22 @@ async fn reader(
         let now = micros();
         pending.extend_from_slice(&buf[..n]);
         let mut from = 0;
-        let needle = b"\"payload\":\"";
-        while let Some(i) = find(&pending[from..], needle) {
+        while let Some(i) = finder.find(&pending[from..]) {
             let at = from + i + needle.len();
-            let digits: Vec<u8> = pending[at..]
+            let len = pending[at..]
                 .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .copied()
-                .collect();
-            if at + digits.len() >= pending.len() {
+                .position(|b| !b.is_ascii_digit())
+                .unwrap_or(pending.len() - at);
+            if at + len >= pending.len() {
                 break;
             }
-            if let Some(sent) = std::str::from_utf8(&digits)
-                .ok()
-                .and_then(|d| d.parse::<u64>().ok())
-            {
+            let sent = pending[at..at + len]
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if len > 0 {
                 local.push(now.saturating_sub(sent).max(1));
             }
-            from = at + digits.len();
+            from = at + len;
         }
         pending.drain(..from);
         if !local.is_empty() {
@@ -239,6 +271,66 @@ async fn reader(
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// One MQTT 3.1.1 subscriber (QoS 0, clean session) of `bench/#`, on a raw
+/// socket: each PUBLISH's payload is the time it was sent.
+async fn mqtt_reader(
+    addr: SocketAddr,
+    hist: Arc<Mutex<Histogram<u64>>>,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    let _ = s.set_nodelay(true);
+    // CONNECT (3.1.1, clean session, keep alive 0, an empty client id) and
+    // SUBSCRIBE bench/# at QoS 0.
+    let mut hello = vec![0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0, 0, 0];
+    hello.extend_from_slice(&[0x82, 12, 0, 1, 0, 7]);
+    hello.extend_from_slice(b"bench/#");
+    hello.push(0);
+    s.write_all(&hello).await.expect("written");
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut ready = Some(ready);
+    let mut local = Vec::new();
+    let finder = memchr::memmem::Finder::new(b"bench/sse");
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let now = micros();
+        pending.extend_from_slice(&buf[..n]);
+        // CONNACK (4 bytes) and SUBACK (5 bytes) come first.
+        if ready.is_some() {
+            if pending.len() < 9 {
+                continue;
+            }
+            pending.drain(..9);
+            if let Some(r) = ready.take() {
+                let _ = r.send(());
+            }
+        }
+        // PUBLISH: 0x30, a one-byte remaining length (small payloads), the
+        // topic (two-byte length) and the payload.
+        let mut at = 0;
+        while pending.len() >= at + 2 && pending.len() >= at + 2 + usize::from(pending[at + 1]) {
+            let len = usize::from(pending[at + 1]);
+            let packet = &pending[at + 2..at + 2 + len];
+            if let Some(i) = finder.find(packet) {
+                let sent = packet[i + 9..]
+                    .iter()
+                    .fold(0u64, |n, d| n * 10 + u64::from(d.wrapping_sub(b'0')));
+                local.push(now.saturating_sub(sent).max(1));
+            }
+            at += 2 + len;
+        }
+        pending.drain(..at);
+        if !local.is_empty() {
+            let mut h = hist.lock().expect("histogram");
+            for v in local.drain(..) {
+                let _ = h.record(v);
+            }
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Shared subscriptions for QoS 0 streams: the streams of one user on the
 //! same filters share one in-process MQTT subscription (a hub). Each
-//! message is delivered by the broker once, turned into JSON once, and
-//! broadcast to the hub's streams; a thousand dashboards on one topic cost
+//! message is delivered by the broker once, turned into JSON and an SSE
+//! event once, and broadcast to the hub's streams; a thousand dashboards on one topic cost
 //! the broker one subscriber, not a thousand.
 //!
 //! A stream behind by more than the broadcast's capacity (`stream_buffer`
@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 
+use bytes::Bytes;
+
 use tern_codec::{RetainHandling, SubscribeFilter};
 use tern_tokio::{AsyncClient, AsyncEvent};
 use tokio::sync::broadcast;
@@ -22,6 +24,7 @@ use crate::auth::User;
 use crate::conn;
 use crate::error::ApiError;
 use crate::json::JsonMessage;
+use crate::sse;
 use crate::State;
 
 /// Messages the hub's connection may hold for its task (which only turns
@@ -39,7 +42,7 @@ struct Key {
 pub(crate) struct Hub {
     /// Never read: new readers are made from it. The hub's task holds the
     /// only sender, so its readers see the end when the task ends.
-    template: broadcast::Receiver<Arc<str>>,
+    template: broadcast::Receiver<Bytes>,
     _client: AsyncClient,
     stop: CancellationToken,
 }
@@ -51,8 +54,8 @@ impl Drop for Hub {
 }
 
 impl Hub {
-    /// A new reader of the hub's messages (JSON).
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+    /// A new reader of the hub's messages (each an SSE `message` event).
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Bytes> {
         self.template.resubscribe()
     }
 }
@@ -123,7 +126,7 @@ impl Hubs {
                     Some(AsyncEvent::Message(d)) => {
                         let data = serde_json::to_string(&JsonMessage::new(&d.message))
                             .unwrap_or_default();
-                        let _ = tx.send(Arc::from(data));
+                        let _ = tx.send(sse::frame("message", None, &data));
                     }
                     Some(AsyncEvent::Disconnected(_)) | None => return,
                     Some(_) => {}

@@ -50,6 +50,7 @@ pub mod manage;
 pub mod publish;
 mod replay;
 pub mod retained;
+mod sse;
 pub mod subscribe;
 pub mod webhook;
 

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use axum::response::sse::Event;
+use bytes::Bytes;
 use tern_codec::TopicFilter;
 use tern_store::history::Record;
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::history::Recorded;
 use crate::json::JsonMessage;
+use crate::sse;
 
 /// Records read from the file at a time.
 const PAGE: usize = 256;
@@ -33,7 +34,7 @@ pub(crate) struct Replay {
     /// The last sequence number the stream has passed.
     cursor: u64,
     catching_up: bool,
-    pending: VecDeque<Event>,
+    pending: VecDeque<Bytes>,
     stop: CancellationToken,
     done: bool,
 }
@@ -55,7 +56,7 @@ impl Replay {
         rec: Arc<Recorded>,
         filters: Vec<TopicFilter>,
         from: From,
-        first: Vec<Event>,
+        first: Vec<Bytes>,
         stop: CancellationToken,
     ) -> std::io::Result<Replay> {
         // Subscribed before the cursor is read: nothing written after it
@@ -82,7 +83,7 @@ impl Replay {
     }
 
     /// The next event; `None` once the stream is over.
-    pub(crate) async fn next(&mut self) -> Option<Event> {
+    pub(crate) async fn next(&mut self) -> Option<Bytes> {
         loop {
             if let Some(e) = self.pending.pop_front() {
                 return Some(e);
@@ -137,21 +138,17 @@ impl Replay {
         Ok(())
     }
 
-    fn end(&mut self, reason: &str) -> Event {
+    fn end(&mut self, reason: &str) -> Bytes {
         self.done = true;
-        Event::default()
-            .event("end")
-            .data(serde_json::json!({ "reason": reason }).to_string())
+        let data = serde_json::json!({ "reason": reason }).to_string();
+        sse::frame("end", None, &data)
     }
 }
 
-fn event(r: &Record) -> Event {
+fn event(r: &Record) -> Bytes {
     let mut v = serde_json::to_value(JsonMessage::new(&r.message)).unwrap_or_default();
     if let serde_json::Value::Object(m) = &mut v {
         m.insert("time".into(), r.time.into());
     }
-    Event::default()
-        .id(r.seq.to_string())
-        .event("message")
-        .data(v.to_string())
+    sse::frame("message", Some(r.seq), &v.to_string())
 }

@@ -22,17 +22,16 @@
 //! - `event: end`, `data: {"reason": ...}`: the last event, when the
 //!   broker ends the stream (shutdown, a kick).
 //!
-//! A comment line every 15 s keeps proxies from closing a quiet stream.
+//! A comment line every 15 s keeps proxies from closing a quiet stream
+//! (the crate's `sse` module writes the events).
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Query, State as AxState};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::stream::{self, Stream};
 use serde_json::json;
 use std::collections::VecDeque;
@@ -55,6 +54,7 @@ use crate::history::{wall_now, Recorded};
 use crate::json::JsonMessage;
 use crate::listen::Peer;
 use crate::replay::{self, Replay};
+use crate::sse;
 use crate::State;
 
 /// Filters one stream may have at most.
@@ -124,7 +124,7 @@ pub(crate) async fn subscribe(
         stop: state.stop.clone(),
         _permit: permit,
     };
-    Ok(sse(live.into_stream()))
+    Ok(sse::response(live.into_stream()))
 }
 
 /// A QoS 0 stream: the retained values first (its own), then the hub's
@@ -147,9 +147,9 @@ async fn shared(
         done: false,
         _permit: permit,
     };
-    Ok(sse(stream::unfold(stream, |mut s| async move {
+    Ok(sse::response(stream::unfold(stream, |mut s| async move {
         let e = s.next().await?;
-        Some((Ok(e), s))
+        Some((e, s))
     })))
 }
 
@@ -158,7 +158,7 @@ async fn retained_events(
     state: &State,
     user: &User,
     filters: &[SubscribeFilter],
-) -> Result<Vec<Event>, ApiError> {
+) -> Result<Vec<Bytes>, ApiError> {
     let mut first = Vec::new();
     for f in filters {
         if f.options.retain_handling != RetainHandling::SendAtSubscribe {
@@ -176,7 +176,7 @@ async fn retained_events(
             .map_err(|code| ApiError::refused(code, "not allowed to read this"))?;
         for m in &answer.messages {
             let data = serde_json::to_string(&JsonMessage::new(&m.message)).unwrap_or_default();
-            first.push(Event::default().event("message").data(data));
+            first.push(sse::frame("message", None, &data));
         }
     }
     Ok(first)
@@ -185,15 +185,21 @@ async fn retained_events(
 /// A stream reading a hub.
 struct Shared {
     _hub: Arc<Hub>,
-    rx: broadcast::Receiver<Arc<str>>,
-    pending: VecDeque<Event>,
+    rx: broadcast::Receiver<Bytes>,
+    pending: VecDeque<Bytes>,
     stop: CancellationToken,
     done: bool,
     _permit: OwnedSemaphorePermit,
 }
 
+/// At most this many bytes of a hub's messages are taken at a time.
+const SHARED_BATCH: usize = 32 * 1024;
+
 impl Shared {
-    async fn next(&mut self) -> Option<Event> {
+    /// The next events: waits for one, then takes every one that is there
+    /// already (so a stream that fell behind waits and is woken once, not
+    /// once per message).
+    async fn next(&mut self) -> Option<Bytes> {
         if let Some(e) = self.pending.pop_front() {
             return Some(e);
         }
@@ -204,30 +210,45 @@ impl Shared {
             () = self.stop.cancelled() => return Some(self.end("the broker is shutting down")),
             got = self.rx.recv() => got,
         };
+        let first = self.event(got);
+        let mut batch: Option<BytesMut> = None;
+        while !self.done && batch.as_ref().map_or(first.len(), BytesMut::len) < SHARED_BATCH {
+            let more = match self.rx.try_recv() {
+                Ok(data) => Ok(data),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    Err(broadcast::error::RecvError::Lagged(n))
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    Err(broadcast::error::RecvError::Closed)
+                }
+                Err(broadcast::error::TryRecvError::Empty) => break,
+            };
+            let e = self.event(more);
+            let b = batch.get_or_insert_with(|| {
+                let mut b = BytesMut::with_capacity(SHARED_BATCH);
+                b.put_slice(&first);
+                b
+            });
+            b.put_slice(&e);
+        }
+        Some(batch.map_or(first, BytesMut::freeze))
+    }
+
+    fn event(&mut self, got: Result<Bytes, broadcast::error::RecvError>) -> Bytes {
         match got {
-            Ok(data) => Some(Event::default().event("message").data(&*data)),
+            Ok(data) => data,
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 let data = json!({ "skipped": n }).to_string();
-                Some(Event::default().event("skipped").data(data))
+                sse::frame("skipped", None, &data)
             }
-            Err(broadcast::error::RecvError::Closed) => {
-                Some(self.end("the broker ended the stream"))
-            }
+            Err(broadcast::error::RecvError::Closed) => self.end("the broker ended the stream"),
         }
     }
 
-    fn end(&mut self, reason: &str) -> Event {
+    fn end(&mut self, reason: &str) -> Bytes {
         self.done = true;
-        Event::default()
-            .event("end")
-            .data(json!({ "reason": reason }).to_string())
+        sse::frame("end", None, &json!({ "reason": reason }).to_string())
     }
-}
-
-fn sse(events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> Response {
-    Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
 }
 
 /// A stream served from the history (every filter names recorded topics):
@@ -255,9 +276,9 @@ async fn replayed(
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
     let stream = stream::unfold((replay, permit), |(mut r, permit)| async move {
         let e = r.next().await?;
-        Some((Ok(e), (r, permit)))
+        Some((e, (r, permit)))
     });
-    Ok(sse(stream))
+    Ok(sse::response(stream))
 }
 
 /// The subscriptions a query asks for.
@@ -324,21 +345,21 @@ struct Live {
     /// Messages the client skipped, as last told.
     skipped: u64,
     /// An event that waits behind a `skipped` one.
-    pending: Option<Event>,
+    pending: Option<Bytes>,
     done: bool,
     stop: CancellationToken,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Live {
-    fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> + Send {
+    fn into_stream(self) -> impl Stream<Item = Bytes> + Send {
         stream::unfold(self, |mut live| async move {
             let event = live.next().await?;
-            Some((Ok(event), live))
+            Some((event, live))
         })
     }
 
-    async fn next(&mut self) -> Option<Event> {
+    async fn next(&mut self) -> Option<Bytes> {
         if let Some(e) = self.pending.take() {
             return Some(e);
         }
@@ -354,14 +375,14 @@ impl Live {
                 Some(AsyncEvent::Message(d)) => {
                     let data =
                         serde_json::to_string(&JsonMessage::new(&d.message)).unwrap_or_default();
-                    let event = Event::default().event("message").data(data);
+                    let event = sse::frame("message", None, &data);
                     let dropped = self.client.dropped();
                     if dropped > self.skipped {
                         let n = dropped - self.skipped;
                         self.skipped = dropped;
                         self.pending = Some(event);
                         let data = json!({ "skipped": n }).to_string();
-                        return Some(Event::default().event("skipped").data(data));
+                        return Some(sse::frame("skipped", None, &data));
                     }
                     return Some(event);
                 }
@@ -374,10 +395,8 @@ impl Live {
         }
     }
 
-    fn end(&mut self, reason: &str) -> Event {
+    fn end(&mut self, reason: &str) -> Bytes {
         self.done = true;
-        Event::default()
-            .event("end")
-            .data(json!({ "reason": reason }).to_string())
+        sse::frame("end", None, &json!({ "reason": reason }).to_string())
     }
 }
