@@ -101,6 +101,12 @@ pub struct Config {
     pub sys_interval: Option<Duration>,
     /// The version string published on `$SYS/broker/version`.
     pub version: &'static str,
+    /// Whether a client's connection and disconnection are published (QoS
+    /// 0, not retained) on `$SYS/broker/clients/{client id}/connected` and
+    /// `.../disconnected`, with `{"client_id": ..., "username": ...}`: how
+    /// rules and dashboards learn presence. A client id that cannot be a
+    /// topic level (with `+` or `#` in it) is not published.
+    pub presence_events: bool,
     /// Which shard this broker instance is, when a server runs several
     /// (one per core). Session ids carry it, so they are unique across
     /// shards.
@@ -165,6 +171,7 @@ impl Default for Config {
             max_client_id_len: 256,
             sys_interval: Some(Duration::from_secs(10)),
             version: concat!("tern ", env!("CARGO_PKG_VERSION")),
+            presence_events: false,
             shard: 0,
             forward: false,
             durable: false,

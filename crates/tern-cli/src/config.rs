@@ -118,6 +118,18 @@ pub struct File {
     /// Webhooks: topics wired to URLs.
     #[serde(default)]
     pub webhook: Vec<tern_http::WebhookDef>,
+    /// The rules engine.
+    pub rules: Option<RulesFile>,
+}
+
+/// `[rules]`: the rules engine inside the broker.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    /// The rules file (relative to the working directory).
+    pub file: PathBuf,
+    /// The user the rules act as: the ACL applies to what they publish.
+    pub user: Option<String>,
 }
 
 /// One `[[history]]` rule.

@@ -72,6 +72,10 @@ pub fn settings(file: &config::File, check: CredentialCheck, max_packet_size: u3
         ..HttpConfig::default()
     };
     c.webhooks = file.webhook.clone();
+    c.rules = file.rules.as_ref().map(|r| tern_http::rules::RulesConfig {
+        file: r.file.clone(),
+        user: r.user.clone(),
+    });
     if let Some(n) = h.max_streams {
         c.max_streams = n;
     }

@@ -26,6 +26,7 @@ mod http;
 mod passwd;
 mod persistence;
 mod pubsub;
+mod rules;
 
 use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
@@ -69,6 +70,9 @@ enum Command {
     Pub(pubsub::PubArgs),
     /// Subscribe and print messages (mosquitto_sub's flags).
     Sub(pubsub::SubArgs),
+    /// Run a rules file against any MQTT broker, or try it on a recording
+    /// (`tern rules test FILE --replay FILE`).
+    Rules(rules::RulesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +110,10 @@ struct BrokerArgs {
     /// `off`. Default: 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR|off")]
     http: Option<String>,
+    /// A rules file to run inside the broker (overrides the file's
+    /// `[rules] file`).
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +143,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => ExitCode::from(bench::run(args)),
         Command::Pub(args) => ExitCode::from(pubsub::publish(args)),
         Command::Sub(args) => ExitCode::from(pubsub::subscribe(args)),
+        Command::Rules(args) => rules::main(args),
     }
 }
 
@@ -393,6 +402,15 @@ fn broker(args: BrokerArgs) -> ExitCode {
         config.check_credentials.clone().expect("set above"),
         config.broker.max_packet_size,
     );
+    if let Some(f) = &args.rules {
+        let user = file.rules.as_ref().and_then(|r| r.user.clone());
+        http_settings.rules = Some(tern_http::rules::RulesConfig {
+            file: f.clone(),
+            user,
+        });
+    }
+    // Rules and dashboards learn presence from the broker's events.
+    config.broker.presence_events = true;
     let data_dir = args.data.clone().or_else(|| file.persistence.dir.clone());
     http_settings.history = match http::history(&file, data_dir.as_deref()) {
         Ok(h) => h,
@@ -441,7 +459,7 @@ fn broker(args: BrokerArgs) -> ExitCode {
         let gateway = match tern_http::Gateway::new(server.handle(), http_settings) {
             Ok(g) => g,
             Err(e) => {
-                eprintln!("tern: the history cannot be opened: {e}");
+                eprintln!("tern: {e}");
                 return ExitCode::FAILURE;
             }
         };
@@ -450,10 +468,19 @@ fn broker(args: BrokerArgs) -> ExitCode {
             eprintln!("tern: {e}");
             return ExitCode::FAILURE;
         }
-        tokio::spawn(reload_on_sighup(config_path, passwords, acl, tls_files));
+        let rules = gateway.rules();
+        tokio::spawn(reload_on_sighup(
+            config_path,
+            passwords,
+            acl,
+            tls_files,
+            rules,
+        ));
         let stop = async move {
             stop.await;
             let _ = http_stop.send(true);
+            // The rules save their state while the broker still runs.
+            gateway.stop().await;
         };
         match server.run(stop).await {
             Ok(()) => ExitCode::SUCCESS,
@@ -474,6 +501,7 @@ async fn reload_on_sighup(
     passwords: Arc<RwLock<Passwords>>,
     acl: LiveAcl,
     tls: TlsFiles,
+    rules: Option<tern_http::rules::Rules>,
 ) {
     #[cfg(unix)]
     {
@@ -501,11 +529,17 @@ async fn reload_on_sighup(
                     Err(e) => warn!(error = %e, "TLS reload failed; keeping the old certificate"),
                 }
             }
+            if let Some(r) = &rules {
+                match r.reload() {
+                    Ok(n) => info!(rules = n, "rules reloaded"),
+                    Err(e) => warn!(error = %e, "rules reload failed; the old rules go on"),
+                }
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = (path, passwords, acl, tls);
+        let _ = (path, passwords, acl, tls, rules);
     }
 }
 

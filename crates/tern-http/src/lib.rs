@@ -50,6 +50,7 @@ pub mod manage;
 pub mod publish;
 mod replay;
 pub mod retained;
+pub mod rules;
 mod sse;
 pub mod subscribe;
 pub mod webhook;
@@ -110,6 +111,8 @@ pub struct HttpConfig {
     pub history: Option<HistoryConfig>,
     /// Webhooks of the configuration file.
     pub webhooks: Vec<WebhookDef>,
+    /// The rules engine (`None`: no rules).
+    pub rules: Option<rules::RulesConfig>,
 }
 
 impl Default for HttpConfig {
@@ -127,6 +130,7 @@ impl Default for HttpConfig {
             max_pending: 10_000,
             history: None,
             webhooks: Vec::new(),
+            rules: None,
         }
     }
 }
@@ -160,6 +164,10 @@ pub(crate) struct State {
     pub(crate) webhooks: webhook::Webhooks,
     /// Shared subscriptions of QoS 0 streams.
     pub(crate) hubs: hub::Hubs,
+    /// The rules engine, if rules are loaded.
+    pub(crate) rules: Option<rules::Rules>,
+    /// The rules' task.
+    rules_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The broker's own connection, for what the HTTP side keeps in it.
     trusted: tokio::sync::OnceCell<tern_tokio::AsyncClient>,
 }
@@ -238,7 +246,8 @@ impl Gateway {
     ///
     /// # Errors
     ///
-    /// The history file cannot be opened.
+    /// The history file cannot be opened, or the rules file has an error
+    /// (named with its file, line and key).
     ///
     /// # Panics
     ///
@@ -258,6 +267,13 @@ impl Gateway {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("webhook: {e}"))
             })?;
         }
+        let rules = match &config.rules {
+            Some(rc) => Some(
+                rules::Rules::load(&rc.file, None)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+            ),
+            None => None,
+        };
         let state = Arc::new(State {
             broker,
             streams: Arc::new(Semaphore::new(config.max_streams)),
@@ -269,9 +285,20 @@ impl Gateway {
             history,
             webhooks,
             hubs: hub::Hubs::default(),
+            rules,
+            rules_task: std::sync::Mutex::new(None),
             trusted: tokio::sync::OnceCell::new(),
         });
         tokio::spawn(webhook::api::restore(state.clone()));
+        if let (Some(r), Some(rc)) = (&state.rules, &state.config.rules) {
+            let task = tokio::spawn(rules::start_in_broker(
+                r.clone(),
+                state.broker.clone(),
+                rc.user.clone(),
+                state.stop.clone(),
+            ));
+            *state.rules_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        }
         Ok(Gateway { state })
     }
 
@@ -293,7 +320,10 @@ impl Gateway {
             .route(
                 "/webhooks/{name}",
                 axum::routing::delete(webhook::api::remove),
-            );
+            )
+            .route("/rules", get(rules::api::list))
+            .route("/rules/reload", post(rules::api::reload))
+            .route("/rules/{name}", axum::routing::patch(rules::api::toggle));
         Router::new()
             .nest("/api/v1", api)
             .route("/metrics", get(manage::metrics))
@@ -343,6 +373,26 @@ impl Gateway {
         async move {
             shutdown.await;
             stop.cancel();
+        }
+    }
+
+    /// The rules engine, if rules are loaded (to reload it on SIGHUP).
+    pub fn rules(&self) -> Option<rules::Rules> {
+        self.state.rules.clone()
+    }
+
+    /// Ends the streams and stops the rules, their state saved: call it
+    /// before the broker stops.
+    pub async fn stop(&self) {
+        self.state.stop.cancel();
+        let task = self
+            .state
+            .rules_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(t) = task {
+            let _ = t.await;
         }
     }
 

@@ -60,6 +60,17 @@ pub struct LoadError {
     pub message: String,
 }
 
+impl LoadError {
+    /// The file cannot be read.
+    pub fn io(file: &str, e: &std::io::Error) -> LoadError {
+        LoadError {
+            file: file.to_owned(),
+            line: 0,
+            message: format!("cannot be read: {e}"),
+        }
+    }
+}
+
 impl RuleSet {
     /// Reads the rules in `text`; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<RuleSet, LoadError> {

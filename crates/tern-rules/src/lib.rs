@@ -45,6 +45,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod dry;
 mod engine;
 mod file;
 mod guard;

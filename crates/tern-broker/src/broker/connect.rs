@@ -145,6 +145,7 @@ impl Broker {
             client_id: connect.client_id.as_str().to_owned(),
             session_present,
         });
+        self.publish_presence(sid, true, now);
         if session_present {
             self.resend_inflight(conn, sid, now);
         }

@@ -118,6 +118,7 @@ impl Broker {
         };
         self.conn_timers.remove(&(c.timer, conn));
         let Phase::Active(sid) = c.phase else { return };
+        self.publish_presence(sid, false, now);
         let s = self.sessions.get_mut(&sid).expect("session exists");
         s.conn = None;
         if !abnormal && s.will.take().is_some() {

@@ -109,3 +109,63 @@ impl Broker {
         }
     }
 }
+
+impl Broker {
+    /// A client of session `sid` connected or disconnected: published on
+    /// `$SYS/broker/clients/{id}/connected` or `.../disconnected` when
+    /// [`Config::presence_events`](crate::Config::presence_events) is on,
+    /// to every shard like any message.
+    pub(super) fn publish_presence(
+        &mut self,
+        sid: crate::SessionId,
+        connected: bool,
+        now: Instant,
+    ) {
+        if !self.config.presence_events {
+            return;
+        }
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        let id = s.client.client_id.as_str();
+        let what = if connected {
+            "connected"
+        } else {
+            "disconnected"
+        };
+        let Ok(topic) = TopicName::new(&format!("$SYS/broker/clients/{id}/{what}")) else {
+            return;
+        };
+        let payload = format!(
+            "{{\"client_id\":{},\"username\":{}}}",
+            json_str(id),
+            s.client
+                .username
+                .as_deref()
+                .map_or("null".to_owned(), json_str),
+        );
+        let msg = Arc::new(Envelope::from(Message::new(topic, payload)));
+        self.route(&msg, self.local_scope(), now);
+        if self.config.forward {
+            self.out
+                .reports
+                .push_back(crate::router::Report::Published(msg));
+        }
+    }
+}
+
+/// A JSON string.
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

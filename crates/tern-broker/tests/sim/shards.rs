@@ -300,3 +300,41 @@ fn a_filters_first_subscription_and_its_last_are_reported_and_every_group_change
         "{r:?}"
     );
 }
+
+#[test]
+fn presence_is_published_to_every_shard_when_asked_for() {
+    let config = Config {
+        presence_events: true,
+        ..Config::default()
+    };
+    let mut s = Sim::sharded(2, config);
+    let watch = subscriber(&mut s[1], V5, "watch", "$SYS/broker/clients/+/+", 0);
+    let dev = connected(&mut s[0], V3, "sensor-1", true);
+    s[0].kill(dev);
+    s[0].sync();
+    let got: Vec<String> = s[1]
+        .take(watch)
+        .into_iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(format!(
+                "{} {}",
+                p.topic.as_str(),
+                String::from_utf8_lossy(&p.payload)
+            )),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            r#"$SYS/broker/clients/sensor-1/connected {"client_id":"sensor-1","username":null}"#,
+            r#"$SYS/broker/clients/sensor-1/disconnected {"client_id":"sensor-1","username":null}"#,
+        ]
+    );
+    // Off by default.
+    let mut plain = Sim::new(Config::default());
+    let watch = subscriber(&mut plain, V5, "watch", "$SYS/broker/clients/+/+", 0);
+    let dev = connected(&mut plain, V3, "sensor-1", true);
+    plain.kill(dev);
+    expect_nothing(&mut plain, watch);
+}

@@ -10,4 +10,5 @@
 mod api;
 mod common;
 mod history;
+mod rules;
 mod webhooks;

@@ -44,7 +44,9 @@ use machine::Counts;
 pub struct WebhookDef {
     /// Its name: letters, digits, `-` and `_`.
     pub name: String,
-    /// The topics it takes.
+    /// The topics it takes (empty: none, only the `http` steps of rules,
+    /// which come on `$tern/call/NAME`).
+    #[serde(default)]
     pub filter: String,
     /// Where they go (`http://` or `https://`).
     pub url: String,
@@ -99,8 +101,12 @@ impl WebhookDef {
                 self.name
             ));
         }
-        let filter =
-            TopicFilter::new(&self.filter).map_err(|e| format!("filter {:?}: {e}", self.filter))?;
+        let filter = if self.filter.is_empty() {
+            TopicFilter::new(&format!("{}{}", crate::rules::CALL_PREFIX, self.name))
+                .map_err(|e| format!("name {:?}: {e}", self.name))?
+        } else {
+            TopicFilter::new(&self.filter).map_err(|e| format!("filter {:?}: {e}", self.filter))?
+        };
         let url = reqwest::Url::parse(&self.url).map_err(|e| format!("url {:?}: {e}", self.url))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("url {:?}: http or https", self.url));

@@ -94,6 +94,14 @@ async fn run(t: Task) {
             ..SubscriptionOptions::new(qos)
         },
     };
+    // Rules' `http` steps for this webhook come on `$tern/call/NAME`.
+    let call = TopicFilter::new(&format!("{}{}", crate::rules::CALL_PREFIX, t.def.name))
+        .ok()
+        .filter(|f| *f != t.filter)
+        .map(|filter| SubscribeFilter {
+            filter,
+            options: SubscriptionOptions::new(QoS::AtLeastOnce),
+        });
     let mut outbox: Outbox<Item> = Outbox::new(Backoff {
         initial: Duration::from_millis(500),
         max: MAX_DELAY,
@@ -162,10 +170,11 @@ async fn run(t: Task) {
                 Some(AsyncEvent::Connected { .. }) => {
                     // Every time: the filter may have changed since the
                     // session was made.
-                    let (client, sub) = (client.clone(), sub.clone());
+                    let (client, mut subs) = (client.clone(), vec![sub.clone()]);
+                    subs.extend(call.clone());
                     let name = t.def.name.clone();
                     tokio::spawn(async move {
-                        match client.subscribe(vec![sub]).await {
+                        match client.subscribe(subs).await {
                             Ok(codes) if codes.iter().all(|c| !c.is_error()) => {
                                 info!(webhook = %name, "webhook subscribed");
                             }

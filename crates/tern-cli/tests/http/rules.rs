@@ -1,0 +1,252 @@
+//! The rules engine with real peers, running the examples of
+//! `examples/home/`: inside `tern broker` (mosquitto_pub as the doorbell,
+//! mosquitto_sub as the lights, a Python receiver as the vendor's URL, a
+//! will as presence) and standalone against Debian's Mosquitto; the
+//! temperature example through `tern rules test` on its recording.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use tern_peers::{require, Logged, Mosquitto};
+
+use crate::common::*;
+
+fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/home")
+        .join(name)
+}
+
+fn broker_with_rules(name: &str, rules: &str, extra: &str) -> Broker {
+    let mut b = Broker::start(
+        name,
+        &format!("[rules]\nfile = \"{}\"\n{extra}", example(rules).display()),
+    );
+    b._process.wait_log("rules subscribed");
+    b
+}
+
+/// `mosquitto_pub -l` on `topic`: each line said is a message, sent at
+/// once on one connection.
+fn doorbell(port: u16, topic: &str) -> Lines {
+    require("mosquitto_pub", "Debian's mosquitto-clients");
+    let mut c = Command::new("mosquitto_pub");
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-t",
+        topic,
+        "-l",
+    ]);
+    Lines::start(c)
+}
+
+/// Presses with these gaps: the input of the pattern, so the test paces
+/// it (the rules engine's own timing is tested in virtual time).
+fn ring(bell: &mut Lines, gaps_ms: &[u64]) {
+    bell.say("1");
+    for g in gaps_ms {
+        std::thread::sleep(Duration::from_millis(*g));
+        bell.say("1");
+    }
+}
+
+const SOS: [u64; 7] = [300, 300, 300, 1200, 300, 300, 300];
+
+#[test]
+fn the_doorbell_pattern_flashes_the_lights_inside_the_broker() {
+    let b = broker_with_rules("rules-doorbell", "doorbell.toml", "");
+    let lights = mosquitto_sub(&b, "home/lights/#", &[]);
+    let mut bell = doorbell(b.mqtt, "home/doorbell/pressed");
+    ring(&mut bell, &SOS);
+    for _ in 0..3 {
+        lights.wait("home/lights/living/set red");
+        lights.wait("home/lights/living/set off");
+    }
+    // The rule's record, over HTTP.
+    let (status, body) = curl(&[&b.url("/api/v1/rules")]);
+    assert_eq!(status, 200, "{body}");
+    let v = json(&body);
+    assert_eq!(v["rules"][0]["name"], "doorbell-sos");
+    assert_eq!(v["rules"][0]["stats"]["fires"], 1);
+}
+
+#[test]
+fn a_near_miss_does_not_flash_and_only_admins_turn_rules_off() {
+    let pw = passwords("rules-miss-pw", &[("root", "hunter2")]);
+    let b = broker_with_rules(
+        "rules-miss",
+        "doorbell.toml",
+        &format!(
+            "[auth]\npassword_file = \"{}\"\n[http]\nadmins = [\"root\"]\n",
+            pw.display()
+        ),
+    );
+    let lights = mosquitto_sub(&b, "home/lights/#", &[]);
+    let mut bell = doorbell(b.mqtt, "home/doorbell/pressed");
+    // The pattern and an extra press (no match), then the pattern again
+    // from that press: it flashes once, for the second.
+    let mut gaps = SOS.to_vec();
+    gaps.push(300);
+    gaps.extend(SOS);
+    ring(&mut bell, &gaps);
+    for _ in 0..3 {
+        lights.wait("home/lights/living/set red");
+        lights.wait("home/lights/living/set off");
+    }
+    let (_, body) = curl(&[&b.url("/api/v1/rules")]);
+    assert_eq!(json(&body)["rules"][0]["stats"]["fires"], 1, "{body}");
+    // Anonymous users may look, not change.
+    let off = [
+        "-X",
+        "PATCH",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"enabled": false}"#,
+    ];
+    let url = b.url("/api/v1/rules/doorbell-sos");
+    let (status, _) = curl(&[&off[..], &[url.as_str()]].concat());
+    assert!(matches!(status, 401 | 403), "{status}");
+    let (status, body) = curl(&[&off[..], &["-u", "root:hunter2", url.as_str()]].concat());
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = curl(&[&b.url("/api/v1/rules")]);
+    assert_eq!(json(&body)["rules"][0]["enabled"], false, "{body}");
+    let (status, _) = curl(&[
+        "-X",
+        "POST",
+        "-u",
+        "root:hunter2",
+        &b.url("/api/v1/rules/reload"),
+    ]);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn motion_at_the_feeder_calls_the_vendors_url_through_a_webhook() {
+    require("python3", "Debian's python3");
+    let port = tern_peers::free_port();
+    let vendor = receiver(port, 0, 0);
+    let b = broker_with_rules(
+        "rules-feeder",
+        "birdfeeder.toml",
+        &format!("[[webhook]]\nname = \"notify\"\nurl = \"http://127.0.0.1:{port}/hook\"\nsecret = \"s3cret\"\n"),
+    );
+    mosquitto_pub(&b, &["-t", "garden/feeder/motion", "-m", "on", "-q", "1"]);
+    let got = vendor.wait("got");
+    assert!(
+        got.starts_with("got $tern/call/notify A bird at the feeder (on)"),
+        "{got}"
+    );
+    assert!(got.ends_with("True"), "signed: {got}");
+    // Throttled: a second motion within the minute calls nobody; the
+    // next message the receiver sees is the one after the throttle...
+    // which this test does not wait for. Instead, the rule's record.
+    mosquitto_pub(&b, &["-t", "garden/feeder/motion", "-m", "on", "-q", "1"]);
+    mosquitto_pub(&b, &["-t", "garden/feeder/motion", "-m", "off", "-q", "1"]);
+    let (_, body) = curl(&[&b.url("/api/v1/rules")]);
+    let v = json(&body);
+    assert_eq!(v["rules"][0]["stats"]["fires"], 1, "{body}");
+}
+
+#[test]
+fn presence_from_a_will_and_from_the_brokers_events() {
+    let b = broker_with_rules("rules-presence", "presence.toml", "");
+    let alerts = mosquitto_sub(&b, "home/alerts", &[]);
+    // A device with a will, which vanishes (killed, so the will goes).
+    let device = mosquitto_sub(
+        &b,
+        "home/device/cmd",
+        &[
+            "-i",
+            "sensor-kitchen",
+            "--will-topic",
+            "home/presence/sensor-kitchen",
+            "--will-payload",
+            "offline",
+        ],
+    );
+    drop(device);
+    let mut seen = vec![
+        alerts.wait_start("home/alerts"),
+        alerts.wait_start("home/alerts"),
+    ];
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "home/alerts sensor-kitchen disconnected",
+            "home/alerts sensor-kitchen went offline",
+        ]
+    );
+}
+
+#[test]
+fn the_temperature_example_on_its_recording() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["rules", "test"])
+        .arg(example("temperature.toml"))
+        .arg("--replay")
+        .arg(example("temperature.jsonl"))
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "7 messages replayed; 4 things happened",
+            "2026-12-06T12:12:00Z  +720.000s  too-hot  fired",
+            "2026-12-06T12:12:00Z  +720.000s  too-hot  publish alarms/attic/too-hot \"attic: over 28 °C for 10 minutes (28.4 °C)\" (qos 1, retained)",
+            "2026-12-06T12:30:00Z  +1800.000s  cooled-down  fired",
+            "2026-12-06T12:30:00Z  +1800.000s  cooled-down  publish alarms/attic/too-hot \"\" (qos 1, retained)",
+        ]
+    );
+}
+
+#[test]
+fn standalone_against_mosquitto() {
+    let m = Mosquitto::start();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+    let state = tern_peers::scratch("rules-standalone").join("state.json");
+    cmd.args(["rules"])
+        .arg(example("doorbell.toml"))
+        .args(["-h", "127.0.0.1", "-p", &m.port.to_string(), "--state"])
+        .arg(&state);
+    let mut rules = Logged::start(cmd);
+    rules.wait_log("rules subscribed");
+    require("mosquitto_sub", "Debian's mosquitto-clients");
+    let mut c = Command::new("stdbuf");
+    c.args([
+        "-oL",
+        "mosquitto_sub",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &m.port.to_string(),
+        "-t",
+        "home/lights/#",
+        "-v",
+        "-d",
+    ]);
+    let lights = Lines::start(c);
+    lights.wait_start("Subscribed");
+    let mut bell = doorbell(m.port, "home/doorbell/pressed");
+    ring(&mut bell, &SOS);
+    for _ in 0..3 {
+        lights.wait("home/lights/living/set red");
+        lights.wait("home/lights/living/set off");
+    }
+    // Its state is saved in the file (the rule fired once).
+    drop(rules);
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).expect("saved")).expect("JSON");
+    assert_eq!(
+        saved["rules"]["doorbell-sos"]["stats"]["fires"], 1,
+        "{saved}"
+    );
+}
