@@ -156,6 +156,11 @@ impl Drop for Lines {
 
 /// `mosquitto_sub -v` on `topic`, once its SUBACK is in.
 pub fn mosquitto_sub(b: &Broker, topic: &str, extra: &[&str]) -> Lines {
+    mosquitto_sub_at(b.mqtt, topic, extra)
+}
+
+/// `mosquitto_sub -v` on `topic` of the broker on `port`.
+pub fn mosquitto_sub_at(port: u16, topic: &str, extra: &[&str]) -> Lines {
     require("mosquitto_sub", "Debian's mosquitto-clients");
     require("stdbuf", "coreutils");
     // Line-buffered, or "Subscribed" waits in stdio's buffer.
@@ -166,7 +171,7 @@ pub fn mosquitto_sub(b: &Broker, topic: &str, extra: &[&str]) -> Lines {
         "-h",
         "127.0.0.1",
         "-p",
-        &b.mqtt_port(),
+        &port.to_string(),
     ])
     .args(["-t", topic, "-v", "-d"])
     .args(extra);
