@@ -72,6 +72,9 @@ pub fn settings(file: &config::File, check: CredentialCheck, max_packet_size: u3
         ..HttpConfig::default()
     };
     c.webhooks = file.webhook.clone();
+    // A broker without users trusts its own machine: anonymous requests
+    // from loopback may manage it (the dashboard's controls included).
+    c.anonymous_admin = file.auth.password_file.is_none();
     c.rules = file.rules.as_ref().map(|r| tern_http::rules::RulesConfig {
         file: r.file.clone(),
         user: r.user.clone(),

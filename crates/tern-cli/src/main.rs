@@ -412,6 +412,7 @@ fn broker(args: BrokerArgs) -> ExitCode {
     // Rules and dashboards learn presence from the broker's events.
     config.broker.presence_events = true;
     let data_dir = args.data.clone().or_else(|| file.persistence.dir.clone());
+    http_settings.data_dir = data_dir.clone();
     http_settings.history = match http::history(&file, data_dir.as_deref()) {
         Ok(h) => h,
         Err(e) => {

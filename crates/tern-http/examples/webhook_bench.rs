@@ -66,6 +66,7 @@ async fn main() -> std::io::Result<()> {
         qos: 1,
         timeout: None,
         secret: None,
+        paused: false,
     };
     let http = HttpConfig {
         webhooks: vec![hook],

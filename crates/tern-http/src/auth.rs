@@ -81,6 +81,7 @@ fn now() -> Instant {
 pub(crate) async fn authenticate(
     config: &HttpConfig,
     verified: &Verified,
+    sessions: &crate::session::Sessions,
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<User, ApiError> {
@@ -96,6 +97,16 @@ pub(crate) async fn authenticate(
             let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
             if scheme.eq_ignore_ascii_case("basic") {
                 Some(basic(config, verified, rest.trim()).await?)
+            } else if scheme == "Session" {
+                // Set by the session layer from the cookie, or given as a
+                // token: a signed-in dashboard.
+                let s = sessions.get(rest.trim()).ok_or_else(|| {
+                    ApiError::unauthorized("the session has ended: sign in again")
+                })?;
+                return Ok(User {
+                    name: s.user,
+                    admin: s.admin,
+                });
             } else if scheme.eq_ignore_ascii_case("bearer") {
                 let user = config
                     .tokens
@@ -109,11 +120,22 @@ pub(crate) async fn authenticate(
             }
         }
     };
-    let admin = name.as_ref().is_some_and(|n| config.admins.contains(n));
+    let admin = is_admin(config, name.as_deref(), peer);
     Ok(User { name, admin })
 }
 
-fn anonymous(config: &HttpConfig, peer: SocketAddr) -> Result<(), ApiError> {
+/// Whether `user` is an admin: named in `[http] admins`, or anonymous on
+/// loopback where the configuration trusts it (`anonymous_admin`: a broker
+/// without users trusts its own machine).
+pub(crate) fn is_admin(config: &HttpConfig, user: Option<&str>, peer: SocketAddr) -> bool {
+    match user {
+        Some(n) => config.admins.iter().any(|a| a == n),
+        None => config.anonymous_admin && peer.ip().is_loopback(),
+    }
+}
+
+/// Whether anonymous requests are taken from `peer`.
+pub(crate) fn anonymous(config: &HttpConfig, peer: SocketAddr) -> Result<(), ApiError> {
     if !peer.ip().is_loopback() && !config.anonymous_remote {
         return Err(ApiError::unauthorized(
             "anonymous requests are taken from loopback only",
@@ -138,19 +160,30 @@ async fn basic(config: &HttpConfig, verified: &Verified, b64: &str) -> Result<St
     if user.is_empty() {
         return Err(bad());
     }
+    verify(config, verified, user, password.as_bytes()).await
+}
+
+/// Checks a user name and password with the broker's credentials check
+/// (remembered a while once verified).
+pub(crate) async fn verify(
+    config: &HttpConfig,
+    verified: &Verified,
+    user: &str,
+    password: &[u8],
+) -> Result<String, ApiError> {
     let Some(check) = config.check.clone() else {
         return Err(ApiError::unauthorized(
             "this server takes no passwords over HTTP",
         ));
     };
-    let key = verified.key(user, password.as_bytes());
+    let key = verified.key(user, password);
     let now = now();
     if verified.known(&key, now) {
         return Ok(user.to_owned());
     }
     let c = credentials(
         Some(user.to_owned()),
-        Some(Bytes::from(password.to_owned())),
+        Some(Bytes::copy_from_slice(password)),
     );
     // The password hash is slow on purpose: off the runtime's threads.
     let result = tokio::task::spawn_blocking(move || check(&c))

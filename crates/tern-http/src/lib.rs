@@ -41,6 +41,7 @@
 
 mod auth;
 mod conn;
+mod dashboard;
 pub mod error;
 pub mod history;
 mod hub;
@@ -51,6 +52,7 @@ pub mod publish;
 mod replay;
 pub mod retained;
 pub mod rules;
+mod session;
 mod sse;
 pub mod subscribe;
 pub mod webhook;
@@ -92,6 +94,12 @@ pub struct HttpConfig {
     /// Anonymous requests from hosts other than loopback are refused
     /// unless this is set (and the broker allows anonymous clients).
     pub anonymous_remote: bool,
+    /// Anonymous requests from loopback are an admin's (for a broker
+    /// without users: `tern broker` sets it when there is no password
+    /// file).
+    pub anonymous_admin: bool,
+    /// The broker's data directory, whose size `GET /api/v1/stats` says.
+    pub data_dir: Option<std::path::PathBuf>,
     /// The largest body a publish takes, bytes (the broker's maximum
     /// packet size bounds the PUBLISH as well).
     pub max_body: usize,
@@ -122,6 +130,8 @@ impl Default for HttpConfig {
             tokens: HashMap::new(),
             admins: Vec::new(),
             anonymous_remote: false,
+            anonymous_admin: false,
+            data_dir: None,
             max_body: 1024 * 1024,
             max_streams: 10_000,
             stream_buffer: 1_000,
@@ -152,6 +162,8 @@ pub(crate) struct State {
     pub(crate) broker: BrokerHandle,
     pub(crate) config: HttpConfig,
     pub(crate) verified: auth::Verified,
+    /// Signed-in dashboards.
+    pub(crate) sessions: session::Sessions,
     pub(crate) pool: conn::Pool,
     pub(crate) streams: Arc<Semaphore>,
     /// Cancelled at shutdown: streams end.
@@ -179,7 +191,7 @@ impl State {
         peer: SocketAddr,
     ) -> Result<auth::User, ApiError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        auth::authenticate(&self.config, &self.verified, headers, peer).await
+        auth::authenticate(&self.config, &self.verified, &self.sessions, headers, peer).await
     }
 
     /// The HTTP side's own trusted connection (opened on first use).
@@ -279,6 +291,7 @@ impl Gateway {
             streams: Arc::new(Semaphore::new(config.max_streams)),
             config,
             verified: auth::Verified::default(),
+            sessions: session::Sessions::default(),
             pool: conn::Pool::default(),
             stop: CancellationToken::new(),
             requests: AtomicU64::new(0),
@@ -319,7 +332,13 @@ impl Gateway {
             .route("/webhooks", get(webhook::api::list).post(webhook::api::add))
             .route(
                 "/webhooks/{name}",
-                axum::routing::delete(webhook::api::remove),
+                axum::routing::delete(webhook::api::remove).patch(webhook::api::pause),
+            )
+            .route(
+                "/session",
+                get(session::whoami)
+                    .post(session::sign_in)
+                    .delete(session::sign_out),
             )
             .route("/rules", get(rules::api::list))
             .route("/rules/reload", post(rules::api::reload))
@@ -327,6 +346,12 @@ impl Gateway {
         Router::new()
             .nest("/api/v1", api)
             .route("/metrics", get(manage::metrics))
+            .route("/", get(dashboard::index))
+            .route("/assets/{name}", get(dashboard::asset))
+            .layer(axum::middleware::from_fn_with_state(
+                self.state.clone(),
+                session::layer,
+            ))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(self.state.config.max_body))

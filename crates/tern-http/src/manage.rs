@@ -164,7 +164,35 @@ pub(crate) async fn stats(
         "bytes_received": s.bytes_received,
         "bytes_sent": s.bytes_sent,
         "http_streams": state.config.max_streams - state.streams.available_permits(),
+        "memory_bytes": memory_bytes(),
+        "store_bytes": state.config.data_dir.as_deref().map_or(0, dir_bytes),
     })))
+}
+
+/// The process's resident memory (Linux: `VmRSS` of /proc/self/status;
+/// 0 elsewhere).
+fn memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The size of the files in a directory (not below it: the store and the
+/// history are files of the data directory).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok())
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len())
+            .sum()
+    })
 }
 
 /// `GET /metrics`: Prometheus text format 0.0.4.

@@ -9,6 +9,7 @@
 
 mod api;
 mod common;
+mod dashboard;
 mod history;
 mod rules;
 mod webhooks;

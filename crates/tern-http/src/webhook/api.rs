@@ -78,6 +78,7 @@ pub(crate) async fn list(
             "failed": status.counts.failed,
             "retries": status.counts.retries,
             "retrying": status.retrying,
+            "paused": def.paused,
             "last_error": status.counts.last_error,
             "outbox": queued.max(status.pending),
         }));
@@ -170,6 +171,45 @@ pub(crate) async fn remove(
             .map_err(unavailable)?;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Pause {
+    paused: bool,
+}
+
+/// `PATCH /api/v1/webhooks/{name}` with `{"paused": bool}`: a paused
+/// webhook delivers nothing and holds what comes in its outbox. Kept with
+/// the definition of a webhook added through the API (so across
+/// restarts); for one of the configuration file, until the broker stops.
+pub(crate) async fn pause(
+    AxState(state): AxState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<Pause>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    admin(&state, &headers, peer).await?;
+    let Json(p) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let stored = {
+        let mut running = state
+            .webhooks
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let r = running
+            .get_mut(&name)
+            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no such webhook"))?;
+        r.def.paused = p.paused;
+        r.paused.send_replace(p.paused);
+        (!r.configured).then(|| r.def.clone())
+    };
+    if let Some(def) = stored {
+        let json = serde_json::to_vec(&def).map_err(unavailable)?;
+        store(&state, &name, json).await?;
+    }
+    Ok(Json(json!({ "name": name, "paused": p.paused })))
 }
 
 /// Keeps (or, empty, forgets) a webhook's definition, durably: a retained

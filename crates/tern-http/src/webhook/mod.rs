@@ -74,6 +74,10 @@ pub struct WebhookDef {
     /// Signs each request with HMAC-SHA256 (never shown by the API).
     #[serde(default)]
     pub secret: Option<String>,
+    /// Paused: nothing is delivered; what comes waits in its outbox (the
+    /// broker's queue for its session, with its limits) until resumed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 fn post() -> String {
@@ -158,6 +162,8 @@ pub(crate) struct Running {
     pub(crate) configured: bool,
     pub(crate) status: Arc<Mutex<Status>>,
     stop: CancellationToken,
+    /// Paused or not, for its task.
+    pub(crate) paused: tokio::sync::watch::Sender<bool>,
 }
 
 /// What a webhook has done, for the API.
@@ -199,7 +205,9 @@ impl Webhooks {
         let (filter, timeout) = def.check()?;
         let status = Arc::new(Mutex::new(Status::default()));
         let stop = CancellationToken::new();
+        let (paused, paused_rx) = tokio::sync::watch::channel(def.paused);
         run::spawn(run::Task {
+            paused: paused_rx,
             def: def.clone(),
             filter,
             timeout,
@@ -219,6 +227,7 @@ impl Webhooks {
                     configured,
                     status,
                     stop,
+                    paused,
                 },
             );
         if let Some(old) = old {

@@ -34,6 +34,8 @@ pub(super) struct Task {
     pub(super) http: reqwest::Client,
     pub(super) status: Arc<Mutex<Status>>,
     pub(super) stop: CancellationToken,
+    /// Paused: nothing is sent until it turns false.
+    pub(super) paused: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A message on its way, with its body.
@@ -55,7 +57,7 @@ pub(super) fn spawn(task: Task) {
     tokio::spawn(run(task));
 }
 
-async fn run(t: Task) {
+async fn run(mut t: Task) {
     let mut config = ClientConfig::new(&t.def.client_id());
     config.clean_start = false;
     config.session_expiry_interval = u32::MAX;
@@ -120,7 +122,10 @@ async fn run(t: Task) {
     let run_id = random.hash_one(0u8);
     let mut n: u64 = 0;
     loop {
-        if let Some((item, attempt)) = outbox.poll_request(now()) {
+        let paused = *t.paused.borrow_and_update();
+        if paused {
+            // Nothing goes out; what comes waits in the outbox.
+        } else if let Some((item, attempt)) = outbox.poll_request(now()) {
             let answer = send(&t, &item, attempt).await;
             let verdict = outbox.handle_answer(answer, now(), random.hash_one(n));
             match verdict {
@@ -140,8 +145,9 @@ async fn run(t: Task) {
             report(&t, &outbox);
             continue;
         }
-        let wait = outbox.poll_timeout();
+        let wait = outbox.poll_timeout().filter(|_| !paused);
         tokio::select! {
+            Ok(()) = t.paused.changed() => {}
             () = t.stop.cancelled() => {
                 client.disconnect().await;
                 return;
