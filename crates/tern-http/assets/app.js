@@ -4,6 +4,8 @@
 "use strict";
 
 const ROW = 26; // px, the topic tree's row height (app.css .row)
+// room2 before room10.
+const collate = new Intl.Collator(undefined, { numeric: true });
 const LIVE_MAX = 50; // live messages kept for the topic shown
 let me = null; // { user, admin, csrf }
 
@@ -158,6 +160,7 @@ const topics = {
     t.count += 1;
     t.retained = !!m.retain;
     if (m.topic === this.selected) {
+      m.at = Date.now();
       this.live.unshift(m);
       if (this.live.length > LIVE_MAX) this.live.pop();
       detail.update();
@@ -203,10 +206,10 @@ const topics = {
         if (topic.toLowerCase().includes(term)) out.push({ name: topic, path: topic, depth: 0, leaf: true });
         if (out.length >= 5000) break;
       }
-      out.sort((a, b) => a.path.localeCompare(b.path));
+      out.sort((a, b) => collate.compare(a.path, b.path));
     } else {
       const walk = (node, depth) => {
-        const kids = [...node.children.values()].sort((a, b) => a.name.localeCompare(b.name));
+        const kids = [...node.children.values()].sort((a, b) => collate.compare(a.name, b.name));
         for (const k of kids) {
           out.push({ name: k.name, path: k.path, depth, node: k, leaf: k.children.size === 0 });
           if (k.open) walk(k, depth + 1);
@@ -216,7 +219,8 @@ const topics = {
     }
     this.visible = out;
     this.dirty = false;
-    $("topic-count").textContent = this.all.size + " topics" + (term ? ", " + out.length + " found" : "");
+    const n = this.all.size;
+    $("topic-count").textContent = n + (n === 1 ? " topic" : " topics") + (term ? ", " + out.length + " found" : "");
   },
 
   draw() {
@@ -252,6 +256,7 @@ const topics = {
   },
 
   pick(r) {
+    this.cursor = r.path;
     if (r.node && r.node.children.size) {
       r.node.open = !r.node.open;
       this.dirty = true;
@@ -261,7 +266,18 @@ const topics = {
       this.live = [];
       detail.open(r.path);
     }
+    if (this.dirty) this.build();
+    this.reveal(r.path);
     this.draw();
+  },
+
+  // Scrolls the tree so that the row of `path` shows.
+  reveal(path) {
+    const j = this.visible.findIndex((v) => v.path === path);
+    const tree = $("tree");
+    if (j < 0) return;
+    if (j * ROW < tree.scrollTop) tree.scrollTop = j * ROW;
+    else if ((j + 1) * ROW > tree.scrollTop + tree.clientHeight) tree.scrollTop = (j + 1) * ROW - tree.clientHeight;
   },
 
   // Keyboard: up and down move, right and left open and close, enter picks.
@@ -282,9 +298,7 @@ const topics = {
     if (!r) return;
     this.cursor = r.path;
     this.selected = r.path;
-    const tree = $("tree");
-    if (j * ROW < tree.scrollTop) tree.scrollTop = j * ROW;
-    if ((j + 1) * ROW > tree.scrollTop + tree.clientHeight) tree.scrollTop = (j + 1) * ROW - tree.clientHeight;
+    this.reveal(r.path);
     if (this.all.has(r.path)) { this.live = []; detail.open(r.path); }
     this.draw();
   },
@@ -325,7 +339,7 @@ const detail = {
       el("p", { class: "muted", text: (t.retained ? "retained · " : "") + "updated " + ago(t.time) }),
     );
     $("live").replaceChildren(...topics.live.map((m) =>
-      el("li", { text: new Date().toLocaleTimeString() + "  " + (m.payload !== undefined ? m.payload : "(binary)") })));
+      el("li", { text: new Date(m.at).toLocaleTimeString() + "  " + (m.payload !== undefined ? m.payload : "(binary)") })));
   },
 
   async history() {
