@@ -155,7 +155,7 @@ const topics = {
       this.all.set(m.topic, t);
       this.insert(m.topic);
     }
-    t.value = m.payload !== undefined ? m.payload : "(" + (m.payload_base64 || "").length + " bytes, binary)";
+    t.value = m.payload !== undefined ? m.payload : "(" + Math.floor((m.payload_base64 || "").length * 3 / 4) + " bytes, binary)";
     t.time = Date.now();
     t.count += 1;
     t.retained = !!m.retain;
@@ -170,9 +170,11 @@ const topics = {
 
   insert(topic) {
     let node = this.root;
-    let path = "";
-    for (const level of topic.split("/")) {
-      path = path ? path + "/" + level : level;
+    const levels = topic.split("/");
+    for (let i = 0; i < levels.length; i++) {
+      const level = levels[i];
+      // By index: "/a" is not "a".
+      const path = levels.slice(0, i + 1).join("/");
       let next = node.children.get(level);
       if (!next) {
         next = { name: level, path, children: new Map(), open: false };
@@ -361,6 +363,7 @@ const detail = {
     }
     const xs = buckets.map((b) => b.start / 1000);
     const series = [xs, buckets.map((b) => b.min), buckets.map((b) => b.avg), buckets.map((b) => b.max)];
+    if (this.chart) this.chart.destroy();
     box.replaceChildren();
     const width = Math.max(280, box.clientWidth || 400);
     const span = [data.from / 1000, data.to / 1000];
@@ -443,7 +446,7 @@ refreshers.rules = async () => {
     el("td", { class: "num", text: String(r.stats.fires) }),
     el("td", { text: ago(r.stats.last_fired) }),
     el("td", { text: r.stats.errors ? r.stats.errors + ": " + (r.stats.last_error || "") : "" }),
-    el("td", { text: [...r.pending, r.running ? r.running + " running" : ""].filter(Boolean).join("; ") }),
+    el("td", { text: [...(r.pending || []), r.running ? r.running + " running" : ""].filter(Boolean).join("; ") }),
   )));
 };
 

@@ -120,18 +120,15 @@ pub(crate) async fn authenticate(
             }
         }
     };
-    let admin = is_admin(config, name.as_deref(), peer);
+    let admin = is_admin(config, name.as_deref());
     Ok(User { name, admin })
 }
 
-/// Whether `user` is an admin: named in `[http] admins`, or anonymous on
-/// loopback where the configuration trusts it (`anonymous_admin`: a broker
-/// without users trusts its own machine).
-pub(crate) fn is_admin(config: &HttpConfig, user: Option<&str>, peer: SocketAddr) -> bool {
-    match user {
-        Some(n) => config.admins.iter().any(|a| a == n),
-        None => config.anonymous_admin && peer.ip().is_loopback(),
-    }
+/// Whether `user` is an admin: named in `[http] admins`. (Anonymous
+/// requests never are; a dashboard session signed in anonymously may be:
+/// see the session module.)
+pub(crate) fn is_admin(config: &HttpConfig, user: Option<&str>) -> bool {
+    user.is_some_and(|n| config.admins.iter().any(|a| a == n))
 }
 
 /// Whether anonymous requests are taken from `peer`.

@@ -34,6 +34,9 @@ pub const IDLE: Duration = Duration::from_secs(3600);
 pub const MAX_AGE: Duration = Duration::from_secs(12 * 3600);
 /// Sessions at most.
 pub const MAX_SESSIONS: usize = 10_000;
+/// Sessions of one user at most (the oldest of theirs goes): no user can
+/// push everyone else's sessions out.
+pub const MAX_PER_USER: usize = 20;
 const COOKIE: &str = "tern_session";
 
 #[derive(Debug, Clone)]
@@ -86,6 +89,17 @@ impl Sessions {
         };
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, s| alive(s, t));
+        let theirs: Vec<(&String, &Session)> =
+            map.iter().filter(|(_, x)| x.user == s.user).collect();
+        if theirs.len() >= MAX_PER_USER {
+            if let Some(oldest) = theirs
+                .iter()
+                .min_by_key(|(_, x)| x.created)
+                .map(|(k, _)| (*k).clone())
+            {
+                map.remove(&oldest);
+            }
+        }
         if map.len() >= MAX_SESSIONS {
             if let Some(oldest) = map
                 .iter()
@@ -216,10 +230,31 @@ pub(crate) async fn whoami(
     }
 }
 
-/// `POST /api/v1/session`.
+/// Whether the request names this machine as its host (`localhost`, a
+/// loopback address): a page served under another name that resolves to
+/// 127.0.0.1 (DNS rebinding) does not.
+fn host_is_local(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `POST /api/v1/session`. Signed in anonymously, the session is an
+/// admin's only where the configuration trusts this machine
+/// (`anonymous_admin`: a broker without users), from loopback, with a
+/// loopback `Host`.
 pub(crate) async fn sign_in(
     AxState(state): AxState<Arc<State>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
+    headers: HeaderMap,
     body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(b) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
@@ -233,7 +268,12 @@ pub(crate) async fn sign_in(
             None
         }
     };
-    let admin = crate::auth::is_admin(&state.config, user.as_deref(), peer.0);
+    let admin = match &user {
+        Some(_) => crate::auth::is_admin(&state.config, user.as_deref()),
+        None => {
+            state.config.anonymous_admin && peer.0.ip().is_loopback() && host_is_local(&headers)
+        }
+    };
     let (token, s) = state.sessions.create(user, admin)?;
     let cookie = format!(
         "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",

@@ -55,6 +55,18 @@ impl Logged {
         }
     }
 
+    /// Waits until a line containing each of `needles` has come, in any
+    /// order (after those already waited for).
+    pub fn wait_logs(&mut self, needles: &[&str]) {
+        let mut left: Vec<&str> = needles.to_vec();
+        while !left.is_empty() {
+            match self.lines.recv_timeout(self.patience) {
+                Ok(l) => left.retain(|n| !l.contains(n)),
+                Err(_) => panic!("no log line with {left:?}; log:\n{}", self.log()),
+            }
+        }
+    }
+
     /// The log so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log").join("\n")

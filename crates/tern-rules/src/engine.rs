@@ -183,7 +183,9 @@ impl Engine {
     pub(crate) fn start(&mut self, now: Millis) {
         for i in 0..self.slots.len() {
             let s = &mut self.slots[i];
-            s.machine.start(&s.rule.timing, now);
+            if s.rule.enabled {
+                s.machine.start(&s.rule.timing, now);
+            }
             if let Trigger::Daily(d) = &s.rule.trigger {
                 s.next_at = d.next_after(now, &self.tz);
             }
@@ -362,12 +364,18 @@ impl Engine {
 
     /// Time has come to `now`.
     pub fn handle_timeout(&mut self, now: Millis) {
+        // The rules due now, each taken once: whatever they arm next is
+        // for a later call.
+        let mut due = Vec::new();
         while let Some(&(t, i)) = self.wakes.first() {
             if t > now {
                 break;
             }
             self.wakes.remove(&(t, i));
             self.slots[i].wake = None;
+            due.push(i);
+        }
+        for i in due {
             let s = &mut self.slots[i];
             if s.next_at.is_some_and(|n| n <= now) {
                 if let Trigger::Daily(d) = &s.rule.trigger {
@@ -396,7 +404,10 @@ impl Engine {
     fn after(&mut self, i: usize, now: Millis) {
         let fired = std::mem::take(&mut self.fired);
         for ctx in fired {
+            // Each firing's steps run as far as they can before the next
+            // (a run with no wait is over before the next one is judged).
             self.fire(i, ctx, now);
+            self.advance(i, now);
         }
         self.advance(i, now);
         self.rewake(i);
@@ -537,6 +548,7 @@ impl Engine {
     /// Sets rule `i`'s one entry in the wake-ups.
     pub(crate) fn rewake(&mut self, i: usize) {
         let s = &mut self.slots[i];
+        // A rule turned off waits for nothing.
         let next = [
             s.machine.next_wake(&s.rule.timing),
             s.runs.iter().map(|r| r.at).min(),
@@ -544,7 +556,8 @@ impl Engine {
         ]
         .into_iter()
         .flatten()
-        .min();
+        .min()
+        .filter(|_| s.rule.enabled);
         if next == s.wake {
             return;
         }
@@ -575,9 +588,11 @@ impl Engine {
         self.wakes.first().map(|(t, _)| *t)
     }
 
-    /// Turns a rule on or off; false if there is no such rule. A rule
-    /// turned off forgets what it was waiting for and stops its runs.
-    pub fn set_enabled(&mut self, name: &str, on: bool) -> bool {
+    /// Turns a rule on or off at `now`; false if there is no such rule. A
+    /// rule turned off forgets what it was waiting for and stops its runs;
+    /// turned on, it starts afresh (a silence is timed from now, a
+    /// schedule comes round at its next time).
+    pub fn set_enabled(&mut self, name: &str, on: bool, now: Millis) -> bool {
         let Some(&i) = self.by_name.get(name) else {
             return false;
         };
@@ -586,7 +601,14 @@ impl Engine {
             s.rule.enabled = on;
             s.machine = Machine::default();
             s.runs.clear();
+            if on {
+                s.machine.start(&s.rule.timing, now);
+                if let Trigger::Daily(d) = &s.rule.trigger {
+                    s.next_at = d.next_after(now, &self.tz);
+                }
+            }
             self.dirty = true;
+            self.rewake(i);
         }
         true
     }

@@ -21,7 +21,6 @@
 //! ]
 //! ```
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use jiff::tz::TimeZone;
@@ -135,13 +134,18 @@ impl RuleSet {
 /// A rule's digest: of its lines, trimmed, without blank lines and
 /// comments (so moving it or commenting it does not change it).
 fn digest(text: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    // FNV-1a: the same across Rust releases (a saved digest must match
+    // after an upgrade).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for line in text.lines().map(str::trim) {
         if !line.is_empty() && !line.starts_with('#') {
-            line.hash(&mut h);
+            for b in line.bytes().chain(std::iter::once(b'\n')) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
         }
     }
-    h.finish()
+    h
 }
 
 /// Where the table whose header is at `start` ends: at the next line that
@@ -149,7 +153,9 @@ fn digest(text: &str) -> u64 {
 fn table_end(text: &str, start: usize) -> usize {
     let mut at = start;
     for (i, line) in text[start..].split_inclusive('\n').enumerate() {
-        if i > 0 && line.trim_start().starts_with('[') {
+        let t = line.trim_start();
+        // A table of its own (`[[rule.action]]` is still the rule's).
+        if i > 0 && t.starts_with('[') && !t.starts_with("[rule.") && !t.starts_with("[[rule.") {
             return at;
         }
         at += line.len();
@@ -355,7 +361,7 @@ impl RawRule {
                     None | Some("offline") => false,
                     Some(s) => return Err(("state", format!("{s:?}: say online or offline"))),
                 };
-                if c.is_empty() || c[..c.len() - 1].contains('*') {
+                if c.is_empty() || c.strip_suffix('*').unwrap_or(c).contains('*') {
                     return Err(("presence", format!("{c:?}: a client id, or a prefix and *")));
                 }
                 Ok(Trigger::Presence {
@@ -507,6 +513,12 @@ fn compile_steps(raw: &[RawStep], t: &mut Templates, out: &mut Vec<Step>) -> Res
                 .ok_or(("repeat", "repeat needs steps".to_owned()))?;
             let mut once = Vec::new();
             compile_steps(inner, t, &mut once)?;
+            if once.is_empty() || n as usize > MAX_STEPS {
+                return Err((
+                    "repeat",
+                    format!("repeat needs steps, at most {MAX_STEPS} times"),
+                ));
+            }
             for _ in 0..n {
                 out.extend(once.iter().cloned());
                 if out.len() > MAX_STEPS {

@@ -4,7 +4,10 @@
 //! time every rule is held to its limit (declared, or
 //! [`DEFAULT_LIMIT`](crate::rule::DEFAULT_LIMIT)).
 //!
-//! A template in a topic level is taken to fill that level (`+`).
+//! A template in a topic level is taken to fill that level (`+`) when it
+//! can only say what a `+` of the trigger matched; one that may hold a
+//! `/` (the topic, the payload, a `#` capture, ...) may fill any number of
+//! levels (`#`).
 
 use tern_topic::{Matches, SubscriptionIndex, TopicName};
 
@@ -62,7 +65,11 @@ fn edges(rules: &[Rule]) -> Vec<Vec<usize>> {
                 index.matches(&name, &mut matches);
                 out[i].extend(matches.subscriptions().iter().map(|(j, _)| *j));
             } else {
-                let pattern = pattern(topic.source());
+                let multi = match &r.trigger {
+                    Trigger::Topic(f) => f.as_str().ends_with('#'),
+                    _ => false,
+                };
+                let pattern = pattern(topic.source(), multi);
                 out[i].extend(
                     triggers
                         .iter()
@@ -77,19 +84,28 @@ fn edges(rules: &[Rule]) -> Vec<Vec<usize>> {
     out
 }
 
-/// A topic template as a filter: a level with a template in it is `+`.
-fn pattern(source: &str) -> String {
-    source
-        .split('/')
-        .map(|l| {
-            if l.contains("{{") || l.contains("{%") {
-                "+"
-            } else {
-                l
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
+/// A topic template as a filter: a level with a template in it is `+`
+/// if it can only render one level, else `#` (`multi`: the trigger's `#`
+/// capture may hold slashes).
+fn pattern(source: &str, multi: bool) -> String {
+    // Words a template can take a `/` from.
+    const SLASHY: [&str; 8] = [
+        "topic", "levels", "payload", "json", "value", "state", "client", "~",
+    ];
+    let mut out = Vec::new();
+    for l in source.split('/') {
+        if !(l.contains("{{") || l.contains("{%")) {
+            out.push(l);
+            continue;
+        }
+        let slashy = SLASHY.iter().any(|w| l.contains(w)) || (multi && l.contains("captures"));
+        if slashy {
+            out.push("#");
+            break;
+        }
+        out.push("+");
+    }
+    out.join("/")
 }
 
 /// Whether some topic matches both filters.
@@ -164,7 +180,12 @@ mod tests {
         assert!(!overlap("a/b", "a/c"));
         assert!(!overlap("a/b/c", "a/b"));
         assert!(overlap("+/+", "x/y"));
-        assert_eq!(pattern("lights/{{ captures[0] }}/set"), "lights/+/set");
+        assert_eq!(
+            pattern("lights/{{ captures[0] }}/set", false),
+            "lights/+/set"
+        );
+        assert_eq!(pattern("x/{{ topic }}", false), "x/#");
+        assert_eq!(pattern("x/{{ captures[1] }}/y", true), "x/#");
     }
 
     #[test]

@@ -75,7 +75,51 @@ impl Progress {
     }
 }
 
+/// Topics (or clients) a `for` rule keeps at most; for a new one beyond,
+/// one that fired goes first (the oldest), else the oldest waiting.
+pub const MAX_HELD: usize = 1_000;
+
+/// The most of a payload kept for a later firing (`for`, debounce, a
+/// sequence): beyond, it is cut (at a character's boundary).
+pub const MAX_KEPT: usize = 64 * 1024;
+
+impl Ctx {
+    /// Nothing but a time.
+    pub fn at(at: Millis) -> Ctx {
+        Ctx {
+            topic: String::new(),
+            payload: String::new(),
+            client: None,
+            at,
+        }
+    }
+
+    /// As kept for a later firing: the payload at most [`MAX_KEPT`] bytes.
+    pub fn kept(mut self) -> Ctx {
+        if self.payload.len() > MAX_KEPT {
+            let mut end = MAX_KEPT;
+            while !self.payload.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.payload.truncate(end);
+        }
+        self
+    }
+}
+
 impl Machine {
+    /// Room for one more `for` key.
+    fn evict_held(&mut self) {
+        let victim = self
+            .held
+            .iter()
+            .min_by_key(|(_, h)| (!h.fired, h.ctx.at))
+            .map(|(k, _)| k.clone());
+        if let Some(k) = victim {
+            self.held.remove(&k);
+        }
+    }
+
     /// A rule starts (loaded, or after a restart): a silence is timed from
     /// now if it is not timed already.
     pub fn start(&mut self, timing: &Timing, now: Millis) {
@@ -104,18 +148,23 @@ impl Machine {
                 if !passes {
                     self.held.remove(key);
                 } else if !self.held.contains_key(key) {
+                    if self.held.len() >= MAX_HELD {
+                        self.evict_held();
+                    }
                     let until = now.saturating_add(*d);
                     self.held.insert(
                         key.to_owned(),
                         Held {
                             until,
-                            ctx,
+                            ctx: ctx.kept(),
                             fired: false,
                         },
                     );
                 }
             }
-            Timing::Debounce(d) if passes => self.pending = Some((now.saturating_add(*d), ctx)),
+            Timing::Debounce(d) if passes => {
+                self.pending = Some((now.saturating_add(*d), ctx.kept()));
+            }
             Timing::Debounce(_) => {}
             Timing::Throttle(d) if passes => {
                 if self.last.is_none_or(|l| now >= l.saturating_add(*d)) {
@@ -150,12 +199,16 @@ impl Machine {
     fn press(&mut self, s: &Sequence, ctx: Ctx) {
         let now = ctx.at;
         let p = &mut self.seq;
-        // Too slow: the attempt under way is over.
-        if p.done.is_none() && p.last.is_some_and(|l| now.saturating_sub(l) > s.longest()) {
-            *p = Progress::default();
-        }
+        // Too slow: more than the longest symbol since the last press (by
+        // gaps) or release (by presses), and the attempt under way is over.
+        let too_slow = |p: &Progress| {
+            p.done.is_none() && p.last.is_some_and(|l| now.saturating_sub(l) > s.longest())
+        };
         match &s.by {
             By::Gaps => {
+                if too_slow(p) {
+                    *p = Progress::default();
+                }
                 let Some(last) = p.last else {
                     p.last = Some(now);
                     return;
@@ -167,22 +220,20 @@ impl Machine {
                     p.last = Some(now);
                     return;
                 }
-                Self::symbol(s, p, now.saturating_sub(last), now, ctx);
+                Self::symbol(s, p, now.saturating_sub(last), now, ctx.kept());
             }
             By::Presses { down, up } => {
                 if ctx.payload == *down {
-                    if p.done.is_some() {
+                    if p.done.is_some() || too_slow(p) {
                         *p = Progress::default();
                     }
                     p.down = Some(now);
-                    if p.last.is_none() {
-                        p.last = Some(now);
-                    }
                 } else if ctx.payload == *up {
+                    // How long it was held is the symbol.
                     let Some(d) = p.down.take() else {
                         return;
                     };
-                    Self::symbol(s, p, now.saturating_sub(d), now, ctx);
+                    Self::symbol(s, p, now.saturating_sub(d), now, ctx.kept());
                 }
             }
         }
@@ -202,10 +253,9 @@ impl Machine {
             }
             _ => {
                 *p = Progress::default();
-                p.last = Some(now);
-                if let By::Presses { .. } = s.by {
-                    // A press of the wrong length cannot start a pattern.
-                    p.last = None;
+                if s.by == By::Gaps {
+                    // This press may begin the next attempt.
+                    p.last = Some(now);
                 }
             }
         }
@@ -218,7 +268,10 @@ impl Machine {
                 for h in self.held.values_mut() {
                     if !h.fired && h.until <= now {
                         h.fired = true;
-                        fire.push(h.ctx.clone());
+                        // Only the key is needed now: it fires again once
+                        // the test has failed for it.
+                        let at = h.ctx.at;
+                        fire.push(std::mem::replace(&mut h.ctx, Ctx::at(at)));
                     }
                 }
             }

@@ -147,7 +147,7 @@ fn weekday(d: &str) -> Result<Weekday, String> {
         ("sun", Weekday::Sunday),
     ];
     all.iter()
-        .find(|(short, _)| l.len() >= 3 && short.starts_with(&l[..3]) && l.starts_with(short))
+        .find(|(short, _)| l.starts_with(short))
         .map(|(_, w)| *w)
         .ok_or_else(|| format!("{d:?} is not a day of the week (say \"mon\")"))
 }

@@ -54,6 +54,18 @@ fn errors_name_the_file_line_and_key() {
     let e = error("[[rule]]\nname = \"a\"\naction = [{ publish = \"y\" }]\n");
     assert!(e.contains("needs a trigger"), "{e}");
 
+    // Not ASCII, not a panic.
+    let e = error("[[rule]]\nname = \"a\"\npresence = \"é*é\"\naction = [{ publish = \"y\" }]\n");
+    assert!(e.contains("presence"), "{e}");
+    let e = error(
+        "[[rule]]\nname = \"a\"\nat = \"07:00\"\ndays = [\"éé\"]\naction = [{ publish = \"y\" }]\n",
+    );
+    assert!(e.contains("day"), "{e}");
+    let e = error(
+        "[[rule]]\nname = \"a\"\ntopic = \"x\"\naction = [{ repeat = 4000000000, steps = [] }]\n",
+    );
+    assert!(e.contains("repeat"), "{e}");
+
     let e = error("[[rule]]\nname = \"a\"\ntopic = \"x\"\nsequence = \"..x\"\nshort = \"1ms..2ms\"\nlong = \"3ms..4ms\"\naction = [{ publish = \"y\" }]\n");
     assert!(
         e.starts_with("rules.toml:4:") && e.contains("sequence"),
@@ -78,6 +90,11 @@ fn a_rule_that_can_trigger_itself_is_refused_without_a_limit() {
         e.contains("ping") && e.contains("pong") && e.contains("circle"),
         "{e}"
     );
+    // A template that may render several levels (the topic itself).
+    let e = error(
+        "[[rule]]\nname = \"mirror\"\ntopic = \"home/+/x/y\"\naction = [{ publish = \"{{ topic }}\" }]\n",
+    );
+    assert!(e.contains("mirror") && e.contains("trigger itself"), "{e}");
     // Unrelated topics: fine.
     RuleSet::parse(
         "[[rule]]\nname = \"fine\"\ntopic = \"lights/+/set\"\naction = [{ publish = \"lights/{{ captures[0] }}/state\" }]\n",

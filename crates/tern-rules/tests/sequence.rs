@@ -124,3 +124,32 @@ fn the_pattern_by_presses_held() {
     h.advance(3000);
     assert!(h.published().is_empty());
 }
+
+#[test]
+fn presses_held_long_with_long_pauses_between_them() {
+    // The pause between presses is timed from the last release, the
+    // symbol by how long a press is held: a 1.5 s press after a 1 s pause
+    // is a long one, not "too slow".
+    let mut h = Home::new(BY_PRESSES);
+    for (i, held) in [100u64, 100, 100, 1500, 100, 100, 100].iter().enumerate() {
+        if i > 0 {
+            h.advance(1000);
+        }
+        h.publish("home/doorbell/button", "down");
+        h.advance(*held);
+        h.publish("home/doorbell/button", "up");
+    }
+    h.advance(2001);
+    assert_eq!(h.published(), ["lights/living/set red"]);
+    // A pause longer than the longest symbol ends the attempt.
+    for (i, held) in [100u64, 100, 100, 900, 100, 100, 100].iter().enumerate() {
+        if i > 0 {
+            h.advance(if i == 4 { 2500 } else { 200 });
+        }
+        h.publish("home/doorbell/button", "down");
+        h.advance(*held);
+        h.publish("home/doorbell/button", "up");
+    }
+    h.advance(3000);
+    assert!(h.published().is_empty());
+}

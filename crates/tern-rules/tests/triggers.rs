@@ -300,11 +300,65 @@ fn a_rule_turned_off_sees_nothing() {
         action = [{ publish = "y" }]
         "#,
     );
-    assert!(h.engine.set_enabled("r", false));
+    assert!(h.engine.set_enabled("r", false, h.now));
     h.publish("x", "1");
     assert!(h.published().is_empty());
-    assert!(h.engine.set_enabled("r", true));
+    assert!(h.engine.set_enabled("r", true, h.now));
     h.publish("x", "1");
     assert_eq!(h.published(), ["y "]);
-    assert!(!h.engine.set_enabled("nope", true));
+    assert!(!h.engine.set_enabled("nope", true, h.now));
+}
+
+#[test]
+fn a_silence_rule_turned_off_waits_for_nothing_and_turned_on_starts_afresh() {
+    // Off in the file: nothing is due, ever (it used to come due at once,
+    // forever).
+    let mut h = Home::new(
+        r#"
+        [[rule]]
+        name = "freezer"
+        topic = "freezer/temp"
+        absent = "1m"
+        enabled = false
+        action = [{ publish = "alarm" }]
+        "#,
+    );
+    assert_eq!(h.engine.poll_timeout(), None);
+    h.advance(10 * 60_000);
+    assert!(h.published().is_empty());
+    // On: the silence is timed from now.
+    assert!(h.engine.set_enabled("freezer", true, h.now));
+    assert_eq!(h.engine.poll_timeout(), Some(h.now + 60_000));
+    h.advance(60_000);
+    assert_eq!(h.published(), ["alarm "]);
+    // Off again while waiting: nothing.
+    h.publish("freezer/temp", "-18");
+    assert!(h.engine.set_enabled("freezer", false, h.now));
+    assert_eq!(h.engine.poll_timeout(), None);
+}
+
+#[test]
+fn a_for_rule_keeps_at_most_a_thousand_topics() {
+    let mut h = Home::new(
+        r#"
+        [[rule]]
+        name = "hot"
+        topic = "sensors/+/temp"
+        above = 25
+        for = "1m"
+        limit = "10000/1s"
+        action = [{ publish = "alarm/{{ captures[0] }}" }]
+        "#,
+    );
+    for i in 0..1500 {
+        h.publish(&format!("sensors/s{i}/temp"), "30");
+    }
+    let waiting = h.engine.rules()[0].pending.len();
+    assert_eq!(waiting, 1000);
+    // The oldest went: the newest fire.
+    h.advance(60_000);
+    let fired = h.published();
+    assert_eq!(fired.len(), 1000);
+    assert!(fired.contains(&"alarm/s1499 ".to_owned()));
+    assert!(!fired.contains(&"alarm/s0 ".to_owned()));
 }

@@ -44,8 +44,8 @@ fn the_dashboard_in_headless_chromium() {
             rules.display()
         ),
     );
-    b._process.wait_log("history: subscribed");
-    b._process.wait_log("rules subscribed");
+    b._process
+        .wait_logs(&["history: subscribed", "rules subscribed"]);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/http/dashboard.py");
     let shots =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/dashboard-screenshots");
@@ -90,6 +90,22 @@ fn with_no_users_loopback_signs_in_as_an_admin() {
     let v = json(&body);
     assert_eq!(v["admin"], true, "{body}");
     let csrf = v["csrf"].as_str().expect("a token").to_owned();
+    // Under another name for this machine (DNS rebinding), not an admin;
+    // and without a session, anonymous requests manage nothing.
+    let (_, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "Host: evil.example",
+        "-d",
+        "{}",
+        &b.url("/api/v1/session"),
+    ]);
+    assert_eq!(json(&body)["admin"], false, "{body}");
+    let (status, _) = curl(&["-X", "DELETE", &b.url("/api/v1/clients/nobody")]);
+    assert!(matches!(status, 401 | 403), "{status}");
     // The page's files.
     let (status, page) = curl(&["-b", jar, &b.url("/")]);
     assert_eq!(status, 200);

@@ -302,7 +302,23 @@ fn a_for_wait_survives_a_restart_of_the_broker() {
     drop((acks, b));
     let b = start_on(&dir);
     let alarms = mosquitto_sub(&b, "alarm", &[]);
-    let (_, body) = curl(&[&b.url("/api/v1/rules")]);
+    // What a rule waits for is for admins: a session of this machine's
+    // (a broker without users trusts it).
+    let jar = tern_peers::scratch("rules-restart-jar").join("cookies");
+    let jar = jar.to_str().expect("utf-8");
+    let (status, _) = curl(&[
+        "-c",
+        jar,
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{}",
+        &b.url("/api/v1/session"),
+    ]);
+    assert_eq!(status, 200);
+    let (_, body) = curl(&["-b", jar, &b.url("/api/v1/rules")]);
     let v = json(&body);
     let pending = v["rules"][1]["pending"][0]
         .as_str()

@@ -1,5 +1,6 @@
 //! The rules over HTTP: `GET /api/v1/rules` (any user: each rule, on or
-//! off, when it last fired, its errors, what it waits for),
+//! off, when it last fired, how many errors; admins also see its last
+//! error, its state and what it waits for),
 //! `POST /api/v1/rules/reload` and `PATCH /api/v1/rules/{name}` with
 //! `{"enabled": bool}` (admins).
 
@@ -31,10 +32,24 @@ pub(crate) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let user = state.authenticate(&headers, peer.0).await?;
     let r = rules(&state)?;
+    let mut list = serde_json::to_value(r.list()).unwrap_or_default();
+    if !user.admin {
+        // What the rules hold (topics, client ids, payloads in errors) may
+        // be what the ACL keeps from this user: admins only.
+        for rule in list.as_array_mut().into_iter().flatten() {
+            if let Some(m) = rule.as_object_mut() {
+                m.remove("state");
+                m.remove("pending");
+                if let Some(stats) = m.get_mut("stats").and_then(Value::as_object_mut) {
+                    stats.remove("last_error");
+                }
+            }
+        }
+    }
     Ok(Json(json!({
         "file": r.file().display().to_string(),
         "admin": user.admin,
-        "rules": r.list(),
+        "rules": list,
     })))
 }
 

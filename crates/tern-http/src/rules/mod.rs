@@ -108,7 +108,7 @@ impl Rules {
 
     /// Turns a rule on or off; false if there is no such rule.
     pub fn set_enabled(&self, name: &str, on: bool) -> bool {
-        let found = self.engine().set_enabled(name, on);
+        let found = self.engine().set_enabled(name, on, wall_ms());
         self.inner.changed.notify_one();
         found
     }
@@ -188,15 +188,55 @@ pub(crate) async fn start_in_broker(
             connect_timeout: Duration::from_secs(10),
         })
     };
-    let (client, events) = match open("tern-rules", user, false, true) {
-        Ok(c) => c,
-        Err(e) => return tracing::warn!(error = %e, "the rules cannot start"),
-    };
     let (trusted, mut notes) = match open("$tern/rules", Some("$tern/rules".into()), true, false) {
         Ok(c) => c,
         Err(e) => return tracing::warn!(error = %e, "the rules cannot start"),
     };
     tokio::spawn(async move { while notes.recv().await.is_some() {} });
+    let id = match session_id(&broker, &trusted).await {
+        Ok(id) => id,
+        Err(e) => return tracing::warn!(error = %e, "the rules cannot start"),
+    };
+    let (client, events) = match open(&id, user, false, true) {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!(error = %e, "the rules cannot start"),
+    };
     tracing::info!(rules = rules.list().len(), file = %rules.file().display(), "rules loaded");
     run(rules, client, events, Store::Broker(trusted), stop).await;
+}
+
+/// Where the rules' session's client id is kept.
+const ID_TOPIC: &str = "$tern/rules/id";
+
+/// The client id of the rules' persistent session: `tern-rules-` and 32
+/// random hex digits, made once and kept in the broker (a client that
+/// could guess it could take the session over, with what waits in it).
+async fn session_id(
+    broker: &tern_tokio::BrokerHandle,
+    trusted: &tern_tokio::AsyncClient,
+) -> Result<String, String> {
+    let filter = tern_codec::TopicFilter::new(ID_TOPIC).expect("a valid filter");
+    let kept = broker
+        .retained_trusted(filter, 1)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(id) = kept
+        .messages
+        .first()
+        .and_then(|m| std::str::from_utf8(&m.payload).ok())
+    {
+        return Ok(id.to_owned());
+    }
+    let mut b = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| "no randomness".to_owned())?;
+    let id = format!(
+        "tern-rules-{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    );
+    let m = tern_codec::Message::new(tern_codec::TopicName::from_static(ID_TOPIC), id.clone())
+        .with_qos(tern_codec::QoS::AtLeastOnce)
+        .with_retain(true);
+    trusted.publish(m).await.map_err(|e| e.to_string())?;
+    Ok(id)
 }

@@ -153,7 +153,9 @@ async fn run(mut t: Task) {
                 return;
             }
             () = sleep_until(wait) => {}
-            e = events.recv() => match e {
+            // Paused, nothing is taken: what comes waits in the broker,
+            // with its limits (QoS 0 has no receive maximum to hold it).
+            e = events.recv(), if !paused => match e {
                 Some(AsyncEvent::Message(d)) => {
                     n += 1;
                     match body(&t, template.as_ref(), &d.message) {
