@@ -57,6 +57,6 @@ pub mod time;
 
 pub use engine::{Action, Engine, RuleEvent, Stats};
 pub use file::{LoadError, RuleSet};
-pub use machine::{Ctx, Machine};
+pub use machine::{Ctx, Machine, MAX_HELD, MAX_KEPT};
 pub use snapshot::{RuleInfo, RuleSnapshot, Snapshot};
 pub use time::Millis;
