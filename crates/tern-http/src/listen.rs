@@ -18,19 +18,19 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the server to take them.
 const READY: usize = 64;
 
-/// The peer's address, as handlers see it.
+/// The peer's address, as handlers see it, and whether it came over TLS.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Peer(pub(crate) SocketAddr);
+pub(crate) struct Peer(pub(crate) SocketAddr, pub(crate) bool);
 
 impl Connected<IncomingStream<'_, TcpListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Peer {
-        Peer(*stream.remote_addr())
+        Peer(*stream.remote_addr(), false)
     }
 }
 
 impl Connected<IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Peer {
-        Peer(*stream.remote_addr())
+        Peer(*stream.remote_addr(), true)
     }
 }
 

@@ -38,7 +38,7 @@ use crate::State;
 /// The handler.
 pub(crate) async fn publish(
     AxState(state): AxState<Arc<State>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
     topic: Result<Path<String>, PathRejection>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,

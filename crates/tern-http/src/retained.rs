@@ -34,7 +34,7 @@ pub(crate) struct Params {
 /// The handler.
 pub(crate) async fn retained(
     AxState(state): AxState<Arc<State>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
     filter: Result<Path<String>, PathRejection>,
     query: Result<Query<Params>, QueryRejection>,
     headers: HeaderMap,

@@ -275,8 +275,10 @@ pub(crate) async fn sign_in(
         }
     };
     let (token, s) = state.sessions.create(user, admin)?;
+    // Over HTTPS the cookie is never sent in the clear.
+    let secure = if peer.1 { "; Secure" } else { "" };
     let cookie = format!(
-        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}",
         MAX_AGE.as_secs()
     );
     let mut r = Json(answer(&s)).into_response();

@@ -63,7 +63,7 @@ const MAX_FILTERS: usize = 32;
 /// The handler.
 pub(crate) async fn subscribe(
     AxState(state): AxState<Arc<State>>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(Peer(peer, _)): ConnectInfo<Peer>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {

@@ -351,6 +351,31 @@ fn https_with_the_brokers_certificate() {
     let url = format!("https://localhost:{}/api/v1/publish/t", b.http);
     let (status, body) = curl(&["--cacert", ca.to_str().expect("utf-8"), "-d", "x", &url]);
     assert_eq!(status, 200, "{body}");
+    // A dashboard session's cookie over HTTPS is never sent in the clear.
+    let session = format!("https://localhost:{}/api/v1/session", b.http);
+    let (status, head) = curl(&[
+        "--cacert",
+        ca.to_str().expect("utf-8"),
+        "-s",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{}",
+        &session,
+    ]);
+    assert_eq!(status, 200, "{head}");
+    let cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_default();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("Secure"),
+        "{head}"
+    );
     // Plain HTTP to the HTTPS port is not served.
     let (status, _) = curl(&[&format!("http://127.0.0.1:{}/api/v1/retained/t", b.http)]);
     assert_ne!(status, 200);

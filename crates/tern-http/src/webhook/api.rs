@@ -124,6 +124,7 @@ pub(crate) async fn add(
         ));
     }
     let stored = serde_json::to_vec(&def).map_err(unavailable)?;
+    let _storing = state.webhooks.storing.lock().await;
     store(&state, &def.name, stored).await?;
     state
         .webhooks
@@ -144,6 +145,7 @@ pub(crate) async fn remove(
 ) -> Result<StatusCode, ApiError> {
     admin(&state, &headers, peer).await?;
     let Path(name) = name.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let _storing = state.webhooks.storing.lock().await;
     let configured = match state
         .webhooks
         .running
@@ -192,6 +194,7 @@ pub(crate) async fn pause(
 ) -> Result<Json<Value>, ApiError> {
     admin(&state, &headers, peer).await?;
     let Json(p) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let _storing = state.webhooks.storing.lock().await;
     let stored = {
         let mut running = state
             .webhooks

@@ -179,6 +179,10 @@ pub(crate) struct Status {
 /// Every webhook.
 pub(crate) struct Webhooks {
     pub(crate) running: Mutex<HashMap<String, Running>>,
+    /// Held while a definition is changed and stored: a pause and a
+    /// delete of one webhook do not cross (a stored pause would bring a
+    /// deleted webhook back after a restart).
+    pub(crate) storing: tokio::sync::Mutex<()>,
     broker: BrokerHandle,
     http: reqwest::Client,
 }
@@ -195,6 +199,7 @@ impl Webhooks {
             .map_err(std::io::Error::other)?;
         Ok(Webhooks {
             running: Mutex::new(HashMap::new()),
+            storing: tokio::sync::Mutex::new(()),
             broker,
             http,
         })
