@@ -21,6 +21,7 @@ from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 URL, MQTT, SHOTS = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -106,6 +107,31 @@ def open_topic(d, topic):
     until(d, lambda: d.find_elements(By.ID, "last-value"), f"the page of {topic}")
 
 
+def accessibility(d):
+    """Every form control has a label; text and buttons have a contrast of
+    at least 4.5:1 (WCAG AA) against what is behind them."""
+    unlabelled = d.execute_script("""
+        return [...document.querySelectorAll('input, select, textarea')]
+          .filter(e => e.type !== 'hidden' && !e.labels.length && !e.getAttribute('aria-label'))
+          .map(e => e.id || e.outerHTML);""")
+    assert not unlabelled, f"controls without a label: {unlabelled}"
+    low = d.execute_script("""
+        const rgb = s => s.match(/[\\d.]+/g).slice(0, 3).map(Number);
+        const lum = c => { const [r, g, b] = c.map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+                           return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+        const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+        const back = e => { for (; e; e = e.parentElement) { const c = getComputedStyle(e).backgroundColor;
+                             if (!c.endsWith(', 0)') && c !== 'transparent') return c; } return 'rgb(255, 255, 255)'; };
+        const out = [];
+        for (const e of document.querySelectorAll('h1, h2, h3, label, button, p, td, th, .row span, pre')) {
+          if (!e.offsetParent || !e.textContent.trim()) continue;
+          const r = ratio(rgb(getComputedStyle(e).color), rgb(back(e)));
+          if (r < 4.5) out.push(e.tagName + ' ' + e.textContent.trim().slice(0, 20) + ': ' + r.toFixed(2));
+        }
+        return out;""")
+    assert not low, f"contrast under 4.5:1: {low}"
+
+
 def admin_pages():
     d = browser()
     try:
@@ -174,6 +200,20 @@ def admin_pages():
         # In order on the rules' one connection: out/a would come first.
         assert out.strip() == "out/b (null)", out
         shot(d, "rules")
+
+        # Keyboard: the tree takes arrows and Enter.
+        tab(d, "topics")
+        search = d.find_element(By.ID, "search")
+        search.clear()
+        search.send_keys("home/kitchen")
+        until(d, lambda: row(d, "home/kitchen/temp") is not None, "the search")
+        tree = d.find_element(By.ID, "tree")
+        tree.click()
+        tree.send_keys(Keys.ARROW_DOWN)
+        tree.send_keys(Keys.ENTER)
+        until(d, lambda: d.find_element(By.CSS_SELECTOR, "#detail h2").text == "home/kitchen/temp",
+              "a topic opened from the keyboard")
+        accessibility(d)
 
         tab(d, "clients")
         until(d, lambda: d.find_elements(By.CSS_SELECTOR, "#client-rows tr[data-client]"), "the clients")
