@@ -316,3 +316,22 @@ pub fn python(script: &str) -> String {
     );
     stdout
 }
+
+/// `POST /api/v1/session` without credentials, its cookie kept in a jar
+/// (in a scratch directory named `name`): the jar's path and the answer.
+pub fn sign_in_anonymously(b: &Broker, name: &str) -> (PathBuf, String) {
+    let jar = scratch(name).join("cookies");
+    let (status, body) = curl(&[
+        "-c",
+        jar.to_str().expect("utf-8"),
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{}",
+        &b.url("/api/v1/session"),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    (jar, body)
+}

@@ -219,22 +219,7 @@ fn standalone_against_mosquitto() {
         .arg(&state);
     let mut rules = Logged::start(cmd);
     rules.wait_log("rules subscribed");
-    require("mosquitto_sub", "Debian's mosquitto-clients");
-    let mut c = Command::new("stdbuf");
-    c.args([
-        "-oL",
-        "mosquitto_sub",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &m.port.to_string(),
-        "-t",
-        "home/lights/#",
-        "-v",
-        "-d",
-    ]);
-    let lights = Lines::start(c);
-    lights.wait_start("Subscribed");
+    let lights = mosquitto_sub_at(m.port, "home/lights/#", &[]);
     let mut bell = doorbell(m.port, "home/doorbell/pressed");
     ring(&mut bell, &SOS);
     for _ in 0..3 {
@@ -304,20 +289,8 @@ fn a_for_wait_survives_a_restart_of_the_broker() {
     let alarms = mosquitto_sub(&b, "alarm", &[]);
     // What a rule waits for is for admins: a session of this machine's
     // (a broker without users trusts it).
-    let jar = tern_peers::scratch("rules-restart-jar").join("cookies");
+    let (jar, _) = sign_in_anonymously(&b, "rules-restart-jar");
     let jar = jar.to_str().expect("utf-8");
-    let (status, _) = curl(&[
-        "-c",
-        jar,
-        "-X",
-        "POST",
-        "-H",
-        "content-type: application/json",
-        "-d",
-        "{}",
-        &b.url("/api/v1/session"),
-    ]);
-    assert_eq!(status, 200);
     let (_, body) = curl(&["-b", jar, &b.url("/api/v1/rules")]);
     let v = json(&body);
     let pending = v["rules"][1]["pending"][0]
