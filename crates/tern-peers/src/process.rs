@@ -76,6 +76,40 @@ impl Logged {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Sends a signal (`TERM`, `HUP`, ...) with `kill`.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    /// SIGTERM, then its exit status; a process still running after
+    /// [`Logged::patience`] is killed and the test fails.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        // A watchdog, called off once the process has ended.
+        let (done, ended) = channel::<()>();
+        let pid = self.pid().to_string();
+        let patience = self.patience;
+        let watchdog = std::thread::spawn(move || {
+            let late = ended.recv_timeout(patience).is_err();
+            if late {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
+            late
+        });
+        let status = self.child.wait().expect("wait");
+        let _ = done.send(());
+        assert!(
+            !watchdog.join().unwrap_or(true),
+            "still running after SIGTERM"
+        );
+        status
+    }
 }
 
 impl Drop for Logged {

@@ -277,12 +277,7 @@ fn a_for_wait_survives_a_restart_of_the_broker() {
     mosquitto_pub(&b, &["-t", "t", "-m", "30", "-q", "1"]);
     // The engine has the message: the wait is under way.
     acks.wait("ack 30");
-    let ok = Command::new("kill")
-        .args(["-TERM", &b._process.pid().to_string()])
-        .status()
-        .expect("kill runs")
-        .success();
-    assert!(ok);
+    b._process.signal("TERM");
     b._process.wait_log("stopped");
     drop((acks, b));
     let b = start_on(&dir);
@@ -335,12 +330,7 @@ fn rules_act_as_their_user_under_the_acl_and_a_bad_reload_keeps_them() {
     // A file with an error: the reload fails with its line, the old rules
     // go on.
     std::fs::write(&file, "[[rule]]\nname = \"broken\"\ntopic = \"a/#/b\"\n").expect("written");
-    let ok = Command::new("kill")
-        .args(["-HUP", &b._process.pid().to_string()])
-        .status()
-        .expect("kill runs")
-        .success();
-    assert!(ok);
+    b._process.signal("HUP");
     let failed = b._process.wait_log("rules reload failed");
     assert!(failed.contains("rules.toml:3"), "{failed}");
     mosquitto_pub(&b, &["-t", "t", "-m", "again", "-q", "1"]);

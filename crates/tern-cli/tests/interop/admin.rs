@@ -57,12 +57,7 @@ fn passwords_from_tern_passwd_are_checked_and_reloaded_on_sighup() {
     let (ok, _) = try_publish(&tern, &["-t", "a", "-m", "x", "-u", "bob", "-P", "hunter2"]);
     assert!(!ok, "not before the reload");
     let kept = Sub::start(&tern, &["-t", "kept", "-u", "alice", "-P", "s3cret"]);
-    let pid = tern.child.as_ref().expect("running").id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    tern.process.signal("HUP");
     tern.wait_log("reloaded on SIGHUP");
     let (ok, _) = try_publish(&tern, &["-t", "a", "-m", "x", "-u", "bob", "-P", "hunter2"]);
     assert!(ok, "bob connects after the reload");

@@ -5,52 +5,29 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tern_codec::{Connect, Decoder, MqttString, Packet, ProtocolVersion, ReasonCode};
 
-use tern_peers::{require, scratch};
+use tern_peers::{port_in, require, scratch, Logged};
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
 /// A `tern broker` process on a free port.
 pub struct Tern {
-    pub child: Option<Child>,
+    pub process: Logged,
     pub port: u16,
-    pub log: Arc<Mutex<Vec<String>>>,
-    pub lines: Receiver<String>,
 }
 
 impl Tern {
     pub fn start(extra: &[&str]) -> Tern {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(["broker", "-p", "0", "--shards", "2", "-v"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tern starts");
-        let stderr = child.stderr.take().expect("piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, lines) = channel();
-        let keep = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                keep.lock().expect("log").push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let mut tern = Tern {
-            child: Some(child),
-            port: 0,
-            log,
-            lines,
-        };
-        let line = tern.wait_log("listening");
-        tern.port = port_in(&line).parse().expect("a port");
-        tern
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+        cmd.args(["broker", "-p", "0", "--shards", "2", "-v"])
+            .args(extra);
+        let mut process = Logged::start(cmd);
+        let port = port_in(&process.wait_log("listening"));
+        Tern { process, port }
     }
 
     /// Started with `toml` as its configuration file (in a scratch
@@ -63,16 +40,7 @@ impl Tern {
 
     /// Waits for a log line containing `needle`.
     pub fn wait_log(&mut self, needle: &str) -> String {
-        loop {
-            match self.lines.recv_timeout(WAIT) {
-                Ok(l) if l.contains(needle) => return l,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "no log line with {needle:?}; log:\n{}",
-                    self.log.lock().expect("log").join("\n")
-                ),
-            }
-        }
+        self.process.wait_log(needle)
     }
 
     pub fn port(&self) -> String {
@@ -81,29 +49,7 @@ impl Tern {
 
     /// SIGTERM, then the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let pid = child.id().to_string();
-        let ok = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill runs");
-        assert!(ok.success());
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait());
-        });
-        rx.recv_timeout(WAIT)
-            .expect("tern stops after SIGTERM")
-            .expect("wait")
-    }
-}
-
-impl Drop for Tern {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.terminate()
     }
 }
 
@@ -315,26 +261,18 @@ pub fn try_publish(tern: &Tern, args: &[&str]) -> (bool, String) {
     try_publish_on(&tern.port(), args)
 }
 
-/// Runs openssl, failing loudly if it is missing or fails.
 /// The ports of the listeners of `kind` ("tcp", "tls", "ws"), in the
 /// configuration's order, from the broker's log.
 pub fn listener_ports(tern: &Tern, kind: &str) -> Vec<String> {
-    let log = tern.log.lock().expect("log");
-    log.iter()
+    tern.process
+        .log()
+        .lines()
         .filter(|l| l.contains(" listener") && l.contains(&format!("kind=\"{kind}\"")))
-        .map(|l| port_in(l))
+        .map(|l| port_in(l).to_string())
         .collect()
 }
 
-/// The port of the first 127.0.0.1 address in a log line.
-pub fn port_in(line: &str) -> String {
-    let at = line.find("127.0.0.1:").expect("an address in the log line") + "127.0.0.1:".len();
-    line[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect()
-}
-
+/// mosquitto_pub on the broker at `port`: its exit status and stderr.
 pub fn try_publish_on(port: &str, args: &[&str]) -> (bool, String) {
     mosquitto();
     let out = Command::new("mosquitto_pub")
